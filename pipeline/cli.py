@@ -1,0 +1,136 @@
+"""The ``skysieve`` command line: each command parses its options and calls a plain function."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from pipeline import __version__
+
+_CTX = {"help_option_names": ["-h", "--help"]}
+_EXISTING = click.Path(exists=True, path_type=Path)
+_NEW = click.Path(path_type=Path)
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Report bad input as one line on stderr and exit 1, without a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipeline.errors import SkysieveError
+        from workers.checkpoint import CheckpointError
+
+        try:
+            return func(*args, **kwargs)
+        except (SkysieveError, CheckpointError, FileNotFoundError, PermissionError) as exc:
+            click.echo(f"skysieve: error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options that choose where a computing command runs."""
+    func = click.option("--threads", "threads_per_worker", type=int, default=None,
+                        help="Threads per worker (default: chosen from the cores).")(func)
+    func = click.option("--workers", "n_workers", type=int, default=None,
+                        help="Worker processes (default: chosen from the cores).")(func)
+    func = click.option("--profile", type=_EXISTING, default=None,
+                        help="YAML cluster profile (read with yaml.safe_load).")(func)
+    func = click.option("--cluster", "cluster_kind", default=None,
+                        help="local | tcp://host:port | scheduler.json (default: local).")(func)
+    return func
+
+
+def _connect(cluster_kind: str | None, profile: Path | None, n_workers: int | None,
+             threads_per_worker: int | None):
+    from cluster import connect
+
+    from pipeline import config
+
+    return connect(config.resolve("cluster.kind", cluster_kind), profile=profile,
+                   n_workers=n_workers, threads_per_worker=threads_per_worker)
+
+
+@click.group(context_settings=_CTX)
+@click.version_option(__version__, prog_name="skysieve")
+def cli() -> None:
+    """skysieve: FITS exposures -> Zarr cutouts -> Dask + batched model -> Parquet catalogue."""
+
+
+@cli.command()
+@click.argument("out_dir", type=_NEW)
+@click.option("--exposures", default=4, show_default=True, help="Number of exposures.")
+@click.option("--size", default=2048, show_default=True, help="Exposure side in pixels.")
+@click.option("--sources", default=None, type=int, help="Sources per exposure (default: from the size).")
+@click.option("--ccds", default=1, show_default=True, help="CCDs (image extensions) per exposure.")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the survey is deterministic for it.")
+@_user_errors
+def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: int, seed: int) -> None:
+    """Render a synthetic survey (GalSim FITS exposures + truth.parquet) into OUT_DIR."""
+    from pipeline.synth import synthesize
+
+    summary = synthesize(out_dir, exposures=exposures, size=size, sources=sources,
+                         ccds=ccds, seed=seed)
+    click.echo(summary.describe())
+
+
+@cli.command()
+@click.argument("exposures", nargs=-1, required=True, type=_EXISTING)
+@click.option("--out", required=True, type=_NEW, help="Cutout store to write (STORE.zarr).")
+@click.option("--sources", "source_table", type=_EXISTING, default=None,
+              help="Source table (Parquet, CSV or FITS; ra/dec or x/y) for forced cutouts.")
+@click.option("--truth", type=_EXISTING, default=None, help="Truth table; labels matched by position.")
+@click.option("--stamp", type=int, default=None, help="Cutout side in pixels (default: config, 64).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@_cluster_options
+@_user_errors
+def ingest(exposures: tuple[Path, ...], out: Path, source_table: Path | None, truth: Path | None,
+           stamp: int | None, overwrite: bool, cluster_kind: str | None, profile: Path | None,
+           n_workers: int | None, threads_per_worker: int | None) -> None:
+    """Detect sources in EXPOSURES (FITS) and write their cutouts to a Zarr store."""
+    from pipeline.ingest import ingest as run_ingest
+
+    with _connect(cluster_kind, profile, n_workers, threads_per_worker):
+        summary = run_ingest(list(exposures), out, sources=source_table, truth=truth,
+                             stamp=stamp, overwrite=overwrite)
+    click.echo(summary.describe())
+    if summary.n_sources == 0:
+        sys.exit(1)
+
+
+@cli.command("import-images")
+@click.argument("directory", type=_EXISTING)
+@click.option("--labels", required=True, type=_EXISTING, help="CSV with path,label[,frame,x,y].")
+@click.option("--out", required=True, type=_NEW, help="Cutout store to write (STORE.zarr).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@_user_errors
+def import_images(directory: Path, labels: Path, out: Path, overwrite: bool) -> None:
+    """Turn a labelled folder of PNG/JPEG cutouts into a cutout store."""
+    from pipeline.import_images import import_images as run_import
+
+    summary = run_import(directory, labels, out, overwrite=overwrite)
+    click.echo(summary.describe())
+
+
+@cli.command()
+@click.argument("store", type=_EXISTING)
+@_user_errors
+def info(store: Path) -> None:
+    """Print a summary of a cutout STORE: sources, chunks, classes, provenance."""
+    from pipeline.store import describe
+
+    click.echo(describe(store))
+
+
+def main() -> None:
+    """Entry point of the ``skysieve`` console script."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()
