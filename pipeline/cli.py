@@ -127,6 +127,118 @@ def info(store: Path) -> None:
     click.echo(describe(store))
 
 
+@cli.command()
+@click.argument("store", type=_EXISTING)
+@click.option("--out", required=True, type=_NEW, help="Catalogue directory to write.")
+@click.option("--model", default=None, help="Bundled model name or checkpoint path (default: 'default').")
+@click.option("--batch-size", type=int, default=None, help="Images per forward pass (default: config).")
+@click.option("--overwrite", is_flag=True, help="Start over instead of resuming.")
+@_cluster_options
+@_user_errors
+def classify(store: Path, out: Path, model: str | None, batch_size: int | None, overwrite: bool,
+             cluster_kind: str | None, profile: Path | None, n_workers: int | None,
+             threads_per_worker: int | None) -> None:
+    """Classify every cutout in STORE and write the Parquet catalogue (resumable)."""
+    from pipeline.classify import classify as run_classify
+
+    with _connect(cluster_kind, profile, n_workers, threads_per_worker) as client:
+        click.echo(f"dashboard: {client.dashboard_link}", err=True)
+        summary = run_classify(store, out, model=model, batch_size=batch_size, overwrite=overwrite)
+    click.echo(summary.describe())
+    if summary.failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("exposures", nargs=-1, required=True, type=_EXISTING)
+@click.option("--out", required=True, type=_NEW, help="Output directory (cutouts.zarr, catalogue/).")
+@click.option("--truth", type=_EXISTING, default=None, help="Truth table; labels matched by position.")
+@click.option("--sources", "source_table", type=_EXISTING, default=None,
+              help="Source table for forced cutouts instead of detection.")
+@click.option("--model", default=None, help="Bundled model name or checkpoint path.")
+@click.option("--batch-size", type=int, default=None, help="Images per forward pass.")
+@click.option("--overwrite", is_flag=True, help="Redo the ingest and the classification.")
+@_cluster_options
+@_user_errors
+def run(exposures: tuple[Path, ...], out: Path, truth: Path | None, source_table: Path | None,
+        model: str | None, batch_size: int | None, overwrite: bool, cluster_kind: str | None,
+        profile: Path | None, n_workers: int | None, threads_per_worker: int | None) -> None:
+    """The whole night: ingest EXPOSURES, then classify them, into OUT."""
+    from pipeline.night import run_night
+
+    with _connect(cluster_kind, profile, n_workers, threads_per_worker) as client:
+        click.echo(f"dashboard: {client.dashboard_link}", err=True)
+        result = run_night(list(exposures), out, truth=truth, sources=source_table, model=model,
+                           batch_size=batch_size, overwrite=overwrite)
+    click.echo(result.describe())
+    if result.classify.failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--out", default="demo-out", show_default=True, type=_NEW, help="Output directory.")
+@click.option("--exposures", default=4, show_default=True, help="Synthetic exposures.")
+@click.option("--size", default=2048, show_default=True, help="Exposure side in pixels.")
+@click.option("--seed", default=2026, show_default=True, help="Survey seed.")
+@click.option("--model", default=None, help="Bundled model name or checkpoint path.")
+@_cluster_options
+@_user_errors
+def demo(out: Path, exposures: int, size: int, seed: int, model: str | None,
+         cluster_kind: str | None, profile: Path | None, n_workers: int | None,
+         threads_per_worker: int | None) -> None:
+    """Synthesise a survey, run the whole night on a local cluster, and score it against truth."""
+    from pipeline.night import run_demo
+
+    with _connect(cluster_kind, profile, n_workers, threads_per_worker) as client:
+        click.echo(f"dashboard: {client.dashboard_link}", err=True)
+        report = run_demo(out, exposures=exposures, size=size, seed=seed, model=model)
+    click.echo(report)
+
+
+@cli.command()
+@click.argument("catalogue", type=_EXISTING)
+@click.argument("sql")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
+@_user_errors
+def query(catalogue: Path, sql: str, as_csv: bool) -> None:
+    """Run DuckDB SQL over CATALOGUE, exposed as the table `catalogue`."""
+    import duckdb
+
+    from pipeline.catalogue import query as run_query
+
+    try:
+        df = run_query(catalogue, sql)
+    except duckdb.Error as exc:
+        raise click.ClickException(f"query failed: {exc}") from exc
+    click.echo(df.to_csv(index=False) if as_csv else df.to_string(index=False))
+
+
+@cli.command()
+@click.argument("store", type=_EXISTING)
+@click.option("--arch", default="smallcnn", show_default=True, help="Registered architecture.")
+@click.option("--out", required=True, type=_NEW, help="Checkpoint to write (MODEL.pt + MODEL.json).")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--image-size", type=int, default=None, help="Model input size (default: the stamp).")
+@click.option("--split-by", type=click.Choice(["exposure", "frame", "source"]), default="exposure",
+              show_default=True, help="Validation split: whole exposures/frames, or sources.")
+@click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--patience", default=8, show_default=True, help="Early-stopping patience in epochs.")
+@_user_errors
+def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
+          image_size: int | None, split_by: str, val_fraction: float, patience: int) -> None:
+    """Train ARCH on the labelled cutouts in STORE and write a checkpoint with its card."""
+    from pipeline.train import train as run_train
+
+    card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+                     seed=seed, image_size=image_size,
+                     split_by="exposure" if split_by == "frame" else split_by,
+                     val_fraction=val_fraction, patience=patience)
+    click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): {card.metrics}")
+
+
 def main() -> None:
     """Entry point of the ``skysieve`` console script."""
     cli()
