@@ -107,7 +107,7 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     group = zarr.open_group(store, mode="r")
     images = np.asarray(group["image"][start:stop], dtype=np.float32)
     cols = {name: np.asarray(group[name][start:stop]) for name in _COORDS}
-    labels = np.asarray(group["label"][start:stop]).astype(str) if "label" in group else None
+    labels = _strings(group["label"][start:stop]) if "label" in group else None
 
     predictor = get_predictor(checkpoint, sha256=sha256, batch_size=batch_size)
     card = predictor.card
@@ -135,7 +135,7 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     best = probs.argmax(axis=1)
     data: dict[str, Any] = {
         "source_id": pa.array(cols["source_id"].astype(np.int64)),
-        "exposure": pa.array(cols["exposure"].astype(str), pa.string()),
+        "exposure": pa.array(_strings(cols["exposure"]), pa.string()),
         "ccd": pa.array(cols["ccd"].astype(np.int16)),
         "ra": pa.array(ra), "dec": pa.array(dec),
         "x": pa.array(cols["x"].astype(np.float64)), "y": pa.array(cols["y"].astype(np.float64)),
@@ -156,6 +156,11 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     catalogue.write_part(table, Path(part), metadata={**metadata, "blur_reference_fwhm": ref},
                          row_group_size=row_group_size)
     return {"part": Path(part).name, "rows": table.num_rows, "seconds": time.perf_counter() - t0}
+
+
+def _strings(values) -> list[str]:
+    """Zarr v3 strings (numpy StringDType, which refuses ``astype(str)``) as Python strings."""
+    return [str(v) for v in np.asarray(values, dtype=object)]
 
 
 def _fingerprint(store: Path, group, checkpoint: Path, card: dict[str, Any], order: int) -> dict[str, Any]:

@@ -21,12 +21,14 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cluster import ClusterError
         from pipeline.errors import SkysieveError
         from workers.checkpoint import CheckpointError
 
         try:
             return func(*args, **kwargs)
-        except (SkysieveError, CheckpointError, FileNotFoundError, PermissionError) as exc:
+        except (SkysieveError, CheckpointError, ClusterError, FileNotFoundError,
+                FileExistsError, PermissionError) as exc:
             click.echo(f"skysieve: error: {exc}", err=True)
             sys.exit(1)
 
@@ -42,7 +44,8 @@ def _cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--profile", type=_EXISTING, default=None,
                         help="YAML cluster profile (read with yaml.safe_load).")(func)
     func = click.option("--cluster", "cluster_kind", default=None,
-                        help="local | tcp://host:port | scheduler.json (default: local).")(func)
+                        help="auto | local | cuda | slurm | pbs | lsf | tcp://host:port | scheduler.json "
+                             "(default: auto = cuda when GPUs are visible, else local).")(func)
     return func
 
 
@@ -237,6 +240,16 @@ def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: f
                      split_by="exposure" if split_by == "frame" else split_by,
                      val_fraction=val_fraction, patience=patience)
     click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): {card.metrics}")
+
+
+def _register_cluster_commands() -> None:
+    from pipeline.cli_cluster import cluster_group, submit
+
+    cli.add_command(cluster_group)
+    cli.add_command(submit)
+
+
+_register_cluster_commands()
 
 
 def main() -> None:

@@ -1,0 +1,94 @@
+"""Click commands for batch-system clusters: ``skysieve cluster job-script`` and ``skysieve submit``.
+
+Registered in ``pipeline/cli.py`` with ``cli.add_command(cluster_group)`` and
+``cli.add_command(submit)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+__all__ = ["cluster_group", "submit", "BATCH_KINDS"]
+
+BATCH_KINDS = ("slurm", "pbs", "lsf")  # == cluster.jobqueue.KINDS (not imported: CLI start-up)
+_CTX = {"help_option_names": ["-h", "--help"]}
+_PROFILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Report a bad profile or a failed submission as one line on stderr and exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cluster import ClusterError
+
+        try:
+            return func(*args, **kwargs)
+        except (ClusterError, ValueError, FileNotFoundError, PermissionError) as exc:
+            click.echo(f"skysieve: error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group("cluster", context_settings=_CTX)
+def cluster_group() -> None:
+    """Batch-system clusters (SLURM, PBS, LSF): see what would be submitted."""
+
+
+@cluster_group.command("job-script")
+@click.option("--cluster", "kind", type=click.Choice(BATCH_KINDS), default="slurm",
+              show_default=True, help="Batch system.")
+@click.option("--profile", type=_PROFILE, default=None,
+              help="YAML cluster profile (keys: cluster/profiles.yaml).")
+@_one_line_errors
+def job_script(kind: str, profile: Path | None) -> None:
+    """Print the exact script each worker job is submitted with."""
+    from cluster.jobqueue import job_script as render
+
+    click.echo(render(kind, profile=profile), nl=False)
+
+
+def _takes_cluster(args: tuple[str, ...]) -> bool:
+    """Whether the skysieve sub-command in ``args`` has a ``--cluster`` option."""
+    if not args or args[0].startswith("-"):
+        return False
+    ctx = click.get_current_context()
+    root = ctx.find_root().command
+    if not isinstance(root, click.Group):
+        from pipeline.cli import cli as root
+    command = root.get_command(ctx, args[0])
+    if command is None:
+        raise click.UsageError(f"unknown skysieve command {args[0]!r} after --; "
+                               f"choose from {', '.join(sorted(root.list_commands(ctx)))}")
+    return any("--cluster" in p.opts for p in command.params if isinstance(p, click.Option))
+
+
+@click.command("submit", context_settings={**_CTX, "ignore_unknown_options": True,
+                                           "allow_interspersed_args": False})
+@click.option("--profile", required=True, type=_PROFILE,
+              help="YAML cluster profile (keys: cluster/profiles.yaml).")
+@click.option("--cluster", "kind", type=click.Choice(BATCH_KINDS), default="slurm",
+              show_default=True, help="Batch system.")
+@click.option("--dry-run", is_flag=True, help="Print the batch script; write and submit nothing.")
+@click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
+@_one_line_errors
+def submit(profile: Path, kind: str, dry_run: bool, args: tuple[str, ...]) -> None:
+    """Submit a batch job that runs `skysieve ARGS` (e.g. `-- run EXPOSURES... --out DIR`).
+
+    The job runs the scheduler and the client; commands that take --cluster get
+    `--cluster KIND --profile PROFILE` appended, so the workers are jobs too.
+    Prints the job id and where its log goes.
+    """
+    from pipeline.submit import submit as run_submit
+
+    result = run_submit(list(args), profile=profile, kind=kind,
+                        add_cluster_options=_takes_cluster(args), dry_run=dry_run)
+    if dry_run:
+        click.echo(result.text, nl=False)
+    click.echo(result.describe())
