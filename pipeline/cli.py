@@ -242,14 +242,15 @@ def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: f
     click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): {card.metrics}")
 
 
-def _register_cluster_commands() -> None:
+def _register_command_groups() -> None:
+    from pipeline.cli_catalogue import catalogue_group, report
     from pipeline.cli_cluster import cluster_group, submit
 
-    cli.add_command(cluster_group)
-    cli.add_command(submit)
+    for command in (cluster_group, submit, catalogue_group, report):
+        cli.add_command(command)
 
 
-_register_cluster_commands()
+_register_command_groups()
 
 
 def main() -> None:
