@@ -36,9 +36,11 @@ def local_cluster(*, n_workers: int | None = None, threads_per_worker: int | Non
     n_workers = n_workers or shape[0]
     threads_per_worker = threads_per_worker or shape[1]
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        # In-process workers talk over inproc://; only a process cluster binds a host.
+        where = {"host": "127.0.0.1"} if processes else {}
         cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                                memory_limit=memory_limit, processes=processes,
-                               host="127.0.0.1", dashboard_address="127.0.0.1:0")
+                               dashboard_address="127.0.0.1:0", **where)
     try:
         yield cluster
     finally:
