@@ -1,0 +1,487 @@
+"""Train a classifier of the model zoo on a cutout store; write a checkpoint and its card.
+
+Minimal but sound: whole exposures held out for validation, augmentation on the
+fly in torch, class-balanced loss, AdamW with a cosine schedule, early stopping
+on validation balanced accuracy keeping the best weights, temperature scaling,
+and a card that records the data, the split, the command and the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from scipy.optimize import minimize_scalar
+
+from pipeline.errors import StoreError
+from pipeline.preprocess import DEFAULT_STRETCH, apply_stretch, resize, to_snr, validate_stretch
+from workers.blur import gaussian_blur, noise_std_factor
+from workers.checkpoint import ModelCard, save_checkpoint
+from workers.inference import pick_device
+from workers.models import create_model, is_model
+
+__all__ = ["train", "split_validation", "classification_metrics", "fit_temperature",
+           "expected_calibration_error"]
+
+_SPLITS = ("exposure", "source")
+
+
+# --------------------------------------------------------------------------- data
+def _load_store(store: Path) -> dict[str, Any]:
+    """Read the labelled sources of a cutout store into memory."""
+    try:
+        ds = xr.open_zarr(store)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is a bad store
+        raise StoreError(f"{store}: not a readable cutout store ({type(exc).__name__}: {exc})") from exc
+    if "image" not in ds.data_vars:
+        raise StoreError(f"{store}: no 'image' variable; a cutout store holds image(source, band, "
+                         "y, x) - write one with `skysieve ingest` or `skysieve import-images`")
+    if ds["image"].dims != ("source", "band", "y", "x"):
+        raise StoreError(f"{store}: 'image' has dims {ds['image'].dims!r}, expected "
+                         "('source', 'band', 'y', 'x')")
+    for name in ("label", "exposure"):
+        if name not in ds.variables:
+            raise StoreError(f"{store}: no per-source {name!r}; training needs labels and the "
+                             "exposure of each source (ingest with --truth)")
+    labels = np.asarray(ds["label"].values, dtype=object).astype(str)
+    exposures = np.asarray(ds["exposure"].values, dtype=object).astype(str)
+    known = np.flatnonzero(labels != "")
+    if known.size == 0:
+        raise StoreError(f"{store}: no labelled sources (every 'label' is empty)")
+    image = ds["image"]
+    images = (image.values if known.size == labels.size
+              else image.isel(source=known).values).astype(np.float32, copy=False)
+    n_band = images.shape[1]
+    bands = ds.attrs.get("bands")
+    if not isinstance(bands, (list, tuple)) or len(bands) != n_band:
+        bands = ([str(b) for b in ds["band"].values] if "band" in ds.coords
+                 else [f"band{i}" for i in range(n_band)])
+    h = hashlib.sha256()
+    h.update("\x00".join(labels.tolist()).encode("utf-8"))
+    h.update("\x00".join(exposures.tolist()).encode("utf-8"))
+    if "source_id" in ds.variables:
+        h.update(np.ascontiguousarray(ds["source_id"].values.astype("<i8")).tobytes())
+    return {"images": images, "labels": labels[known], "exposures": exposures[known],
+            "bands": [str(b) for b in bands], "data_sha256": h.hexdigest(),
+            "n_unlabelled": int(labels.size - known.size)}
+
+
+def split_validation(groups: np.ndarray, labels: np.ndarray, *, by: str = "exposure",
+                     val_fraction: float = 0.2,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Choose a validation set, deterministically for a seed.
+
+    ``by="exposure"`` holds out whole exposures (``groups``; neighbouring cutouts
+    never leak across the split): exposures are visited in a seeded random order,
+    first so that every class appears in validation where an exposure can supply
+    it without leaving training without that class, then while the validation
+    share gets closer to ``val_fraction``.  ``by="source"`` holds out
+    ``val_fraction`` of each class at random.
+
+    Parameters
+    ----------
+    groups, labels : numpy.ndarray
+        Exposure name and class label of each source.
+    by : {"exposure", "source"}, default: "exposure"
+    val_fraction : float, default: 0.2
+    seed : int, default: 0
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, list of str)
+        Sorted train indices, sorted validation indices, validation exposures (sorted;
+        empty for ``by="source"``).
+    """
+    if by not in _SPLITS:
+        raise ValueError(f"unknown split_by {by!r}; valid: {', '.join(_SPLITS)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
+    groups, labels = np.asarray(groups).astype(str), np.asarray(labels).astype(str)
+    rng = np.random.default_rng(seed)
+    classes, y = np.unique(labels, return_inverse=True)
+    n = labels.size
+    if by == "source":
+        val = []
+        for c in range(classes.size):
+            members = rng.permutation(np.flatnonzero(y == c))
+            k = int(round(val_fraction * members.size))
+            k = min(max(k, 1 if members.size >= 2 else 0), members.size - 1)
+            val.extend(members[:k].tolist())
+        val_idx = np.sort(np.asarray(val, dtype=np.int64))
+        return np.setdiff1d(np.arange(n), val_idx), val_idx, []
+    names, g = np.unique(groups, return_inverse=True)
+    if names.size < 2:
+        raise ValueError(f"cannot hold out whole exposures: all sources come from exposure "
+                         f"{names[0]!r}; use split_by='source'")
+    counts = np.zeros((names.size, classes.size), dtype=np.int64)
+    np.add.at(counts, (g, y), 1)
+    total = counts.sum(axis=0)
+    order = rng.permutation(names.size)
+    chosen: list[int] = []
+    val_counts = np.zeros(classes.size, dtype=np.int64)
+
+    def keeps_train(e: int) -> bool:
+        return bool(np.all(total - val_counts - counts[e] > 0))
+
+    for c in np.argsort(total, kind="stable"):  # rarest class first
+        if val_counts[c] > 0:
+            continue
+        for e in order:
+            if e not in chosen and counts[e, c] > 0 and keeps_train(e):
+                chosen.append(int(e))
+                val_counts += counts[e]
+                break
+    target = val_fraction * n
+    for e in order:
+        if e in chosen:
+            continue
+        size = val_counts.sum()
+        if abs(size + counts[e].sum() - target) < abs(size - target) and keeps_train(e):
+            chosen.append(int(e))
+            val_counts += counts[e]
+    if not chosen:
+        raise ValueError(f"cannot hold out whole exposures from {names.size} exposures without "
+                         "removing a class from training; use split_by='source'")
+    val_mask = np.isin(g, chosen)
+    return (np.flatnonzero(~val_mask), np.flatnonzero(val_mask),
+            sorted(str(names[e]) for e in chosen))
+
+
+# --------------------------------------------------------------------------- augmentation
+def _augment(z: torch.Tensor, gen: torch.Generator, *, max_shift: int = 2, p_blur: float = 0.3,
+             max_blur_sigma: float = 1.5, p_dim: float = 0.5, min_dim: float = 0.6) -> torch.Tensor:
+    """Augment S/N images ``(N, C, y, x)`` (unit noise), keeping unit noise.
+
+    Dihedral flips/rotations (8, or 4 flips when not square), integer shifts up
+    to ``max_shift`` px (wrapping, as ``torch.roll``), an occasional Gaussian PSF
+    blur of random sigma with white noise added back to unit variance, and an
+    occasional dimming of the source by ``a`` in ``[min_dim, 1]`` at fixed noise
+    (``a z + sqrt(1 - a^2) n``: flux scaling plus Gaussian noise).
+    """
+    n, _, h, w = z.shape
+    out = torch.empty_like(z)
+    k = torch.randint(0, 8 if h == w else 4, (n,), generator=gen)
+    for g in range(8):
+        sel = torch.nonzero(k == g).reshape(-1)
+        if sel.numel() == 0:
+            continue
+        sub = z.index_select(0, sel)
+        if h == w:
+            sub = torch.rot90(sub, g % 4, dims=(2, 3))
+            if g >= 4:
+                sub = sub.flip(3)
+        else:
+            sub = sub.flip([d for d, bit in ((2, 1), (3, 2)) if g & bit])
+        out[sel] = sub
+    if max_shift > 0:
+        dy = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=gen)
+        dx = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=gen)
+        iy = (torch.arange(h)[None, :] - dy) % h
+        ix = (torch.arange(w)[None, :] - dx) % w
+        out = out[torch.arange(n)[:, None, None], :, iy[:, :, None], ix[:, None, :]]
+        out = out.permute(0, 3, 1, 2).contiguous()  # advanced indexing put C last
+    blur = torch.rand(n, generator=gen) < p_blur
+    if bool(blur.any()):
+        idx = torch.nonzero(blur).reshape(-1)
+        sigma = 0.3 + (max_blur_sigma - 0.3) * torch.rand(idx.numel(), generator=gen)
+        sub = gaussian_blur(out.index_select(0, idx), sigma)
+        top_up = (1.0 - noise_std_factor(sigma) ** 2).clamp_min(0.0).sqrt()
+        sub += top_up[:, None, None, None] * torch.randn(sub.shape, generator=gen)
+        out[idx] = sub
+    dim = torch.rand(n, generator=gen) < p_dim
+    if bool(dim.any()):
+        idx = torch.nonzero(dim).reshape(-1)
+        a = min_dim + (1.0 - min_dim) * torch.rand(idx.numel(), generator=gen)
+        sub = out.index_select(0, idx) * a[:, None, None, None]
+        sub += (1.0 - a * a).sqrt()[:, None, None, None] * torch.randn(sub.shape, generator=gen)
+        out[idx] = sub
+    return out
+
+
+# --------------------------------------------------------------------------- metrics
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           classes: list[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean recall over classes present), recalls, confusion.
+
+    The confusion matrix is a list of rows: ``confusion[true][predicted]``.
+    """
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    support = cm.sum(axis=1)
+    recall = np.divide(np.diag(cm), support, out=np.full(k, np.nan), where=support > 0)
+    present = support > 0
+    return {
+        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+        "balanced_accuracy": float(np.mean(recall[present])) if present.any() else float("nan"),
+        "recall": {c: (None if np.isnan(r) else float(r)) for c, r in zip(classes, recall)},
+        "confusion": cm.tolist(),
+    }
+
+
+def expected_calibration_error(proba: np.ndarray, y_true: np.ndarray, *, bins: int = 15) -> float:
+    """Expected calibration error of the top-class probability (equal-width bins)."""
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(y.size), y].mean())
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
+    """Return the temperature ``T`` in [0.05, 20] minimising the NLL of ``softmax(logits / T)``."""
+    if y_true.size == 0:
+        return 1.0
+    res = minimize_scalar(lambda log_t: _nll(logits, y_true, math.exp(log_t)),
+                          bounds=(math.log(0.05), math.log(20.0)), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(math.exp(res.x))
+
+
+def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- training
+def _logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
+            batch_size: int) -> np.ndarray:
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size].to(device)
+            outs.append(model(xb.contiguous(memory_format=torch.channels_last)).float().cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+
+
+def _check_args(arch: str, epochs: int, batch_size: int, lr: float, patience: int,
+                split_by: str, image_size: int | None) -> None:
+    if not is_model(arch):
+        create_model(arch, num_classes=2)  # raises the ValueError listing the names
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train: {name} must be a positive integer, got {value!r}")
+    if batch_size < 2:
+        raise ValueError(f"train: batch_size must be >= 2 (BatchNorm), got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"train: lr must be > 0, got {lr!r}")
+    if split_by not in _SPLITS:
+        raise ValueError(f"train: unknown split_by {split_by!r}; valid: {', '.join(_SPLITS)}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"train: image_size must be a positive integer, got {image_size!r}")
+
+
+def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: int = 128,
+          lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
+          image_size: int | None = None, split_by: str = "exposure", val_fraction: float = 0.2,
+          patience: int = 8, device: str | None = None, progress: bool = True) -> ModelCard:
+    """Train ``arch`` on the labelled sources of a cutout store and write a checkpoint.
+
+    All labelled stamps are read into memory and normalised once (S/N units,
+    :func:`pipeline.preprocess.to_snr`): fine for training sets of up to a few
+    hundred thousand 64x64 stamps (1 GB per 64k float32).  Each batch is then
+    augmented in torch (dihedral, shifts, PSF blur, dimming at fixed noise),
+    stretched and resized exactly as :func:`pipeline.preprocess.prepare` does.
+    The loss is cross-entropy weighted by inverse class frequency; AdamW with a
+    one-epoch warm-up and a cosine decay; early stopping on the validation
+    balanced accuracy after ``patience`` epochs without improvement, keeping the
+    best weights; then a temperature is fitted on the validation logits.
+    Deterministic for a seed on one machine and thread count (the global RNG is
+    restored afterwards).
+
+    Parameters
+    ----------
+    store : Path
+        Cutout store (Zarr): ``image(source, band, y, x)`` and per-source ``label``
+        (``""`` = unknown, skipped) and ``exposure``.
+    arch : str
+        Registered model name (``workers.models.list_models()``).
+    out : Path
+        Checkpoint to write: ``MODEL.pt`` (``MODEL.json`` beside it).
+    epochs, batch_size, lr, weight_decay, seed, patience
+        Optimisation settings.
+    image_size : int, optional
+        Model input side; default the stamp size.
+    split_by : {"exposure", "source"}, default: "exposure"
+        See :func:`split_validation`.
+    val_fraction : float, default: 0.2
+    device : str, optional
+        See :func:`workers.inference.pick_device`.
+    progress : bool, default: True
+        Print one line per epoch to stderr.
+
+    Returns
+    -------
+    workers.checkpoint.ModelCard
+        The card as written.
+    """
+    store, out = Path(store), Path(out)
+    _check_args(arch, epochs, batch_size, lr, patience, split_by, image_size)
+    data = _load_store(store)
+    labels, exposures = data["labels"], data["exposures"]
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise StoreError(f"{store}: only one class ({classes[0]!r}) among the labelled sources; "
+                         "a classifier needs at least two")
+    y_all = np.searchsorted(np.asarray(classes), labels)
+    try:
+        train_idx, val_idx, val_groups = split_validation(
+            exposures, labels, by=split_by, val_fraction=val_fraction, seed=seed)
+    except ValueError as exc:
+        raise StoreError(f"{store}: {exc}") from exc
+    images = data.pop("images")
+    n_chan, height, width = images.shape[1:]
+    image_size = int(image_size or height)
+    stretch = validate_stretch(DEFAULT_STRETCH)
+    dev = pick_device(device)
+
+    z_all = to_snr(images)
+    del images
+    z_train, y_train = z_all[train_idx], torch.as_tensor(y_all[train_idx])
+    x_val = resize(apply_stretch(z_all[val_idx], stretch), image_size).contiguous()
+    y_val = y_all[val_idx]
+    del z_all
+    present = np.bincount(y_all[train_idx], minlength=len(classes))
+    if np.any(present == 0):
+        missing = [c for c, k in zip(classes, present) if k == 0]
+        raise StoreError(f"{store}: no training sources of class(es) {missing!r} after the "
+                         f"split; add data or use split_by='source'")
+    weights = torch.as_tensor(len(train_idx) / (len(classes) * present), dtype=torch.float32)
+
+    det_was = (torch.are_deterministic_algorithms_enabled(),
+               torch.is_deterministic_algorithms_warn_only_enabled())
+    t_start = time.perf_counter()
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            model = create_model(arch, num_classes=len(classes), in_chans=int(n_chan),
+                                 image_size=image_size).to(dev)
+            history = _fit(model, z_train, y_train, x_val, y_val, weights.to(dev), dev,
+                           classes=classes, stretch=stretch, image_size=image_size,
+                           epochs=epochs, batch_size=batch_size, lr=lr,
+                           weight_decay=weight_decay, patience=patience, seed=seed,
+                           progress=progress)
+        finally:
+            torch.use_deterministic_algorithms(det_was[0], warn_only=det_was[1])
+
+    logits = _logits(model, x_val, dev, 4 * batch_size)
+    temperature = fit_temperature(logits, y_val)
+    proba_raw, proba_cal = _softmax(logits), _softmax(logits, temperature)
+    metrics = classification_metrics(y_val, logits.argmax(axis=1), classes)
+    metrics.update({
+        "ece": expected_calibration_error(proba_raw, y_val),
+        "ece_calibrated": expected_calibration_error(proba_cal, y_val),
+        "nll": _nll(logits, y_val, 1.0), "nll_calibrated": _nll(logits, y_val, temperature),
+        "n_train": int(train_idx.size), "n_val": int(val_idx.size),
+        "n_unlabelled_skipped": data["n_unlabelled"],
+    })
+    card = ModelCard(
+        arch=arch, classes=classes, in_chans=int(n_chan), image_size=image_size,
+        bands=data["bands"], stretch=stretch, temperature=temperature,
+        training={
+            "store": str(store.resolve()), "data_sha256": data["data_sha256"],
+            "split": {"by": split_by, "val_fraction": val_fraction,
+                      "val_exposures": val_groups, "n_train": int(train_idx.size),
+                      "n_val": int(val_idx.size)},
+            "seed": seed, "epochs": epochs, "epochs_run": history["epochs_run"],
+            "best_epoch": history["best_epoch"], "batch_size": batch_size, "lr": lr,
+            "weight_decay": weight_decay, "patience": patience, "device": str(dev),
+            "stamp": [int(height), int(width)],
+            "augment": "dihedral8, shift<=2px, blur p=0.3 sigma 0.3-1.5px, dim p=0.5 a>=0.6",
+            "loss": "cross-entropy weighted by inverse class frequency",
+            "optimizer": "AdamW, 1-epoch warm-up + cosine",
+            "seconds": round(time.perf_counter() - t_start, 2),
+            "history": history["epochs"],
+            "command": shlex.join(sys.argv),
+        },
+        metrics=metrics,
+    )
+    if out.suffix != ".pt":
+        out = out.with_name(out.name + ".pt")
+    return save_checkpoint(model.cpu(), card, out)
+
+
+def _fit(model: torch.nn.Module, z_train: torch.Tensor, y_train: torch.Tensor,
+         x_val: torch.Tensor, y_val: np.ndarray, weights: torch.Tensor, dev: torch.device, *,
+         classes: list[str], stretch: dict[str, Any], image_size: int, epochs: int,
+         batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
+         progress: bool) -> dict[str, Any]:
+    """The epoch loop; leaves the best weights in ``model``."""
+    n = z_train.shape[0]
+    model.to(memory_format=torch.channels_last)  # 1.3-1.7x faster on the CPU; saved contiguous
+    steps_per_epoch = max(1, n // batch_size + (1 if n % batch_size >= 2 else 0))
+    total = epochs * steps_per_epoch
+    warm = min(steps_per_epoch, max(total // 10, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1.0 + math.cos(math.pi * s / total)))
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    best = {"bacc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
+    history = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.as_tensor(rng.permutation(n))
+        loss_sum, seen = 0.0, 0
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            if idx.numel() < 2:  # BatchNorm needs two samples
+                continue
+            xb = resize(apply_stretch(_augment(z_train[idx], gen), stretch), image_size)
+            xb = xb.to(dev).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(xb), y_train[idx].to(dev), weight=weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * idx.numel()
+            seen += idx.numel()
+        logits = _logits(model, x_val, dev, 4 * batch_size)
+        m = classification_metrics(y_val, logits.argmax(axis=1), classes)
+        val_loss = float(F.cross_entropy(torch.as_tensor(logits), torch.as_tensor(y_val),
+                                         weight=weights.cpu()))
+        row = {"epoch": epoch, "loss": round(loss_sum / max(seen, 1), 5),
+               "val_loss": round(val_loss, 5), "val_acc": round(m["accuracy"], 5),
+               "val_bacc": round(m["balanced_accuracy"], 5),
+               "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(row)
+        if progress:
+            print(f"epoch {epoch}/{epochs} loss {row['loss']:.4f} val_loss {val_loss:.4f} "
+                  f"val_acc {m['accuracy']:.4f} val_bacc {m['balanced_accuracy']:.4f} "
+                  f"{row['seconds']:.1f}s", file=sys.stderr, flush=True)
+        bacc = m["balanced_accuracy"]
+        if bacc > best["bacc"] + 1e-9 or (abs(bacc - best["bacc"]) <= 1e-9
+                                          and val_loss < best["loss"]):
+            best = {"bacc": bacc, "loss": val_loss, "epoch": epoch,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        elif epoch - best["epoch"] >= patience:
+            break
+    model.load_state_dict(best["state"])
+    model.eval()
+    return {"epochs_run": len(history), "best_epoch": best["epoch"], "epochs": history}

@@ -1,0 +1,195 @@
+"""Training on a small synthetic cutout store (real Zarr through xarray)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.errors import StoreError
+from pipeline.preprocess import prepare
+from pipeline.train import (classification_metrics, expected_calibration_error,
+                            fit_temperature, split_validation, train)
+from workers.checkpoint import file_sha256, load_checkpoint
+from workers.inference import Predictor
+
+CLASSES = ("diffuse", "galaxy", "star")
+
+
+def make_store(path, *, n=300, size=32, n_exp=3, seed=0, unlabelled=0):
+    """Write a cutout store of three clearly different blob classes, ``n_exp`` exposures."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    images = np.empty((n, 1, size, size), np.float32)
+    labels = []
+    for i in range(n):
+        c = CLASSES[i % 3]
+        cx, cy = size / 2 - 0.5 + rng.uniform(-1, 1, 2)
+        if c == "star":
+            img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 2.0)
+        elif c == "galaxy":  # elongated exponential disc
+            q, th = rng.uniform(0.3, 0.6), rng.uniform(0, np.pi)
+            u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+            v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+            img = np.exp(-np.sqrt(u ** 2 + (v / q) ** 2) / 2.0)
+        else:  # broad round blob
+            img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 50.0)
+        img *= rng.uniform(300, 1500) / img.sum()
+        images[i, 0] = img + rng.normal(0, 1.0, img.shape) + rng.uniform(-0.5, 0.5)
+        labels.append(c)
+    images[0, 0, :5, :] = np.nan  # off the exposure edge
+    labels = np.array(labels, dtype=object)
+    labels[n - unlabelled:] = "" if unlabelled else labels[n - unlabelled:]
+    exposure = np.array([f"exp{i * n_exp // n}" for i in range(n)], dtype=object)
+    ds = xr.Dataset({"image": (("source", "band", "y", "x"), images)},
+                    coords={"source_id": ("source", np.arange(n, dtype=np.int64) + 1000),
+                            "label": ("source", labels.astype(str)),
+                            "exposure": ("source", exposure.astype(str))},
+                    attrs={"bands": ["r"], "stamp": size})
+    with warnings.catch_warnings():  # zarr: fixed-length strings have no v3 spec yet
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, zarr_format=3, mode="w")
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("data") / "train.zarr", unlabelled=6)
+
+
+@pytest.fixture(scope="module")
+def smallcnn(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "small.pt"
+    return train(store, arch="smallcnn", out=out, epochs=12, batch_size=64, seed=0,
+                 progress=False), out
+
+
+def _val_stamps(store, card):
+    ds = xr.open_zarr(store)
+    keep = np.isin(ds["exposure"].values.astype(str), card.training["split"]["val_exposures"])
+    keep &= ds["label"].values.astype(str) != ""
+    y = np.searchsorted(card.classes, ds["label"].values.astype(str)[keep])
+    return ds["image"].values[keep], y
+
+
+def test_smallcnn_learns_and_the_checkpoint_reproduces_it(smallcnn, store, capsys):
+    card, out = smallcnn
+    assert card.arch == "smallcnn" and card.classes == sorted(CLASSES)
+    assert (card.in_chans, card.image_size, card.bands) == (1, 32, ["r"])
+    assert card.stretch == {"name": "asinh", "softening": 3.0, "scale": 1.0}
+    assert card.metrics["accuracy"] >= 0.8 and card.metrics["balanced_accuracy"] >= 0.8
+    assert card.metrics["n_train"] + card.metrics["n_val"] == 294
+    assert card.metrics["n_unlabelled_skipped"] == 6
+    assert sum(map(sum, card.metrics["confusion"])) == card.metrics["n_val"]
+    assert card.temperature > 0 and card.metrics["ece_calibrated"] <= card.metrics["ece"] + 0.05
+    t = card.training
+    assert t["seed"] == 0 and 1 <= t["best_epoch"] <= t["epochs_run"] <= 12
+    assert len(t["history"]) == t["epochs_run"] and t["command"]
+    assert len(t["data_sha256"]) == 64 and t["store"].endswith("train.zarr")
+    assert json.loads(out.with_suffix(".json").read_text())["sha256"] == file_sha256(out)
+    # the written checkpoint, through the inference path, gives the validation predictions
+    model, card2 = load_checkpoint(out, sha256=card.sha256)
+    assert card2 == card
+    images, y = _val_stamps(store, card)
+    proba = Predictor(model, card2, batch_size=50).predict_proba(
+        prepare(images, stretch=card2.stretch, image_size=card2.image_size))
+    again = classification_metrics(y, proba.argmax(1), card.classes)
+    assert again["confusion"] == card.metrics["confusion"]
+    assert capsys.readouterr().err == ""  # progress=False is quiet
+
+
+def test_lenet5_trains_with_a_resize(store, tmp_path, capsys):
+    card = train(store, arch="lenet5", out=tmp_path / "lenet", epochs=12, batch_size=64,
+                 image_size=28, seed=1)
+    assert (tmp_path / "lenet.pt").is_file() and card.image_size == 28
+    assert card.metrics["accuracy"] >= 0.8
+    err = capsys.readouterr().err
+    assert "epoch 1/12 loss" in err and "val_bacc" in err
+    model, _ = load_checkpoint(tmp_path / "lenet.pt")
+    assert model.image_size == 28
+
+
+def test_same_seed_same_weights(tmp_path):
+    store = make_store(tmp_path / "small.zarr", n=120, seed=2)
+    kw = dict(arch="smallcnn", epochs=2, batch_size=32, seed=7, progress=False)
+    a = train(store, out=tmp_path / "a.pt", **kw)
+    b = train(store, out=tmp_path / "b.pt", **kw)
+    assert a.sha256 == b.sha256  # byte-identical weights
+    assert a.metrics == b.metrics and a.temperature == b.temperature
+    c = train(store, out=tmp_path / "c.pt", **{**kw, "seed": 8, "epochs": 1})
+    assert c.sha256 != a.sha256
+
+
+def test_the_split_holds_out_whole_exposures(smallcnn, store):
+    card, _ = smallcnn
+    ds = xr.open_zarr(store)
+    val = set(card.training["split"]["val_exposures"])
+    assert val and val < set(ds["exposure"].values.astype(str))
+    groups = np.repeat([f"e{i}" for i in range(10)], 30)
+    labels = np.tile(np.array(["a", "b", "c"], dtype="<U4"), 100)
+    labels[:30] = "rare"  # only in exposure e0
+    tr, va, names = split_validation(groups, labels, val_fraction=0.3, seed=3)
+    assert set(groups[tr]).isdisjoint(groups[va]) and sorted(set(groups[va])) == names
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(300))
+    assert "rare" in set(labels[tr])  # the only exposure of a class stays in training
+    assert {"a", "b", "c"} <= set(labels[va]) and 0.2 <= va.size / 300 <= 0.4
+    again = split_validation(groups, labels, val_fraction=0.3, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(again, (tr, va, names)))
+    others = {tuple(split_validation(groups, labels, val_fraction=0.3, seed=s)[2])
+              for s in range(4, 10)}
+    assert len(others | {tuple(names)}) > 1  # the seed chooses the exposures
+    tr_s, va_s, none = split_validation(groups, labels, by="source", val_fraction=0.2, seed=0)
+    assert none == [] and set(labels[va_s]) == set(labels) and va_s.size == 60
+    with pytest.raises(ValueError, match="split_by='source'"):
+        split_validation(np.zeros(10), np.tile(["a", "b"], 5))
+    with pytest.raises(ValueError, match="unknown split_by 'frame'; valid: exposure, source"):
+        split_validation(groups, labels, by="frame")
+
+
+def test_split_by_source(store, tmp_path):
+    card = train(store, arch="lenet5", out=tmp_path / "s.pt", epochs=1, split_by="source",
+                 progress=False)
+    assert card.training["split"]["val_exposures"] == []
+    assert card.training["split"]["by"] == "source" and card.metrics["n_val"] > 0
+
+
+def test_unknown_arch_lists_the_models(store, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown model 'smallcn'.*'smallcnn'.*registered "
+                                         r"models: .*lenet5, .*smallcnn"):
+        train(store, arch="smallcn", out=tmp_path / "x.pt")
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_stores(tmp_path):
+    with pytest.raises(StoreError, match="not a readable cutout store"):
+        train(tmp_path / "missing.zarr", arch="smallcnn", out=tmp_path / "x.pt")
+    one = make_store(tmp_path / "one.zarr", n=30, n_exp=1)
+    with pytest.raises(StoreError, match=r"one\.zarr: .*use split_by='source'"):
+        train(one, arch="smallcnn", out=tmp_path / "x.pt")
+    ds = xr.open_zarr(one).drop_vars("label")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(tmp_path / "nolabel.zarr", zarr_format=3, mode="w")
+    with pytest.raises(StoreError, match=r"no per-source 'label'"):
+        train(tmp_path / "nolabel.zarr", arch="smallcnn", out=tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_metrics_helpers():
+    m = classification_metrics(np.array([0, 0, 1, 1, 1, 1]), np.array([0, 1, 1, 1, 1, 0]),
+                               ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 0.75) / 2)
+    assert m["recall"] == {"a": 0.5, "b": 0.75, "c": None}
+    assert m["confusion"] == [[1, 1, 0], [1, 3, 0], [0, 0, 0]]
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3.0, (4000, 3))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = (rng.random((4000, 1)) > p.cumsum(1)).sum(1)  # labels drawn from softmax(logits)
+    assert fit_temperature(logits, y) == pytest.approx(1.0, abs=0.15)
+    assert fit_temperature(logits * 4.0, y) == pytest.approx(4.0, rel=0.15)  # over-confident
+    p = np.full((4, 2), 0.5)
+    assert expected_calibration_error(p, np.array([0, 1, 0, 1])) == pytest.approx(0.0)

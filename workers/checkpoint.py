@@ -1,0 +1,337 @@
+"""Model checkpoints: ``MODEL.pt`` (a plain ``state_dict``) plus a JSON card ``MODEL.json``.
+
+The weights are only ever read with ``torch.load(..., weights_only=True)``: a file
+carrying pickled code is refused with the names of the blocked globals, never
+loaded another way.  The card records everything needed to rebuild the model
+and to use it correctly (architecture, classes, input size, bands, stretch,
+temperature), where it came from (training data and command) and the sha256 of
+the ``.pt`` file, which :func:`load_checkpoint` checks before unpickling anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from workers.models import create_model
+
+__all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint", "load_card",
+           "file_sha256", "checkpoint_paths"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model card that cannot be used; the message names the file and why."""
+
+
+def _software_version() -> str:
+    try:
+        return version("skysieve")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+_REQUIRED = ("arch", "classes")
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint is and how to use it; stored as ``MODEL.json`` beside ``MODEL.pt``.
+
+    Attributes
+    ----------
+    arch : str
+        Registry name (``workers.models.list_models()``).
+    classes : list of str
+        Class names in logit order.
+    in_chans, image_size : int
+        Input bands and stamp side (pixels) the model expects.
+    bands : list of str
+        Band names in channel order.
+    stretch : dict
+        The normalisation of ``pipeline.preprocess`` (``{"name": "asinh", ...}``).
+    temperature : float
+        Logit temperature from calibration (1.0 until calibrated).
+    sha256 : str
+        Of the ``.pt`` file; filled in by :func:`save_checkpoint`.
+    params : int
+        Number of parameters; filled in by :func:`save_checkpoint`.
+    training, metrics : dict
+        Provenance (store, data checksum, split, seed, command...) and validation metrics.
+    skysieve_version, created : str
+        Software version and ISO-8601 UTC time of writing.
+    extra : dict
+        Keys this version does not know; written back unchanged (forward compatibility).
+    """
+
+    arch: str
+    classes: list[str]
+    in_chans: int = 1
+    image_size: int = 64
+    bands: list[str] = field(default_factory=list)
+    stretch: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
+    sha256: str = ""
+    params: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skysieve_version: str = ""
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (logits)."""
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the card as a JSON-ready dict (``extra`` keys merged at the top level)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        for key, value in self.extra.items():
+            out.setdefault(key, value)
+        return out
+
+    def to_json(self) -> str:
+        """Return the card as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """Build a card from a dict; unknown keys go to ``extra``.
+
+        Raises
+        ------
+        ValueError
+            A required key (``arch``, ``classes``) is missing or a field has the wrong type.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a model card is a JSON object, got {type(data).__name__}")
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise ValueError(f"model card lacks {', '.join(missing)}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kw = {k: v for k, v in data.items() if k in known}
+        extra = dict(data.get("extra", {})) if isinstance(data.get("extra"), dict) else {}
+        extra.update({k: v for k, v in data.items() if k not in known and k != "extra"})
+        card = cls(**kw, extra=extra)
+        card._validate()
+        return card
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        """Parse a card from JSON text (see :meth:`from_dict`)."""
+        return cls.from_dict(json.loads(text))
+
+    def _validate(self) -> None:
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ValueError(f"card 'arch' must be a model name, got {self.arch!r}")
+        if (not isinstance(self.classes, list) or not self.classes
+                or not all(isinstance(c, str) for c in self.classes)):
+            raise ValueError(f"card 'classes' must be a non-empty list of names, got {self.classes!r}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"card 'classes' has duplicates: {self.classes!r}")
+        for key in ("in_chans", "image_size", "params"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"card {key!r} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ValueError(f"card 'temperature' must be a positive number, got {self.temperature!r}")
+        for key in ("stretch", "training", "metrics"):
+            if not isinstance(getattr(self, key), dict):
+                raise ValueError(f"card {key!r} must be an object, got {getattr(self, key)!r}")
+
+
+def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Return ``(MODEL.pt, MODEL.json)`` for a path naming either file or their common stem."""
+    path = Path(path)
+    if path.suffix in (".pt", ".json"):
+        stem = path.with_suffix("")
+    else:
+        stem = path
+    return stem.with_name(stem.name + ".pt"), stem.with_name(stem.name + ".json")
+
+
+def file_sha256(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file, read in chunks of ``chunk_size`` bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_size):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_card(path: str | os.PathLike[str]) -> ModelCard:
+    """Read the card of a checkpoint (``path`` names the ``.pt``, the ``.json`` or the stem).
+
+    Raises
+    ------
+    CheckpointError
+        The card is missing, is not JSON or does not describe a model.
+    """
+    pt, card_path = checkpoint_paths(path)
+    try:
+        text = card_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{card_path}: model card not found; a checkpoint is {pt.name} plus "
+                              f"the JSON card {card_path.name} beside it") from None
+    try:
+        return ModelCard.from_json(text)
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{card_path}: invalid model card ({exc})") from exc
+
+
+def save_checkpoint(model: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> ModelCard:
+    """Write ``MODEL.pt`` (the ``state_dict``) and ``MODEL.json`` (the card) atomically.
+
+    The weights are serialised in memory, hashed, written to a temporary name and
+    renamed, then the card (with ``sha256``, ``params``, ``skysieve_version`` and
+    ``created`` filled in) is written the same way.  Identical weights give a
+    byte-identical ``.pt``.  The state_dict is checked to load into
+    ``create_model(card.arch, ...)`` first, so a card that does not describe the
+    model is refused before anything is written.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; its tensors are copied to the CPU, contiguous.
+    card : ModelCard
+        Description of the model.
+    path : path-like
+        ``MODEL.pt``, ``MODEL.json`` or the stem ``MODEL``; parent folders are created.
+
+    Returns
+    -------
+    ModelCard
+        The card as written.
+    """
+    pt, card_path = checkpoint_paths(path)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    _check_fits(state, card, where=str(pt))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    card = dataclasses.replace(
+        card,
+        sha256=hashlib.sha256(data).hexdigest(),
+        params=int(sum(p.numel() for p in model.parameters())),
+        skysieve_version=card.skysieve_version or _software_version(),
+        created=card.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    card._validate()
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(pt, data)
+    _atomic_write(card_path, card.to_json().encode("utf-8"))
+    return card
+
+
+def _build(card: ModelCard, where: str) -> nn.Module:
+    try:
+        return create_model(card.arch, num_classes=card.num_classes, in_chans=card.in_chans,
+                            image_size=card.image_size)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: the card's model cannot be built ({exc})") from exc
+
+
+def _check_fits(state: dict[str, Any], card: ModelCard, *, where: str) -> nn.Module:
+    """Build the card's model and load ``state`` into it strictly; return the model."""
+    model = _build(card, where)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        if len(detail) > 600:
+            detail = detail[:600] + " ..."
+        raise CheckpointError(
+            f"{where}: the weights do not fit arch={card.arch!r} with {card.num_classes} classes, "
+            f"in_chans={card.in_chans}, image_size={card.image_size} (wrong architecture or "
+            f"class count?): {detail}") from exc
+    return model
+
+
+def _refused_globals(pt: Path) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(pt))
+    except Exception:  # noqa: BLE001 - only used to improve a message
+        return []
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None,
+                    device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Load a checkpoint safely and return ``(model in eval mode, card)``.
+
+    Parameters
+    ----------
+    path : path-like
+        ``MODEL.pt``, ``MODEL.json`` or the stem ``MODEL``.
+    sha256 : str, optional
+        Expected sha256 of ``MODEL.pt`` (e.g. from the run config); checked besides the card's.
+    device : str or torch.device, default: "cpu"
+        Where to put the model (the file is always read to the CPU first).
+
+    Returns
+    -------
+    (torch.nn.Module, ModelCard)
+
+    Raises
+    ------
+    CheckpointError
+        Missing or invalid card; missing, truncated or corrupt ``.pt``; sha256 mismatch (both
+        hashes named); a file carrying pickled code (the blocked globals named; never loaded
+        unsafely); weights that do not fit the card's architecture or class count.
+    """
+    pt, _ = checkpoint_paths(path)
+    card = load_card(pt)
+    if not pt.is_file():
+        raise CheckpointError(f"{pt}: checkpoint weights not found (the card is there)")
+    if not card.sha256:
+        raise CheckpointError(f"{pt}: its card records no sha256; write checkpoints with "
+                              f"workers.checkpoint.save_checkpoint")
+    actual = file_sha256(pt)
+    for label, expected in (("its card", card.sha256), ("the caller", sha256)):
+        if expected is not None and actual != expected.lower():
+            raise CheckpointError(f"{pt}: sha256 {actual} does not match {expected!r} given by "
+                                  f"{label}; the file changed or is a different model")
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        blocked = _refused_globals(pt)
+        what = f"blocked globals: {', '.join(blocked)}" if blocked else " ".join(
+            line for line in str(exc).splitlines() if "GLOBAL" in line) or "unsupported content"
+        raise CheckpointError(f"{pt}: refused, the file carries pickled code or objects that "
+                              f"weights_only loading does not allow ({what}); a skysieve "
+                              f"checkpoint is a plain state_dict of tensors") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{pt}: truncated or corrupt checkpoint ({first})") from exc
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{pt}: expected a state_dict (str -> tensor), got "
+                              f"{type(state).__name__}")
+    model = _check_fits(state, card, where=str(pt))
+    return model.to(device).eval(), card
