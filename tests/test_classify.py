@@ -154,3 +154,22 @@ def test_query_cli(store: Path, client, tmp_path: Path) -> None:
     assert rows["n"].sum() == len(catalogue.read_catalogue(out))
     bad = CliRunner().invoke(cli, ["query", str(out), "SELECT nope FROM catalogue"])
     assert bad.exit_code != 0 and "query failed" in bad.output
+
+
+def test_existing_scheduler_gives_the_same_catalogue(store: Path, tmp_path: Path) -> None:
+    """`--cluster tcp://...` (a scheduler someone else started) equals `--cluster local`."""
+    from distributed import LocalCluster
+
+    local = tmp_path / "local"
+    subprocess.run([str(BIN), "classify", str(store), "--out", str(local), "--cluster", "local",
+                    "--workers", "1", "--threads", "1"], check=True, capture_output=True, timeout=300)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                         dashboard_address=":0") as existing:
+        remote = tmp_path / "remote"
+        proc = subprocess.run([str(BIN), "classify", str(store), "--out", str(remote),
+                               "--cluster", existing.scheduler_address],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    pd.testing.assert_frame_equal(_sorted(catalogue.read_catalogue(local)),
+                                  _sorted(catalogue.read_catalogue(remote)))
