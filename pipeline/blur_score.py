@@ -36,8 +36,8 @@ SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _MAX_SHIFT = 3.0  # px: the centroid may wander this far from the stamp centre
 
 
-def apparent_fwhm(images: np.ndarray | torch.Tensor, *, iterations: int = 8,
-                  initial_sigma: float = 2.0) -> np.ndarray:
+def apparent_fwhm(images: np.ndarray | torch.Tensor, *, iterations: int = 6,
+                  initial_sigma: float = 2.0, window: int = 48) -> np.ndarray:
     """Apparent FWHM (pixels) of the source at the centre of each stamp.
 
     Parameters
@@ -45,10 +45,14 @@ def apparent_fwhm(images: np.ndarray | torch.Tensor, *, iterations: int = 8,
     images : array (N, C, H, W) or (N, H, W)
         Background-subtracted stamps; NaN (outside the image) counts as 0.
         Bands are summed.
-    iterations : int, default: 8
+    iterations : int, default: 6
         Adaptive-moment iterations.
     initial_sigma : float, default: 2.0
         Starting weight width in pixels.
+    window : int, default: 48
+        Side of the central window the moments are measured in (the whole stamp
+        if smaller); the matched weight makes pixels beyond it negligible for
+        sources with FWHM up to ~15 px, and it halves the cost at 64 px.
 
     Returns
     -------
@@ -57,17 +61,18 @@ def apparent_fwhm(images: np.ndarray | torch.Tensor, *, iterations: int = 8,
     """
     img = torch.as_tensor(images, dtype=torch.float32)
     if img.ndim == 4:
-        img = img.nan_to_num(0.0).sum(dim=1)
-    elif img.ndim == 3:
-        img = img.nan_to_num(0.0)
-    else:
+        img = img[:, 0] if img.shape[1] == 1 else img.nan_to_num(0.0).sum(dim=1)
+    elif img.ndim != 3:
         raise ValueError(f"images must be (N, C, H, W) or (N, H, W), got shape {tuple(img.shape)!r}")
+    h0, w0 = img.shape[1:]
+    top, left = max(0, (h0 - window) // 2), max(0, (w0 - window) // 2)
+    img = img[:, top:top + min(h0, window), left:left + min(w0, window)].nan_to_num(0.0)
     n, h, w = img.shape
     if n == 0:
         return np.empty(0, np.float32)
     # Pixel offsets from the stamp centre (the pixel the source was rounded to).
-    dx = torch.arange(w, dtype=torch.float32) - (w // 2)
-    dy = torch.arange(h, dtype=torch.float32) - (h // 2)
+    dx = torch.arange(w, dtype=torch.float32) + left - (w0 // 2)
+    dy = torch.arange(h, dtype=torch.float32) + top - (h0 // 2)
     max_sigma = min(h, w) / 3.0
     xc = torch.zeros(n)
     yc = torch.zeros(n)
