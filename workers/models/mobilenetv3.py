@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from workers.models import register_model
+from workers.models._init import init_weights
 from workers.models.resnet import StemKind, resolve_stem
 
 __all__ = ["make_divisible", "BlockCfg", "SMALL_CFG", "SqueezeExcite", "InvertedResidual",
@@ -156,20 +157,7 @@ class MobileNetV3(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(last_chans, head_chans),
                                         nn.Hardswish(inplace=True), nn.Dropout(drop_rate))
         self.head = nn.Linear(head_chans, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the pooled features ``(N, num_features)`` of ``x`` ``(N, C, y, x)``."""

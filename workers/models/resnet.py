@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from workers.models import register_model
+from workers.models._init import init_weights
 
 __all__ = ["SMALL_STEM_MAX", "resolve_stem", "BasicBlock", "Bottleneck", "ResNet"]
 
@@ -181,12 +182,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*stage)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=None)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from workers.models import register_model
+from workers.models._init import init_weights
 from workers.models.resnet import StemKind, resolve_stem
 
 __all__ = ["WideBasicBlock", "WideResNet"]
@@ -101,17 +102,7 @@ class WideResNet(nn.Module):
         self.num_features = chans
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(chans, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=None)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the pooled features ``(N, num_features)`` of ``x`` ``(N, C, y, x)``."""
