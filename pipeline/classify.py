@@ -163,7 +163,8 @@ def _strings(values) -> list[str]:
     return [str(v) for v in np.asarray(values, dtype=object)]
 
 
-def _fingerprint(store: Path, group, checkpoint: Path, card: dict[str, Any], order: int) -> dict[str, Any]:
+def _fingerprint(store: Path, group, card: dict[str, Any], order: int) -> dict[str, Any]:
+    """What a rerun must share with the run that wrote ``out`` to resume it."""
     attrs = dict(group.attrs)
     return {
         "store": str(store.resolve()),
@@ -245,7 +246,7 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
     order = int(config.get("classify.healpix-order"))
     row_group_size = int(config.get("classify.row-group-size"))
 
-    fingerprint = _fingerprint(store, group, checkpoint, card, order)
+    fingerprint = _fingerprint(store, group, card, order)
     _prepare_out(out, fingerprint, overwrite)
     bounds = _chunk_bounds(ds["image"].chunks[0]) if ds.sizes["source"] else []
     metadata = {

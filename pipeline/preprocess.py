@@ -21,7 +21,6 @@ Axis order is ``(N, C, y, x)`` throughout.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import Any, Callable, Mapping
