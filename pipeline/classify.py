@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__, catalogue, config
+from pipeline import __version__, catalogue, config, run_lock
 from pipeline import models as bundled_models
 
 __all__ = ["classify", "RunSummary", "classify_chunk"]
@@ -247,35 +247,36 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
     row_group_size = int(config.get("classify.row-group-size"))
 
     fingerprint = _fingerprint(store, group, card, order)
-    _prepare_out(out, fingerprint, overwrite)
-    bounds = _chunk_bounds(ds["image"].chunks[0]) if ds.sizes["source"] else []
-    metadata = {
-        "classes": card["classes"], "model": model_name, "model_arch": card.get("arch"),
-        "model_sha256": card["sha256"], "skysieve_version": __version__,
-        "healpix_order": healpix_order_doc(order), "store": str(store.resolve()),
-        "run_config": {"batch_size": batch_size, "model": model_name, "store": str(store),
-                       "overwrite": overwrite},
-    }
-    reference = _reference_fwhm(group) if "psf_fwhm" in group else None
-    tasks, skipped = [], 0
-    for index, (start, stop) in enumerate(bounds):
-        part = catalogue.part_path(out, index)
-        if part.exists():
-            skipped += 1
-            continue
-        tasks.append(dask.delayed(classify_chunk, pure=False, name=f"classify-{part.name}")(
-            str(store), start, stop, str(part), checkpoint=str(checkpoint), sha256=card["sha256"],
-            batch_size=batch_size, reference_fwhm=reference, healpix_order=order,
-            row_group_size=row_group_size, metadata=metadata))
-    results, failed = _run_tasks(tasks, progress=progress)
-    _copy_rejects(ds, out)
-    rows = sum(int(n) for n in _part_rows(out))
-    summary = RunSummary(
-        catalogue=str(out), rows=rows, parts=len(bounds), parts_written=len(results),
-        parts_skipped=skipped, rejects=len(ds.attrs.get("rejects", [])),
-        seconds=time.perf_counter() - t0, model=model_name, model_sha256=card["sha256"],
-        failed=failed, rows_this_run=sum(r["rows"] for r in results))
-    (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
+    with run_lock.exclusive(out):
+        _prepare_out(out, fingerprint, overwrite)
+        bounds = _chunk_bounds(ds["image"].chunks[0]) if ds.sizes["source"] else []
+        metadata = {
+            "classes": card["classes"], "model": model_name, "model_arch": card.get("arch"),
+            "model_sha256": card["sha256"], "skysieve_version": __version__,
+            "healpix_order": healpix_order_doc(order), "store": str(store.resolve()),
+            "run_config": {"batch_size": batch_size, "model": model_name, "store": str(store),
+                           "overwrite": overwrite},
+        }
+        reference = _reference_fwhm(group) if "psf_fwhm" in group else None
+        tasks, skipped = [], 0
+        for index, (start, stop) in enumerate(bounds):
+            part = catalogue.part_path(out, index)
+            if part.exists():
+                skipped += 1
+                continue
+            tasks.append(dask.delayed(classify_chunk, pure=False, name=f"classify-{part.name}")(
+                str(store), start, stop, str(part), checkpoint=str(checkpoint), sha256=card["sha256"],
+                batch_size=batch_size, reference_fwhm=reference, healpix_order=order,
+                row_group_size=row_group_size, metadata=metadata))
+        results, failed = _run_tasks(tasks, progress=progress)
+        _copy_rejects(ds, out)
+        rows = sum(int(n) for n in _part_rows(out))
+        summary = RunSummary(
+            catalogue=str(out), rows=rows, parts=len(bounds), parts_written=len(results),
+            parts_skipped=skipped, rejects=len(ds.attrs.get("rejects", [])),
+            seconds=time.perf_counter() - t0, model=model_name, model_sha256=card["sha256"],
+            failed=failed, rows_this_run=sum(r["rows"] for r in results))
+        (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
     return summary
 
 

@@ -173,3 +173,12 @@ def test_existing_scheduler_gives_the_same_catalogue(store: Path, tmp_path: Path
         assert proc.returncode == 0, proc.stderr[-2000:]
     pd.testing.assert_frame_equal(_sorted(catalogue.read_catalogue(local)),
                                   _sorted(catalogue.read_catalogue(remote)))
+
+
+def test_concurrent_run_on_the_same_output_is_refused(store: Path, tmp_path: Path) -> None:
+    from pipeline.run_lock import OutputLocked, exclusive
+
+    out = tmp_path / "cat"
+    with exclusive(out), pytest.raises(OutputLocked, match="another skysieve run"):
+        classify(store, out, progress=False)
+    assert not list(out.glob("part-*.parquet"))
