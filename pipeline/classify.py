@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from pipeline import __version__, catalogue, config, run_lock
 from pipeline import models as bundled_models
+from workers.checkpoint import ModelCard, load_card
 
 __all__ = ["classify", "RunSummary", "classify_chunk"]
 
@@ -163,7 +164,7 @@ def _strings(values) -> list[str]:
     return [str(v) for v in np.asarray(values, dtype=object)]
 
 
-def _fingerprint(store: Path, group, card: dict[str, Any], order: int) -> dict[str, Any]:
+def _fingerprint(store: Path, group, card: ModelCard, order: int) -> dict[str, Any]:
     """What a rerun must share with the run that wrote ``out`` to resume it."""
     attrs = dict(group.attrs)
     return {
@@ -171,7 +172,7 @@ def _fingerprint(store: Path, group, card: dict[str, Any], order: int) -> dict[s
         "store_created": attrs.get("created"),
         "n_sources": int(group["image"].shape[0]),
         "chunk_sources": int(group["image"].chunks[0]),
-        "model_sha256": card["sha256"],
+        "model_sha256": card.sha256,
         "healpix_order": order,
     }
 
@@ -241,7 +242,7 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
     group = zarr.open_group(str(store), mode="r")
     model_name = str(config.resolve("classify.model", model))
     checkpoint = bundled_models.resolve(model_name)
-    card = bundled_models.read_card(checkpoint)
+    card = load_card(checkpoint)
     batch_size = int(config.resolve("classify.batch-size", batch_size))
     order = int(config.get("classify.healpix-order"))
     row_group_size = int(config.get("classify.row-group-size"))
@@ -251,8 +252,8 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
         _prepare_out(out, fingerprint, overwrite)
         bounds = _chunk_bounds(ds["image"].chunks[0]) if ds.sizes["source"] else []
         metadata = {
-            "classes": card["classes"], "model": model_name, "model_arch": card.get("arch"),
-            "model_sha256": card["sha256"], "skysieve_version": __version__,
+            "classes": list(card.classes), "model": model_name, "model_arch": card.arch,
+            "model_sha256": card.sha256, "skysieve_version": __version__,
             "healpix_order": healpix_order_doc(order), "store": str(store.resolve()),
             "run_config": {"batch_size": batch_size, "model": model_name, "store": str(store),
                            "overwrite": overwrite},
@@ -265,7 +266,7 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
                 skipped += 1
                 continue
             tasks.append(dask.delayed(classify_chunk, pure=False, name=f"classify-{part.name}")(
-                str(store), start, stop, str(part), checkpoint=str(checkpoint), sha256=card["sha256"],
+                str(store), start, stop, str(part), checkpoint=str(checkpoint), sha256=card.sha256,
                 batch_size=batch_size, reference_fwhm=reference, healpix_order=order,
                 row_group_size=row_group_size, metadata=metadata))
         results, failed = _run_tasks(tasks, progress=progress)
@@ -274,7 +275,7 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
         summary = RunSummary(
             catalogue=str(out), rows=rows, parts=len(bounds), parts_written=len(results),
             parts_skipped=skipped, rejects=len(ds.attrs.get("rejects", [])),
-            seconds=time.perf_counter() - t0, model=model_name, model_sha256=card["sha256"],
+            seconds=time.perf_counter() - t0, model=model_name, model_sha256=card.sha256,
             failed=failed, rows_this_run=sum(r["rows"] for r in results))
         (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
     return summary

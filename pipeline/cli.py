@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -10,29 +9,13 @@ from typing import Any, Callable
 import click
 
 from pipeline import __version__
+from pipeline.cli_base import CONTEXT, one_line_errors
 
-_CTX = {"help_option_names": ["-h", "--help"]}
 _EXISTING = click.Path(exists=True, path_type=Path)
 _NEW = click.Path(path_type=Path)
 
 
-def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Report bad input as one line on stderr and exit 1, without a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cluster import ClusterError
-        from pipeline.errors import SkysieveError
-        from workers.checkpoint import CheckpointError
-
-        try:
-            return func(*args, **kwargs)
-        except (SkysieveError, CheckpointError, ClusterError, FileNotFoundError,
-                FileExistsError, PermissionError) as exc:
-            click.echo(f"skysieve: error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
+_user_errors = one_line_errors()
 
 
 def _cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,7 +42,7 @@ def _connect(cluster_kind: str | None, profile: Path | None, n_workers: int | No
                    n_workers=n_workers, threads_per_worker=threads_per_worker)
 
 
-@click.group(context_settings=_CTX)
+@click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="skysieve")
 def cli() -> None:
     """skysieve: FITS exposures -> Zarr cutouts -> Dask + batched model -> Parquet catalogue."""

@@ -6,39 +6,22 @@ Registered in ``pipeline/cli.py`` with ``cli.add_command(catalogue_group)`` and
 
 from __future__ import annotations
 
-import functools
-import sys
 from pathlib import Path
-from typing import Any, Callable
 
 import click
 
+from pipeline.cli_base import CONTEXT, one_line_errors
+
 __all__ = ["catalogue_group", "report", "to_hats_command"]
 
-_CTX = {"help_option_names": ["-h", "--help"]}
 _CATALOGUE = click.Path(exists=True, file_okay=False, path_type=Path)
 _NEW = click.Path(path_type=Path)
 
 
-def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Report bad input as one line on stderr and exit 1, without a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cluster import ClusterError
-        from pipeline.errors import SkysieveError
-
-        try:
-            return func(*args, **kwargs)
-        except (SkysieveError, ClusterError, ValueError, FileNotFoundError, FileExistsError,
-                PermissionError) as exc:
-            click.echo(f"skysieve: error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
+_user_errors = one_line_errors(ValueError)
 
 
-@click.group("catalogue", context_settings=_CTX)
+@click.group("catalogue", context_settings=CONTEXT)
 def catalogue_group() -> None:
     """Catalogue formats for analysts: HATS (for LSDB)."""
 
@@ -55,7 +38,7 @@ def catalogue_group() -> None:
               help="Where the conversion runs: local | tcp://host:port | scheduler.json | "
                    "slurm | pbs | lsf (default: threads in this process).")
 @click.option("--workers", "n_workers", type=int, default=None, help="Worker processes.")
-@_one_line_errors
+@_user_errors
 def to_hats_command(catalogue: Path, out: Path, pixel_threshold: int, highest_order: int,
                     overwrite: bool, cluster_kind: str | None, n_workers: int | None) -> None:
     """Write CATALOGUE as a HATS catalogue at OUT (open it with lsdb.open_catalog(OUT))."""
@@ -73,14 +56,14 @@ def to_hats_command(catalogue: Path, out: Path, pixel_threshold: int, highest_or
     click.echo(summary.describe())
 
 
-@click.command("report", context_settings=_CTX)
+@click.command("report", context_settings=CONTEXT)
 @click.argument("catalogue", type=_CATALOGUE)
 @click.option("--out", required=True, type=_NEW, help="Folder for index.html and its PNG plots.")
 @click.option("--store", type=click.Path(exists=True, path_type=Path), default=None,
               help="Cutout store for the gallery (default: the store recorded in the catalogue, "
                    "if it still exists).")
 @click.option("--per-class", default=8, show_default=True, help="Cutouts per class in the gallery.")
-@_one_line_errors
+@_user_errors
 def report(catalogue: Path, out: Path, store: Path | None, per_class: int) -> None:
     """Write a static HTML report on CATALOGUE: plots, cutouts, provenance."""
     from pipeline.report import write_report

@@ -6,37 +6,22 @@ Registered in ``pipeline/cli.py`` with ``cli.add_command(cluster_group)`` and
 
 from __future__ import annotations
 
-import functools
-import sys
 from pathlib import Path
-from typing import Any, Callable
 
 import click
+
+from pipeline.cli_base import CONTEXT, one_line_errors
 
 __all__ = ["cluster_group", "submit", "BATCH_KINDS"]
 
 BATCH_KINDS = ("slurm", "pbs", "lsf")  # == cluster.jobqueue.KINDS (not imported: CLI start-up)
-_CTX = {"help_option_names": ["-h", "--help"]}
 _PROFILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-def _one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a bad profile or a failed submission as one line on stderr and exit 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cluster import ClusterError
-
-        try:
-            return func(*args, **kwargs)
-        except (ClusterError, ValueError, FileNotFoundError, PermissionError) as exc:
-            click.echo(f"skysieve: error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
+_user_errors = one_line_errors(ValueError)
 
 
-@click.group("cluster", context_settings=_CTX)
+@click.group("cluster", context_settings=CONTEXT)
 def cluster_group() -> None:
     """Batch-system clusters (SLURM, PBS, LSF): see what would be submitted."""
 
@@ -46,7 +31,7 @@ def cluster_group() -> None:
               show_default=True, help="Batch system.")
 @click.option("--profile", type=_PROFILE, default=None,
               help="YAML cluster profile (keys: cluster/profiles.yaml).")
-@_one_line_errors
+@_user_errors
 def job_script(kind: str, profile: Path | None) -> None:
     """Print the exact script each worker job is submitted with."""
     from cluster.jobqueue import job_script as render
@@ -69,7 +54,7 @@ def _takes_cluster(args: tuple[str, ...]) -> bool:
     return any("--cluster" in p.opts for p in command.params if isinstance(p, click.Option))
 
 
-@click.command("submit", context_settings={**_CTX, "ignore_unknown_options": True,
+@click.command("submit", context_settings={**CONTEXT, "ignore_unknown_options": True,
                                            "allow_interspersed_args": False})
 @click.option("--profile", required=True, type=_PROFILE,
               help="YAML cluster profile (keys: cluster/profiles.yaml).")
@@ -77,7 +62,7 @@ def _takes_cluster(args: tuple[str, ...]) -> bool:
               show_default=True, help="Batch system.")
 @click.option("--dry-run", is_flag=True, help="Print the batch script; write and submit nothing.")
 @click.argument("args", nargs=-1, required=True, type=click.UNPROCESSED)
-@_one_line_errors
+@_user_errors
 def submit(profile: Path, kind: str, dry_run: bool, args: tuple[str, ...]) -> None:
     """Submit a batch job that runs `skysieve ARGS` (e.g. `-- run EXPOSURES... --out DIR`).
 

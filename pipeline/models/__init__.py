@@ -6,12 +6,10 @@ this folder; the README gives the exact ``skysieve train`` command that made it.
 
 from __future__ import annotations
 
-import json
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
 
-__all__ = ["bundled", "resolve", "read_card"]
+__all__ = ["bundled", "resolve"]
 
 _HERE = Path(__file__).parent
 
@@ -44,12 +42,3 @@ def resolve(model: str | Path) -> Path:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise FileNotFoundError(f"model {text!r} is neither a bundled model {bundled()!r} nor an "
                             f"existing checkpoint file{hint}")
-
-
-def read_card(checkpoint: Path) -> dict[str, Any]:
-    """Read the JSON card beside ``checkpoint`` (``MODEL.pt`` -> ``MODEL.json``)."""
-    card = Path(checkpoint).with_suffix(".json")
-    try:
-        return json.loads(card.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FileNotFoundError(f"{card}: unreadable model card ({exc})") from exc
