@@ -55,13 +55,20 @@ def cli() -> None:
 @click.option("--sources", default=None, type=int, help="Sources per exposure (default: from the size).")
 @click.option("--ccds", default=1, show_default=True, help="CCDs (image extensions) per exposure.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the survey is deterministic for it.")
+@click.option("--pointed", is_flag=True,
+              help="Pointed exposures: one large target (galaxy or nebula/star cluster) per "
+                   "exposure, for whole-exposure classification.")
 @_user_errors
-def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: int, seed: int) -> None:
+def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: int, seed: int,
+          pointed: bool) -> None:
     """Render a synthetic survey (GalSim FITS exposures + truth.parquet) into OUT_DIR."""
-    from pipeline.synth import synthesize
+    from pipeline import synth as synthesis
 
-    summary = synthesize(out_dir, exposures=exposures, size=size, sources=sources,
-                         ccds=ccds, seed=seed)
+    if pointed:
+        summary = synthesis.synthesize_pointed(out_dir, exposures=exposures, size=size, seed=seed)
+    else:
+        summary = synthesis.synthesize(out_dir, exposures=exposures, size=size,
+                                       sources=sources, ccds=ccds, seed=seed)
     click.echo(summary.describe())
 
 
@@ -73,17 +80,32 @@ def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: i
 @click.option("--truth", type=_EXISTING, default=None, help="Truth table; labels matched by position.")
 @click.option("--stamp", type=int, default=None, help="Cutout side in pixels (default: config, 64).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--whole-exposure", is_flag=True,
+              help="Store each exposure/CCD whole (one item per image) instead of cutouts.")
+@click.option("--downsample", default=1, show_default=True,
+              help="With --whole-exposure: block-average by this factor.")
 @_cluster_options
 @_user_errors
 def ingest(exposures: tuple[Path, ...], out: Path, source_table: Path | None, truth: Path | None,
-           stamp: int | None, overwrite: bool, cluster_kind: str | None, profile: Path | None,
-           n_workers: int | None, threads_per_worker: int | None) -> None:
+           stamp: int | None, overwrite: bool, whole_exposure: bool, downsample: int,
+           cluster_kind: str | None, profile: Path | None, n_workers: int | None,
+           threads_per_worker: int | None) -> None:
     """Detect sources in EXPOSURES (FITS) and write their cutouts to a Zarr store."""
     from pipeline.ingest import ingest as run_ingest
 
+    if whole_exposure and (source_table is not None or stamp is not None):
+        raise click.UsageError("--whole-exposure stores whole images: drop --sources/--stamp")
+    if downsample != 1 and not whole_exposure:
+        raise click.UsageError("--downsample applies to --whole-exposure only")
     with _connect(cluster_kind, profile, n_workers, threads_per_worker):
-        summary = run_ingest(list(exposures), out, sources=source_table, truth=truth,
-                             stamp=stamp, overwrite=overwrite)
+        if whole_exposure:
+            from pipeline.whole_exposure import ingest_whole
+
+            summary = ingest_whole(list(exposures), out, downsample=downsample, truth=truth,
+                                   overwrite=overwrite)
+        else:
+            summary = run_ingest(list(exposures), out, sources=source_table, truth=truth,
+                                 stamp=stamp, overwrite=overwrite)
     click.echo(summary.describe())
     if summary.n_sources == 0:
         sys.exit(1)
@@ -200,36 +222,30 @@ def query(catalogue: Path, sql: str, as_csv: bool) -> None:
 
 
 @cli.command()
-@click.argument("store", type=_EXISTING)
-@click.option("--arch", default="smallcnn", show_default=True, help="Registered architecture.")
-@click.option("--out", required=True, type=_NEW, help="Checkpoint to write (MODEL.pt + MODEL.json).")
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=3e-3, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--image-size", type=int, default=None, help="Model input size (default: the stamp).")
-@click.option("--split-by", type=click.Choice(["exposure", "frame", "source"]), default="exposure",
-              show_default=True, help="Validation split: whole exposures/frames, or sources.")
-@click.option("--val-fraction", default=0.2, show_default=True)
-@click.option("--patience", default=8, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--sources", required=True, type=float, help="Sources in the release (e.g. 1e9).")
+@click.option("--model", default="default", show_default=True, help="Model whose throughput counts.")
+@click.option("--gpus-per-node", default=0, show_default=True, help="GPUs per node (0: CPU nodes).")
+@click.option("--cores-per-node", type=int, default=None, help="CPU cores per node (default: this machine's).")
+@click.option("--hours", default=8.0, show_default=True, help="Length of the night.")
+@click.option("--measurements", type=_EXISTING, default=None,
+              help="Benchmark results directory (default: benchmarks/results of this installation).")
 @_user_errors
-def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-          image_size: int | None, split_by: str, val_fraction: float, patience: int) -> None:
-    """Train ARCH on the labelled cutouts in STORE and write a checkpoint with its card."""
-    from pipeline.train import train as run_train
+def plan(sources: float, model: str, gpus_per_node: int, cores_per_node: int | None, hours: float,
+         measurements: Path | None) -> None:
+    """Estimate the nodes and node-hours a whole release needs, from measured throughputs."""
+    from pipeline.plan import plan as run_plan
 
-    card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
-                     seed=seed, image_size=image_size,
-                     split_by="exposure" if split_by == "frame" else split_by,
-                     val_fraction=val_fraction, patience=patience)
-    click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): {card.metrics}")
+    result = run_plan(sources=sources, model=model, gpus_per_node=gpus_per_node,
+                      cores_per_node=cores_per_node, hours=hours, measurements=measurements)
+    click.echo(result.get("markdown", result))
 
 
 def _register_command_groups() -> None:
     from pipeline.cli_catalogue import catalogue_group, report
     from pipeline.cli_cluster import cluster_group, submit
+    from pipeline.cli_models import compare, evaluate, train
 
-    for command in (cluster_group, submit, catalogue_group, report):
+    for command in (train, evaluate, compare, cluster_group, submit, catalogue_group, report):
         cli.add_command(command)
 
 
