@@ -193,3 +193,47 @@ def test_noise_std_factor_matches_blurred_noise():
     expected = noise_std_factor(sigma)
     assert expected[0] == 1.0
     torch.testing.assert_close(measured, expected, rtol=0.03, atol=0)
+
+
+def test_autocast_dtype_per_device():
+    from workers.inference import autocast_dtype
+
+    assert autocast_dtype(torch.device("cpu")) is None  # float32 on the CPU, never CUDA asked
+    assert autocast_dtype(torch.device("cuda", 0), bf16_supported=True) is torch.bfloat16
+    assert autocast_dtype(torch.device("cuda", 1), bf16_supported=False) is torch.float16
+
+
+def test_physical_device_follows_cuda_visible_devices():
+    from workers.inference import physical_device
+
+    assert physical_device(torch.device("cpu"), {"CUDA_VISIBLE_DEVICES": "3"}) == "cpu"
+    assert physical_device(torch.device("cuda", 0), {"CUDA_VISIBLE_DEVICES": "2,0,1"}) == "gpu:2"
+    assert physical_device(torch.device("cuda", 1), {"CUDA_VISIBLE_DEVICES": "2,0,1"}) == "gpu:0"
+    uuid = "GPU-5d3c1a2b-0000-1111-2222-333344445555"
+    assert physical_device(torch.device("cuda", 0), {"CUDA_VISIBLE_DEVICES": uuid}) == f"gpu:{uuid}"
+    assert physical_device(torch.device("cuda", 0), {}) == "gpu:0"
+
+
+def _worker_gpu() -> dict:
+    from workers.inference import physical_device
+
+    return {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gpu": physical_device(torch.device("cuda", 0)),
+            "cuda_initialised": torch.cuda.is_initialized()}
+
+
+def test_each_worker_names_its_own_gpu():
+    """Workers started the way dask-cuda starts them (CUDA_VISIBLE_DEVICES rotated per
+    worker) each put their model on a different GPU: cuda:0 of worker i is GPU i."""
+    distributed = pytest.importorskip("distributed")
+    specs = {f"w{i}": {"cls": distributed.Nanny,
+                       "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": rotated}}}
+             for i, rotated in enumerate(["0,1,2", "1,2,0", "2,0,1"])}
+    scheduler = {"cls": distributed.Scheduler,
+                 "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
+    with distributed.SpecCluster(workers=specs, scheduler=scheduler) as cluster, \
+            distributed.Client(cluster) as client:
+        client.wait_for_workers(3)
+        seen = client.run(_worker_gpu)
+    assert sorted(r["gpu"] for r in seen.values()) == ["gpu:0", "gpu:1", "gpu:2"]
+    assert not any(r["cuda_initialised"] for r in seen.values())
