@@ -71,14 +71,12 @@ def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: f
     """Train ARCH on the labelled cutouts in STORE and write a checkpoint with its card."""
     from pipeline.train import train as run_train
 
-    extra = {k: v for k, v in (("split_seed", split_seed), ("init", init),
-                                ("init_sha256", init_sha256), ("teacher", teacher)) if v is not None}
-    if teacher is not None:  # TODO(lead): pass all once train() has them
-        extra.update(kd_alpha=kd_alpha, kd_temperature=kd_temperature)
     card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
-                     seed=seed, image_size=image_size,
+                     seed=seed, split_seed=split_seed, image_size=image_size,
                      split_by="exposure" if split_by == "frame" else split_by,
-                     val_fraction=val_fraction, patience=patience, **extra)
+                     val_fraction=val_fraction, patience=patience, init=init,
+                     init_sha256=init_sha256, teacher=teacher, kd_alpha=kd_alpha,
+                     kd_temperature=kd_temperature)
     m = card.metrics
     click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): validation accuracy "
                f"{m.get('accuracy', float('nan')):.4f}, balanced accuracy "

@@ -8,13 +8,15 @@ and a card that records the data, the split, the command and the metrics.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import pickle
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -25,23 +27,45 @@ from scipy.optimize import minimize_scalar
 from pipeline.errors import StoreError
 from pipeline.preprocess import DEFAULT_STRETCH, apply_stretch, resize, to_snr, validate_stretch
 from workers.blur import gaussian_blur, noise_std_factor
-from workers.checkpoint import ModelCard, save_checkpoint
+from workers.checkpoint import (CheckpointError, ModelCard, checkpoint_paths, file_sha256,
+                                load_checkpoint, save_checkpoint)
 from workers.inference import pick_device
 from workers.models import create_model, is_model
 
-__all__ = ["train", "split_validation", "classification_metrics", "fit_temperature",
-           "expected_calibration_error"]
+__all__ = ["train", "load_labelled", "split_validation", "read_weights", "transfer_weights",
+           "classification_metrics", "fit_temperature", "expected_calibration_error"]
 
 _SPLITS = ("exposure", "source")
 
 
 # --------------------------------------------------------------------------- data
-def _load_store(store: Path) -> dict[str, Any]:
-    """Read the labelled sources of a cutout store into memory."""
+def load_labelled(store: Path) -> dict[str, Any]:
+    """Read the labelled sources of a cutout store into memory.
+
+    Parameters
+    ----------
+    store : Path
+        Cutout store (Zarr) with ``image(source, band, y, x)`` and per-source
+        ``label`` (``""`` = unknown, skipped) and ``exposure``.
+
+    Returns
+    -------
+    dict
+        ``images`` (float32 ``(N, band, y, x)``, labelled sources only),
+        ``labels`` and ``exposures`` (str arrays), ``bands`` (list of str),
+        ``data_sha256`` (hash of every label, exposure and source id: identifies
+        the labelled data a card was trained on) and ``n_unlabelled``.
+
+    Raises
+    ------
+    pipeline.errors.StoreError
+        Unreadable store, missing variables or no labelled source.
+    """
     try:
         ds = xr.open_zarr(store)
     except Exception as exc:  # noqa: BLE001 - any failure to open is a bad store
-        raise StoreError(f"{store}: not a readable cutout store ({type(exc).__name__}: {exc})") from exc
+        raise StoreError(f"{store}: not a readable cutout store "
+                         f"({type(exc).__name__}: {exc})") from exc
     if "image" not in ds.data_vars:
         raise StoreError(f"{store}: no 'image' variable; a cutout store holds image(source, band, "
                          "y, x) - write one with `skysieve ingest` or `skysieve import-images`")
@@ -207,6 +231,193 @@ def _augment(z: torch.Tensor, gen: torch.Generator, *, max_shift: int = 2, p_blu
     return out
 
 
+# --------------------------------------------------------------------------- initial weights
+_CONTAINERS = ("state_dict", "model", "model_state_dict", "module")
+_PREFIXES = ("module.", "model.")
+
+
+def read_weights(path: Path, *, sha256: str | None = None) -> dict[str, Any]:
+    """Read weights to start a training from (pretraining -> fine-tuning).
+
+    A skysieve checkpoint (``MODEL.pt`` with its card ``MODEL.json`` beside it) is
+    read with :func:`workers.checkpoint.load_checkpoint` (sha256 checked against
+    the card, and against ``sha256`` when given).  Any other file is a bare
+    state dict (``.pt``/``.pth``, e.g. a user's ImageNet-style weights), read
+    only with ``torch.load(..., weights_only=True)`` after its sha256 is compared
+    with ``sha256`` when given; common containers (``{"state_dict": ...}``,
+    ``{"model": ...}``) are unwrapped and ``module.``/``model.`` prefixes shared
+    by every key are stripped.
+
+    Parameters
+    ----------
+    path : Path
+        The checkpoint (``.pt``, ``.json`` or stem) or the state-dict file.
+    sha256 : str, optional
+        Expected sha256 of the weights file; a mismatch is refused.
+
+    Returns
+    -------
+    dict
+        ``state`` (name -> tensor), ``path`` (absolute, of the weights file),
+        ``sha256``, ``arch`` and ``classes`` (``None`` for a bare state dict).
+
+    Raises
+    ------
+    workers.checkpoint.CheckpointError
+        Missing file, sha256 mismatch, pickled code, no tensors, bad card.
+    """
+    path = Path(path)
+    pt, card_path = checkpoint_paths(path)
+    if path.suffix in (".pt", ".json", "") and card_path.is_file():
+        with torch.random.fork_rng(devices=[]):  # building the model draws random numbers
+            model, card = load_checkpoint(pt, sha256=sha256)
+        return {"state": model.state_dict(), "path": str(pt.resolve()), "sha256": card.sha256,
+                "arch": card.arch, "classes": list(card.classes)}
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found; give a skysieve checkpoint "
+                              "(MODEL.pt with MODEL.json beside it) or a local state-dict file "
+                              "(.pt/.pth)")
+    actual = file_sha256(path)
+    if sha256 is not None and actual != str(sha256).strip().lower():
+        raise CheckpointError(f"{path}: sha256 {actual} does not match the expected {sha256!r}; "
+                              "the file changed or is not the one meant")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            blocked = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - only used to improve a message
+            blocked = ""
+        raise CheckpointError(f"{path}: refused, the file carries pickled code or objects that "
+                              f"weights_only loading does not allow"
+                              f"{f' (blocked globals: {blocked})' if blocked else ''}; save "
+                              "the weights as a plain state_dict: "
+                              "torch.save(model.state_dict(), path)") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable torch weights file ({first})") from exc
+    return {"state": _unwrap_state(obj, path), "path": str(path.resolve()), "sha256": actual,
+            "arch": None, "classes": None}
+
+
+def _unwrap_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict, out of a common container, common prefixes stripped."""
+    for _ in range(3):
+        if not isinstance(obj, dict) or any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in _CONTAINERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    state = ({k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+             if isinstance(obj, dict) else {})
+    if not state:
+        keys = f" with keys {', '.join(map(repr, list(obj)[:5]))}" if isinstance(obj, dict) else ""
+        raise CheckpointError(f"{path}: no tensors found (got {type(obj).__name__}{keys}); "
+                              "expected a state_dict, or {'state_dict': ...} or {'model': ...} "
+                              "holding one")
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped = True
+    return state
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt a first-conv weight ``(O, I, kh, kw)`` to ``in_chans`` inputs, as timm does.
+
+    One channel: the sum over the input channels (a grey image seen by an RGB
+    filter).  Otherwise the channels are repeated cyclically to ``in_chans`` and
+    scaled by ``I / in_chans``, keeping the response to uncorrelated inputs.
+    """
+    w = weight.float()
+    if in_chans == 1:
+        out = w.sum(dim=1, keepdim=True)
+    else:
+        reps = math.ceil(in_chans / w.shape[1])
+        out = w.repeat(1, reps, 1, 1)[:, :in_chans] * (w.shape[1] / in_chans)
+    return out.to(weight.dtype)
+
+
+def _head_keys(model: torch.nn.Module, num_classes: int) -> set[str]:
+    """Weight and bias names of the classifier: the last Linear with ``num_classes`` outputs."""
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and m.out_features == num_classes:
+            name = n
+    return set() if name is None else {f"{name}.weight", f"{name}.bias"}
+
+
+def transfer_weights(model: torch.nn.Module, source: dict[str, Any], *, arch: str,
+                     classes: list[str] | None = None) -> dict[str, Any]:
+    """Copy the matching tensors of ``source`` (from :func:`read_weights`) into ``model``.
+
+    Every tensor whose name and shape match is copied.  The first convolution
+    whose input-channel count differs (an RGB stem for a one-band model) is
+    adapted by :func:`_adapt_input_conv`.  The classifier head is copied only
+    when it describes the same classes: rows are reordered by name when the
+    source names its classes in another order; a different class list (or
+    count) leaves the head freshly initialised.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The freshly built model; changed in place.
+    source : dict
+        ``state``, ``path``, ``sha256``, ``arch``, ``classes`` as :func:`read_weights` returns.
+    arch : str
+        The model's registered name (for messages).
+    classes : list of str, optional
+        The model's classes in logit order.
+
+    Returns
+    -------
+    dict
+        ``path``, ``sha256``, ``arch`` (of the source, when known), ``loaded`` (number
+        of tensors copied unchanged), ``adapted`` and ``skipped`` (names of the model's
+        tensors adapted, and left as initialised).
+
+    Raises
+    ------
+    workers.checkpoint.CheckpointError
+        Fewer than half of the model's tensors could be taken from ``source``.
+    """
+    target = model.state_dict()
+    state, src_classes = source["state"], source.get("classes")
+    head = _head_keys(model, len(classes)) if classes else set()
+    new: dict[str, torch.Tensor] = {}
+    adapted: list[str] = []
+    for name, dst in target.items():
+        src = state.get(name)
+        if src is None:
+            continue
+        if name in head and src_classes is not None and list(src_classes) != list(classes):
+            if sorted(src_classes) != sorted(classes) or src.shape != dst.shape:
+                continue  # other classes: the head stays freshly initialised
+            src = src[[src_classes.index(c) for c in classes]]  # same classes, other order
+        if src.shape == dst.shape:
+            new[name] = src.to(dst.dtype)
+        elif (not adapted and src.dim() == 4 and dst.dim() == 4 and src.shape[1] != dst.shape[1]
+              and src.shape[0] == dst.shape[0] and src.shape[2:] == dst.shape[2:]):
+            new[name] = _adapt_input_conv(src, int(dst.shape[1])).to(dst.dtype)
+            adapted.append(name)
+    skipped = [k for k in target if k not in new]
+    if len(new) < len(target) / 2:
+        unmatched = ", ".join(skipped[:4]) + (" ..." if len(skipped) > 4 else "")
+        theirs = ", ".join(list(state)[:3])
+        said = f" (its card says arch {source['arch']!r})" if source.get("arch") else ""
+        raise CheckpointError(
+            f"{source['path']}: only {len(new)} of the {len(target)} tensors of arch {arch!r} "
+            f"could be loaded from it{said}; unmatched: {unmatched}; the file has e.g. {theirs}. "
+            f"Is it a checkpoint of arch {arch!r}?")
+    model.load_state_dict(new, strict=False)
+    return {"path": source["path"], "sha256": source["sha256"], "arch": source.get("arch"),
+            "loaded": len(new) - len(adapted), "adapted": adapted, "skipped": skipped}
+
+
 # --------------------------------------------------------------------------- metrics
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
                            classes: list[str]) -> dict[str, Any]:
@@ -267,6 +478,92 @@ def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- training
+def _amp_settings(device: torch.device, *,
+                  bf16_supported: bool | None = None) -> tuple[bool, torch.dtype]:
+    """Mixed precision for training on ``device``: ``(enabled, dtype)``.
+
+    CUDA: autocast to bfloat16 where the GPU supports it (``bf16_supported``,
+    default ``torch.cuda.is_bf16_supported()``), else float16 (with a gradient
+    scaler).  CPU: disabled (bf16 autocast was 4-50x slower on AVX2 CPUs, see
+    DESIGN.md), ``(False, torch.float32)``.
+    """
+    if torch.device(device).type != "cuda":
+        return False, torch.float32
+    if bf16_supported is None:
+        bf16_supported = bool(torch.cuda.is_bf16_supported())
+    return True, (torch.bfloat16 if bf16_supported else torch.float16)
+
+
+def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, ce: torch.Tensor, *, alpha: float,
+             temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015): ``(1 - alpha) ce + alpha T^2 KL(softmax(t/T) || softmax(s/T))``."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student.float() / t, dim=1),
+                  F.log_softmax(teacher.float() / t, dim=1),
+                  log_target=True, reduction="batchmean")
+    return (1.0 - alpha) * ce + alpha * t * t * kl
+
+
+def _load_teacher(path: Path, *, alpha: float, temperature: float) -> dict[str, Any]:
+    """Load a teacher checkpoint (sha256 checked against its card), frozen, in eval mode."""
+    with torch.random.fork_rng(devices=[]):  # building the model draws random numbers
+        model, card = load_checkpoint(path, sha256=None)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return {"model": model.eval(), "card": card,
+            "path": str(checkpoint_paths(path)[0].resolve()),
+            "stretch": validate_stretch(card.stretch or DEFAULT_STRETCH),
+            "image_size": int(card.image_size), "alpha": float(alpha),
+            "temperature": float(temperature)}
+
+
+def _bind_teacher(kd: dict[str, Any], classes: list[str], n_chan: int) -> dict[str, Any]:
+    """Check that the teacher can teach ``classes`` on ``n_chan`` bands; map its logits to them."""
+    card, pt = kd["card"], kd["path"]
+    if sorted(card.classes) != sorted(classes):
+        raise CheckpointError(f"{pt}: the teacher's classes {card.classes!r} are not the "
+                              f"student's {classes!r} (from the store); distil from a model "
+                              "trained on the same classes")
+    if card.in_chans != n_chan:
+        raise CheckpointError(f"{pt}: the teacher takes {card.in_chans} band(s), the store has "
+                              f"{n_chan}; distil from a model trained on the same bands")
+    return {**kd, "order": [card.classes.index(c) for c in classes]}
+
+
+class _EpochBar:
+    """An in-place progress bar for one epoch on a terminal (carriage returns); else silent."""
+
+    def __init__(self, stream: TextIO, *, epoch: int, epochs: int, total: int, enabled: bool):
+        self.stream, self.epoch, self.epochs, self.total = stream, epoch, epochs, total
+        self.enabled, self.last, self.width = enabled, -math.inf, 0
+
+    def update(self, done: int, loss: float) -> None:
+        """Show ``done`` of ``total`` batches and the running loss (at most 10 times a second)."""
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.1 and done < self.total):
+            return
+        self.last = now
+        filled = int(20 * done / max(self.total, 1))
+        text = (f"epoch {self.epoch}/{self.epochs} [{'#' * filled}{'.' * (20 - filled)}] "
+                f"{done}/{self.total} loss {loss:.4f}")
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def close(self) -> None:
+        """Erase the bar, so that the epoch summary line takes its place."""
+        if self.enabled and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def _logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
             batch_size: int) -> np.ndarray:
     model.eval()
@@ -279,7 +576,8 @@ def _logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
 
 
 def _check_args(arch: str, epochs: int, batch_size: int, lr: float, patience: int,
-                split_by: str, image_size: int | None) -> None:
+                split_by: str, image_size: int | None, kd_alpha: float,
+                kd_temperature: float) -> None:
     if not is_model(arch):
         create_model(arch, num_classes=2)  # raises the ValueError listing the names
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience)):
@@ -293,12 +591,22 @@ def _check_args(arch: str, epochs: int, batch_size: int, lr: float, patience: in
         raise ValueError(f"train: unknown split_by {split_by!r}; valid: {', '.join(_SPLITS)}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"train: image_size must be a positive integer, got {image_size!r}")
+    if isinstance(kd_alpha, bool) or not isinstance(kd_alpha, (int, float)) or not (
+            0.0 <= kd_alpha <= 1.0):
+        raise ValueError(f"train: kd_alpha must be between 0 and 1, got {kd_alpha!r}")
+    if (isinstance(kd_temperature, bool) or not isinstance(kd_temperature, (int, float))
+            or not kd_temperature > 0 or math.isinf(kd_temperature)):
+        raise ValueError(f"train: kd_temperature must be a positive number, got "
+                         f"{kd_temperature!r}")
 
 
 def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: int = 128,
           lr: float = 3e-3, weight_decay: float = 1e-4, seed: int = 0,
           image_size: int | None = None, split_by: str = "exposure", val_fraction: float = 0.2,
-          patience: int = 8, device: str | None = None, progress: bool = True) -> ModelCard:
+          patience: int = 8, device: str | None = None, progress: bool = True,
+          split_seed: int | None = None, init: Path | None = None,
+          init_sha256: str | None = None, teacher: Path | None = None,
+          kd_alpha: float = 0.5, kd_temperature: float = 4.0) -> ModelCard:
     """Train ``arch`` on the labelled sources of a cutout store and write a checkpoint.
 
     All labelled stamps are read into memory and normalised once (S/N units,
@@ -311,7 +619,20 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     balanced accuracy after ``patience`` epochs without improvement, keeping the
     best weights; then a temperature is fitted on the validation logits.
     Deterministic for a seed on one machine and thread count (the global RNG is
-    restored afterwards).
+    restored afterwards).  On CUDA the steps run under autocast (bfloat16 where
+    supported, else float16 with a gradient scaler); on the CPU in float32.
+
+    Fine-tuning (``init``): the model starts from the weights of a skysieve
+    checkpoint or a local state-dict file instead of a random initialisation,
+    see :func:`read_weights` and :func:`transfer_weights` (matching tensors
+    copied, an RGB stem summed to one band, a head for other classes left fresh).
+
+    Distillation (``teacher``, Hinton et al. 2015): a skysieve checkpoint with
+    the same classes (any order) sees each augmented batch, stretched and
+    resized as its card says, in eval mode; the loss is ``(1 - kd_alpha) CE +
+    kd_alpha T^2 KL(softmax(teacher / T) || softmax(student / T))`` with
+    ``T = kd_temperature`` (raw teacher logits; its calibration temperature is
+    not applied).  Validation and early stopping still use the labels only.
 
     Parameters
     ----------
@@ -332,7 +653,21 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     device : str, optional
         See :func:`workers.inference.pick_device`.
     progress : bool, default: True
-        Print one line per epoch to stderr.
+        Print one line per epoch to stderr (and a progress bar within the epoch
+        when stderr is a terminal).
+    split_seed : int, optional
+        Seed of the validation split only (default ``seed``): hold out the same
+        exposures while ``seed`` varies the initialisation and augmentation.
+    init : Path, optional
+        Weights to start from (see :func:`read_weights`).
+    init_sha256 : str, optional
+        Expected sha256 of the ``init`` weights file; a mismatch is refused.
+    teacher : Path, optional
+        Skysieve checkpoint to distil from (its sha256 is checked against its card).
+    kd_alpha : float, default: 0.5
+        Weight of the distillation term, in [0, 1].
+    kd_temperature : float, default: 4.0
+        Softmax temperature of the distillation term, > 0.
 
     Returns
     -------
@@ -340,8 +675,16 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         The card as written.
     """
     store, out = Path(store), Path(out)
-    _check_args(arch, epochs, batch_size, lr, patience, split_by, image_size)
-    data = _load_store(store)
+    _check_args(arch, epochs, batch_size, lr, patience, split_by, image_size, kd_alpha,
+                kd_temperature)
+    if split_seed is None:
+        split_seed = seed
+    if init_sha256 is not None and init is None:
+        raise ValueError("train: init_sha256 given without init; pass the weights file too")
+    source = read_weights(Path(init), sha256=init_sha256) if init is not None else None
+    kd = (_load_teacher(Path(teacher), alpha=kd_alpha, temperature=kd_temperature)
+          if teacher is not None else None)
+    data = load_labelled(store)
     labels, exposures = data["labels"], data["exposures"]
     classes = sorted(set(labels.tolist()))
     if len(classes) < 2:
@@ -350,7 +693,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     y_all = np.searchsorted(np.asarray(classes), labels)
     try:
         train_idx, val_idx, val_groups = split_validation(
-            exposures, labels, by=split_by, val_fraction=val_fraction, seed=seed)
+            exposures, labels, by=split_by, val_fraction=val_fraction, seed=split_seed)
     except ValueError as exc:
         raise StoreError(f"{store}: {exc}") from exc
     images = data.pop("images")
@@ -358,6 +701,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     image_size = int(image_size or height)
     stretch = validate_stretch(DEFAULT_STRETCH)
     dev = pick_device(device)
+    if kd is not None:
+        kd = _bind_teacher(kd, classes, int(n_chan))
 
     z_all = to_snr(images)
     del images
@@ -380,12 +725,21 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         torch.use_deterministic_algorithms(True, warn_only=True)
         try:
             model = create_model(arch, num_classes=len(classes), in_chans=int(n_chan),
-                                 image_size=image_size).to(dev)
+                                 image_size=image_size)
+            init_info = None
+            if source is not None:
+                init_info = transfer_weights(model, source, arch=arch, classes=classes)
+                del source
+                if progress:
+                    print(_init_summary(init_info), file=sys.stderr, flush=True)
+            model.to(dev)
+            if kd is not None:
+                kd["model"].to(dev)
             history = _fit(model, z_train, y_train, x_val, y_val, weights.to(dev), dev,
                            classes=classes, stretch=stretch, image_size=image_size,
                            epochs=epochs, batch_size=batch_size, lr=lr,
                            weight_decay=weight_decay, patience=patience, seed=seed,
-                           progress=progress)
+                           progress=progress, kd=kd)
         finally:
             torch.use_deterministic_algorithms(det_was[0], warn_only=det_was[1])
 
@@ -400,12 +754,24 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         "n_train": int(train_idx.size), "n_val": int(val_idx.size),
         "n_unlabelled_skipped": data["n_unlabelled"],
     })
+    loss = "cross-entropy weighted by inverse class frequency"
+    extra: dict[str, Any] = {}
+    if init_info is not None:
+        extra["init"] = init_info
+    if kd is not None:
+        loss = (f"knowledge distillation (Hinton et al. 2015): {1 - kd_alpha:g} x {loss} + "
+                f"{kd_alpha:g} x T^2 x KL(softmax(teacher/T) || softmax(student/T)), "
+                f"T = {kd_temperature:g}")
+        extra["teacher"] = {"path": kd["path"], "sha256": kd["card"].sha256,
+                            "arch": kd["card"].arch, "alpha": float(kd_alpha),
+                            "temperature": float(kd_temperature)}
+    amp, amp_dtype = _amp_settings(dev)
     card = ModelCard(
         arch=arch, classes=classes, in_chans=int(n_chan), image_size=image_size,
         bands=data["bands"], stretch=stretch, temperature=temperature,
         training={
             "store": str(store.resolve()), "data_sha256": data["data_sha256"],
-            "split": {"by": split_by, "val_fraction": val_fraction,
+            "split": {"by": split_by, "val_fraction": val_fraction, "seed": split_seed,
                       "val_exposures": val_groups, "n_train": int(train_idx.size),
                       "n_val": int(val_idx.size)},
             "seed": seed, "epochs": epochs, "epochs_run": history["epochs_run"],
@@ -413,8 +779,10 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             "weight_decay": weight_decay, "patience": patience, "device": str(dev),
             "stamp": [int(height), int(width)],
             "augment": "dihedral8, shift<=2px, blur p=0.3 sigma 0.3-1.5px, dim p=0.5 a>=0.6",
-            "loss": "cross-entropy weighted by inverse class frequency",
+            "loss": loss,
+            **extra,
             "optimizer": "AdamW, 1-epoch warm-up + cosine",
+            "precision": str(amp_dtype).removeprefix("torch.") + (" autocast" if amp else ""),
             "seconds": round(time.perf_counter() - t_start, 2),
             "history": history["epochs"],
             "command": shlex.join(sys.argv),
@@ -426,14 +794,34 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     return save_checkpoint(model.cpu(), card, out)
 
 
+def _init_summary(info: dict[str, Any]) -> str:
+    """One line saying what ``init`` weights were used and how."""
+    arch = f"arch {info['arch']}, " if info.get("arch") else ""
+    fresh = ", ".join(info["skipped"][:4]) + (" ..." if len(info["skipped"]) > 4 else "")
+    return (f"init from {info['path']} ({arch}sha256 {info['sha256'][:12]}): "
+            f"{info['loaded']} tensors loaded, {len(info['adapted'])} adapted"
+            f"{' (' + ', '.join(info['adapted']) + ')' if info['adapted'] else ''}, "
+            f"{len(info['skipped'])} left as initialised{' (' + fresh + ')' if fresh else ''}")
+
+
 def _fit(model: torch.nn.Module, z_train: torch.Tensor, y_train: torch.Tensor,
          x_val: torch.Tensor, y_val: np.ndarray, weights: torch.Tensor, dev: torch.device, *,
          classes: list[str], stretch: dict[str, Any], image_size: int, epochs: int,
          batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
-         progress: bool) -> dict[str, Any]:
+         progress: bool, kd: dict[str, Any] | None = None) -> dict[str, Any]:
     """The epoch loop; leaves the best weights in ``model``."""
     n = z_train.shape[0]
     model.to(memory_format=torch.channels_last)  # 1.3-1.7x faster on the CPU; saved contiguous
+    if kd is not None:
+        kd["model"].to(memory_format=torch.channels_last)
+    amp, amp_dtype = _amp_settings(dev)
+    scaler = torch.amp.GradScaler(dev.type) if amp and amp_dtype == torch.float16 else None
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        return (torch.autocast(dev.type, dtype=amp_dtype) if amp
+                else contextlib.nullcontext())
+
+    bar_on = progress and _isatty(sys.stderr)
     steps_per_epoch = max(1, n // batch_size + (1 if n % batch_size >= 2 else 0))
     total = epochs * steps_per_epoch
     warm = min(steps_per_epoch, max(total // 10, 1))
@@ -449,19 +837,38 @@ def _fit(model: torch.nn.Module, z_train: torch.Tensor, y_train: torch.Tensor,
         model.train()
         perm = torch.as_tensor(rng.permutation(n))
         loss_sum, seen = 0.0, 0
-        for start in range(0, n, batch_size):
+        bar = _EpochBar(sys.stderr, epoch=epoch, epochs=epochs, total=steps_per_epoch,
+                        enabled=bar_on)
+        for step, start in enumerate(range(0, n, batch_size), 1):
             idx = perm[start:start + batch_size]
             if idx.numel() < 2:  # BatchNorm needs two samples
                 continue
-            xb = resize(apply_stretch(_augment(z_train[idx], gen), stretch), image_size)
+            za = _augment(z_train[idx], gen)
+            xb = resize(apply_stretch(za, stretch), image_size)
             xb = xb.to(dev).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), y_train[idx].to(dev), weight=weights)
+            with autocast():
+                logits_b = model(xb).float()
+            loss = F.cross_entropy(logits_b, y_train[idx].to(dev), weight=weights)
+            if kd is not None:
+                xt = resize(apply_stretch(za, kd["stretch"]), kd["image_size"])
+                xt = xt.to(dev).contiguous(memory_format=torch.channels_last)
+                with torch.no_grad(), autocast():
+                    t_logits = kd["model"](xt).float()[:, kd["order"]]
+                loss = _kd_loss(logits_b, t_logits, loss, alpha=kd["alpha"],
+                                temperature=kd["temperature"])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             sched.step()
             loss_sum += float(loss.detach()) * idx.numel()
             seen += idx.numel()
+            bar.update(step, loss_sum / seen)
+        bar.close()
         logits = _logits(model, x_val, dev, 4 * batch_size)
         m = classification_metrics(y_val, logits.argmax(axis=1), classes)
         val_loss = float(F.cross_entropy(torch.as_tensor(logits), torch.as_tensor(y_val),

@@ -12,7 +12,7 @@ import xarray as xr
 from pipeline.errors import StoreError
 from pipeline.preprocess import prepare
 from pipeline.train import (classification_metrics, expected_calibration_error,
-                            fit_temperature, split_validation, train)
+                            fit_temperature, load_labelled, split_validation, train)
 from workers.checkpoint import file_sha256, load_checkpoint
 from workers.inference import Predictor
 
@@ -161,6 +161,23 @@ def test_unknown_arch_lists_the_models(store, tmp_path):
                                          r"models: .*lenet5, .*smallcnn"):
         train(store, arch="smallcn", out=tmp_path / "x.pt")
     assert not any(tmp_path.iterdir())
+
+
+def test_load_labelled_reads_the_labelled_sources_and_fingerprints_them(store, smallcnn,
+                                                                        tmp_path):
+    data = load_labelled(store)
+    assert data["images"].shape == (294, 1, 32, 32) and data["images"].dtype == np.float32
+    assert set(data["labels"]) == set(CLASSES) and data["exposures"].shape == (294,)
+    assert data["bands"] == ["r"] and data["n_unlabelled"] == 6
+    assert data["data_sha256"] == smallcnn[0].training["data_sha256"]  # what the card records
+    ds = xr.open_zarr(store).load()
+    labels = ds["label"].values.astype(str).copy()
+    labels[10] = "star" if labels[10] != "star" else "galaxy"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.assign_coords(label=("source", labels)).to_zarr(tmp_path / "relabelled.zarr",
+                                                           zarr_format=3, mode="w")
+    assert load_labelled(tmp_path / "relabelled.zarr")["data_sha256"] != data["data_sha256"]
 
 
 def test_bad_stores(tmp_path):
