@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import xarray as xr
-from scipy.optimize import minimize_scalar
 
 from pipeline.errors import StoreError
+from pipeline.metrics import (classification_metrics, expected_calibration_error, fit_temperature,
+                             nll, softmax)
 from pipeline.preprocess import DEFAULT_STRETCH, apply_stretch, resize, to_snr, validate_stretch
 from workers.blur import gaussian_blur, noise_std_factor
 from workers.checkpoint import (CheckpointError, ModelCard, checkpoint_paths, file_sha256,
@@ -32,8 +33,7 @@ from workers.checkpoint import (CheckpointError, ModelCard, checkpoint_paths, fi
 from workers.inference import pick_device
 from workers.models import create_model, is_model
 
-__all__ = ["train", "load_labelled", "split_validation", "read_weights", "transfer_weights",
-           "classification_metrics", "fit_temperature", "expected_calibration_error"]
+__all__ = ["train", "load_labelled", "split_validation", "read_weights", "transfer_weights"]
 
 _SPLITS = ("exposure", "source")
 
@@ -418,65 +418,6 @@ def transfer_weights(model: torch.nn.Module, source: dict[str, Any], *, arch: st
             "loaded": len(new) - len(adapted), "adapted": adapted, "skipped": skipped}
 
 
-# --------------------------------------------------------------------------- metrics
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
-                           classes: list[str]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy (mean recall over classes present), recalls, confusion.
-
-    The confusion matrix is a list of rows: ``confusion[true][predicted]``.
-    """
-    k = len(classes)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    support = cm.sum(axis=1)
-    recall = np.divide(np.diag(cm), support, out=np.full(k, np.nan), where=support > 0)
-    present = support > 0
-    return {
-        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
-        "balanced_accuracy": float(np.mean(recall[present])) if present.any() else float("nan"),
-        "recall": {c: (None if np.isnan(r) else float(r)) for c, r in zip(classes, recall)},
-        "confusion": cm.tolist(),
-    }
-
-
-def expected_calibration_error(proba: np.ndarray, y_true: np.ndarray, *, bins: int = 15) -> float:
-    """Expected calibration error of the top-class probability (equal-width bins)."""
-    conf = proba.max(axis=1)
-    correct = proba.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
-
-
-def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-logp[np.arange(y.size), y].mean())
-
-
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
-    """Return the temperature ``T`` in [0.05, 20] minimising the NLL of ``softmax(logits / T)``."""
-    if y_true.size == 0:
-        return 1.0
-    res = minimize_scalar(lambda log_t: _nll(logits, y_true, math.exp(log_t)),
-                          bounds=(math.log(0.05), math.log(20.0)), method="bounded",
-                          options={"xatol": 1e-4})
-    return float(math.exp(res.x))
-
-
-def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 # --------------------------------------------------------------------------- training
 def _amp_settings(device: torch.device, *,
                   bf16_supported: bool | None = None) -> tuple[bool, torch.dtype]:
@@ -745,12 +686,12 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
 
     logits = _logits(model, x_val, dev, 4 * batch_size)
     temperature = fit_temperature(logits, y_val)
-    proba_raw, proba_cal = _softmax(logits), _softmax(logits, temperature)
+    proba_raw, proba_cal = softmax(logits), softmax(logits, temperature)
     metrics = classification_metrics(y_val, logits.argmax(axis=1), classes)
     metrics.update({
         "ece": expected_calibration_error(proba_raw, y_val),
         "ece_calibrated": expected_calibration_error(proba_cal, y_val),
-        "nll": _nll(logits, y_val, 1.0), "nll_calibrated": _nll(logits, y_val, temperature),
+        "nll": nll(logits, y_val, 1.0), "nll_calibrated": nll(logits, y_val, temperature),
         "n_train": int(train_idx.size), "n_val": int(val_idx.size),
         "n_unlabelled_skipped": data["n_unlabelled"],
     })

@@ -11,8 +11,8 @@ import xarray as xr
 
 from pipeline.errors import StoreError
 from pipeline.preprocess import prepare
-from pipeline.train import (classification_metrics, expected_calibration_error,
-                            fit_temperature, load_labelled, split_validation, train)
+from pipeline.metrics import classification_metrics, expected_calibration_error, fit_temperature
+from pipeline.train import load_labelled, split_validation, train
 from workers.checkpoint import file_sha256, load_checkpoint
 from workers.inference import Predictor
 
