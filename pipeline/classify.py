@@ -5,6 +5,11 @@ scores blur, runs the worker's cached model in batches and writes one Parquet
 part atomically; it returns only a small summary. Pixels never pass through the
 client or the scheduler, the model is loaded once per worker process (keyed by
 its sha256), and a rerun skips the parts that are already whole.
+
+On a whole-exposure store (``attrs["item"] == "exposure"``, written by
+:mod:`pipeline.whole_exposure`) each row is an exposure/CCD, and its blur score
+is that exposure's PSF FWHM (measured on its stars at ingest) over the store's
+median PSF FWHM; NaN, flagged ``FLAG_EMPTY``, where no PSF could be measured.
 """
 
 from __future__ import annotations
@@ -117,7 +122,13 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     probs = predictor.predict_proba(x).astype(np.float32)
     probs /= probs.sum(axis=1, keepdims=True)
 
-    fwhm = apparent_fwhm(images)
+    if group.attrs.get("item") == "exposure":
+        # Whole exposures (pipeline.whole_exposure): the blur score is the exposure's own PSF
+        # FWHM (measured on its stars at ingest) over the store's median; NaN (FLAG_EMPTY)
+        # where no PSF was measured.  The stamp-centre moments would measure the target.
+        fwhm = cols["psf_fwhm"].astype(np.float32)
+    else:
+        fwhm = apparent_fwhm(images)
     ref = reference_fwhm
     if ref is None:  # no PSF estimate in the store (e.g. imported images): the chunk's compact end
         finite = fwhm[np.isfinite(fwhm)]

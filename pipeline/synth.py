@@ -7,6 +7,11 @@ sky, Poisson and read noise, saturated stars, and six classes of source with
 overlapping sizes and magnitudes (:data:`CLASSES`). Every injected source is a
 row of ``truth.parquet``.
 
+``skysieve synth --pointed`` (:func:`synthesize_pointed`) renders pointed
+exposures instead, for whole-exposure classification: each is centred on one
+large target, a galaxy or a nebula/star cluster, among field stars and
+background galaxies, and ``truth.parquet`` has one row per exposure.
+
 Coordinates are 0-based pixels, ``x`` = column, ``y`` = row (``image[y, x]``),
 and sky positions come from each CCD's WCS with origin 0.
 """
@@ -28,7 +33,8 @@ import numpy as np
 
 from pipeline.errors import SkysieveError
 
-__all__ = ["CLASSES", "SynthError", "SynthSummary", "synthesize"]
+__all__ = ["CLASSES", "TARGET_CLASSES", "TARGET_MORPHOLOGIES", "PointedSummary", "SynthError",
+           "SynthSummary", "synthesize", "synthesize_pointed"]
 
 #: The source classes of the synthetic survey, in the order of the model outputs.
 CLASSES: tuple[str, ...] = ("star", "elliptical", "lenticular", "spiral", "irregular",
@@ -203,14 +209,7 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
             for i in range(exposures)]
 
     n_proc = processes if processes is not None else _auto_processes(exposures, size, ccds)
-    n_proc = max(1, min(n_proc, exposures))
-    if n_proc == 1:
-        results = [_render_exposure(job) for job in jobs]
-    else:
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with ProcessPoolExecutor(max_workers=n_proc, mp_context=ctx) as pool:
-            results = list(pool.map(_render_exposure, jobs))
+    results = _run_jobs(_render_exposure, jobs, n_proc)
 
     _remove_stale(out_dir, exposures)
     truth_path = out_dir / "truth.parquet"
@@ -264,6 +263,17 @@ def _auto_processes(exposures: int, size: int, ccds: int) -> int:
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     return max(1, min(exposures, cores))
+
+
+def _run_jobs(render: Any, jobs: list[Any], n_proc: int) -> list[dict[str, Any]]:
+    """``[render(job) for job in jobs]``, in ``n_proc`` processes when more than one."""
+    n_proc = max(1, min(n_proc, len(jobs)))
+    if n_proc == 1:
+        return [render(job) for job in jobs]
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=n_proc, mp_context=ctx) as pool:
+        return list(pool.map(render, jobs))
 
 
 def _remove_stale(out_dir: Path, exposures: int) -> None:
@@ -355,7 +365,6 @@ def _make_psf(rng: np.random.Generator, blurred: bool) -> _Psf:
 def _render_exposure(job: _Job) -> dict[str, Any]:
     """Render one exposure (all its CCDs), write its FITS file, return its truth."""
     from astropy.io import fits
-    from astropy.time import Time
     from astropy.wcs import WCS
 
     rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(1, job.index)))
@@ -375,28 +384,8 @@ def _render_exposure(job: _Job) -> dict[str, Any]:
     half_u = 0.5 * (ncol * pitch - _CCD_GAP)   # focal-plane half-widths, px
     half_v = 0.5 * (nrow * pitch - _CCD_GAP)
 
-    common = {
-        "PIXSCALE": (_PIXSCALE, "[arcsec/px] pixel scale"),
-        "PSF_FWHM": (0.0, "[arcsec] true PSF FWHM at the CCD centre"),
-        "SEEING": (round(psf.seeing, 4), "[arcsec] atmospheric seeing FWHM"),
-        "PSFMODEL": (psf.kind, "PSF: Kolmogorov seeing, bad seeing or defocus"),
-        "GAIN": (_GAIN, "[e-/ADU] gain"),
-        "RDNOISE": (_RDNOISE, "[e-] read noise"),
-        "SATURATE": (_SATURATE, "[ADU] saturation level (pixels clipped)"),
-        "SKYLEVEL": (round(sky, 4), "[ADU/px] mean sky level (not subtracted)"),
-        "EXPTIME": (_EXPTIME, "[s] exposure time"),
-        "MAGZP": (round(magzp, 4), "[mag] zero point: mag = MAGZP - 2.5 log10(ADU)"),
-        "FILTER": (_FILTER, "filter"),
-        "BLURRED": (job.blurred, "deliberately blurred (bad seeing or defocus)"),
-        "OBJECT": (f"SYNTH FIELD {job.index:04d}", "synthetic survey field"),
-        "SEED": (job.seed, "skysieve synth random seed of the survey"),
-        "EXPNUM": (job.index, "exposure number in the survey"),
-        "MJD-OBS": (round(mjd, 6), "[d] MJD at the start of the exposure"),
-        "DATE-OBS": (Time(mjd, format="mjd", scale="utc").isot, "UTC start"),
-        "TELESCOP": ("skysieve-synth", "GalSim rendering of a 4 m class telescope"),
-        "INSTRUME": ("skysieve-synth", "synthetic camera"),
-        "ORIGIN": ("skysieve synth", "pipeline.synth"),
-    }
+    common = _header_cards(index=job.index, seed=job.seed, psf=psf, magzp=magzp, sky=sky,
+                           blurred=job.blurred, mjd=mjd)
     primary = fits.Header()
     hdus: list[Any] = []
     truth: dict[str, list[Any]] = {k: [] for k in (
@@ -447,6 +436,35 @@ def _render_exposure(job: _Job) -> dict[str, Any]:
     return {"stem": job.stem, "blurred": job.blurred, "psf_fwhm": psf.fwhm, "truth": truth}
 
 
+def _header_cards(*, index: int, seed: int, psf: _Psf, magzp: float, sky: float,
+                  blurred: bool, mjd: float, kind: str = "field") -> dict[str, tuple[Any, str]]:
+    """The header keys every synthetic exposure carries, as ``{key: (value, comment)}``."""
+    from astropy.time import Time
+
+    return {
+        "PIXSCALE": (_PIXSCALE, "[arcsec/px] pixel scale"),
+        "PSF_FWHM": (0.0, "[arcsec] true PSF FWHM at the CCD centre"),
+        "SEEING": (round(psf.seeing, 4), "[arcsec] atmospheric seeing FWHM"),
+        "PSFMODEL": (psf.kind, "PSF: Kolmogorov seeing, bad seeing or defocus"),
+        "GAIN": (_GAIN, "[e-/ADU] gain"),
+        "RDNOISE": (_RDNOISE, "[e-] read noise"),
+        "SATURATE": (_SATURATE, "[ADU] saturation level (pixels clipped)"),
+        "SKYLEVEL": (round(sky, 4), "[ADU/px] mean sky level (not subtracted)"),
+        "EXPTIME": (_EXPTIME, "[s] exposure time"),
+        "MAGZP": (round(magzp, 4), "[mag] zero point: mag = MAGZP - 2.5 log10(ADU)"),
+        "FILTER": (_FILTER, "filter"),
+        "BLURRED": (blurred, "deliberately blurred (bad seeing or defocus)"),
+        "OBJECT": (f"SYNTH {kind.upper()} {index:04d}", f"synthetic survey {kind}"),
+        "SEED": (seed, "skysieve synth random seed of the survey"),
+        "EXPNUM": (index, "exposure number in the survey"),
+        "MJD-OBS": (round(mjd, 6), "[d] MJD at the start of the exposure"),
+        "DATE-OBS": (Time(mjd, format="mjd", scale="utc").isot, "UTC start"),
+        "TELESCOP": ("skysieve-synth", "GalSim rendering of a 4 m class telescope"),
+        "INSTRUME": ("skysieve-synth", "synthetic camera"),
+        "ORIGIN": ("skysieve synth", "pipeline.synth"),
+    }
+
+
 def _wcs_keys(header: Any, *, ra0: float, dec0: float, rot: float,
               crpix: tuple[float, float]) -> None:
     """A celestial TAN WCS: north up, east left, rotated by ``rot`` radians."""
@@ -470,11 +488,20 @@ def _render_ccd(rng: np.random.Generator, *, size: int, n: int, psf: _Psf, magzp
                 sky: float, offset: tuple[float, float], half: tuple[float, float],
                 ) -> tuple[np.ndarray, dict[str, list[Any]]]:
     """Draw ``n`` sources, sky and noise on one CCD; return the image and its truth."""
-    import galsim
-
     specs = _sample_sources(rng, n, magzp)
     xy = _place(rng, specs, size)
     model = np.zeros((size, size), dtype=np.float32)
+    cat = _draw_sources(model, specs, xy, psf=psf, offset=offset, half=half)
+    return _observe(rng, model, sky), cat
+
+
+def _draw_sources(model: np.ndarray, specs: list[dict[str, Any]], xy: np.ndarray, *,
+                  psf: _Psf, offset: tuple[float, float], half: tuple[float, float],
+                  ) -> dict[str, list[Any]]:
+    """Add each source of ``specs`` at ``xy`` (x, y; 0-based) into ``model``; return the truth."""
+    import galsim
+
+    size = model.shape[0]
     cat: dict[str, list[Any]] = {k: [] for k in (
         "x", "y", "class", "flux", "mag", "size", "psf_fwhm")}
     for spec, (x, y) in zip(specs, xy):
@@ -499,15 +526,18 @@ def _render_ccd(rng: np.random.Generator, *, size: int, n: int, psf: _Psf, magzp
         cat["mag"].append(float(spec["mag"]))
         cat["size"].append(float(spec["size"]))
         cat["psf_fwhm"].append(float(fwhm))
+    return cat
 
-    # Sky with a gentle gradient, Poisson noise in electrons, read noise, saturation.
+
+def _observe(rng: np.random.Generator, model: np.ndarray, sky: float) -> np.ndarray:
+    """Sky with a gentle gradient, Poisson noise in electrons, read noise, saturation."""
+    size = model.shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / np.float32(size) - np.float32(0.5)
     gx, gy = rng.uniform(-0.02, 0.02, 2)
     lam = (model + np.float32(sky) * (1 + np.float32(gx) * xx + np.float32(gy) * yy))
     lam = np.clip(lam, 0, None, dtype=np.float64) * _GAIN
     electrons = rng.poisson(lam).astype(np.float64) + rng.normal(0.0, _RDNOISE, lam.shape)
-    image = np.minimum(electrons / _GAIN, _SATURATE).astype(np.float32)
-    return image, cat
+    return np.minimum(electrons / _GAIN, _SATURATE).astype(np.float32)
 
 
 def _draw_into(image: np.ndarray, obj: Any, x: float, y: float, half: int) -> None:
@@ -732,10 +762,15 @@ def _irregular(rng: np.random.Generator, radius: float) -> tuple[Any, float]:
     return _assemble(rng, parts, radius, q=rng.uniform(0.5, 1.0))
 
 
-def _nebula_cluster(rng: np.random.Generator, radius: float) -> tuple[Any, float]:
-    """A resolved star cluster (many points + unresolved glow) or a nebula with a few stars."""
+def _nebula_cluster(rng: np.random.Generator, radius: float, *, form: str | None = None,
+                    ) -> tuple[Any, float]:
+    """A resolved star cluster (many points + unresolved glow) or a nebula with a few stars.
+
+    ``form`` ("star_cluster" or "nebula") fixes the kind; ``None`` draws it (60% clusters).
+    """
     parts = []
-    if rng.uniform() < 0.6:  # star cluster: a sprinkle of point sources
+    cluster = rng.uniform() < 0.6 if form is None else form == "star_cluster"
+    if cluster:  # star cluster: a sprinkle of point sources
         glow = float(rng.uniform(0.15, 0.35))
         parts.append(_Part("gauss", glow, r=float(rng.uniform(0.6, 1.0))))
         k = int(rng.integers(20, 50))
@@ -884,3 +919,321 @@ def _write_truth(path: Path, results: list[dict[str, Any]], *, seed: int, size: 
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return n
+
+
+# --------------------------------------------------------------------------- pointed exposures
+
+#: Target classes of the pointed exposures (HR-CelestialNet's task), in model-output order.
+TARGET_CLASSES: tuple[str, ...] = ("galaxy", "nebula_cluster")
+#: The detailed morphologies of each target class.
+TARGET_MORPHOLOGIES: dict[str, tuple[str, ...]] = {
+    "galaxy": ("elliptical", "lenticular", "spiral", "irregular"),
+    "nebula_cluster": ("star_cluster", "nebula"),
+}
+_TARGET_RADIUS = (0.05, 0.11)   # target half-light radius, as a fraction of the frame side
+_TARGET_MU = (19.5, 21.0)       # its mean surface brightness within that radius, mag/arcsec^2
+_TARGET_JITTER = 0.02           # its centre is within this fraction of the side of the middle
+_TARGET_EXTENT = 0.75           # its drawn extent (radius) at most this fraction of the side
+_FIELD_DENSITY = 300 / 2048**2  # field stars and background galaxies per px^2
+_FIELD_STARS = 0.6              # share of stars among them
+
+
+@dataclass
+class PointedSummary:
+    """What :func:`synthesize_pointed` wrote.
+
+    Attributes
+    ----------
+    files : list of Path
+        The FITS exposures, ``exp_0000.fits``, ... (one CCD each, primary HDU).
+    truth : Path
+        ``truth.parquet``: one row per exposure (see :func:`synthesize_pointed`).
+    seconds : float
+        Wall time of the render.
+    size, seed : int
+        Frame side in pixels and the seed.
+    target_class, morphology : list of str
+        Target class (:data:`TARGET_CLASSES`) and detailed morphology of each exposure.
+    psf_fwhm : list of float
+        PSF FWHM (arcsec) at the target of each exposure.
+    blurred : list of bool
+        Whether each exposure was deliberately blurred.
+    """
+
+    files: list[Path]
+    truth: Path
+    seconds: float
+    size: int = 0
+    seed: int = 0
+    target_class: list[str] = field(default_factory=list)
+    morphology: list[str] = field(default_factory=list)
+    psf_fwhm: list[float] = field(default_factory=list)
+    blurred: list[bool] = field(default_factory=list)
+
+    @property
+    def n_sources(self) -> int:
+        """Rows of the truth table: one target per exposure."""
+        return len(self.files)
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        """Exposures of each target class in :data:`TARGET_CLASSES`."""
+        return {name: self.target_class.count(name) for name in TARGET_CLASSES}
+
+    def describe(self) -> str:
+        """Return a few human-readable lines about the pointed exposures."""
+        n_exp = len(self.files)
+        lines = [(f"synthetic pointed exposures (seed {self.seed}): {n_exp} exposure"
+                  f"{'s' * (n_exp != 1)} of {self.size}x{self.size} px at {_PIXSCALE}\"/px, "
+                  f"one large target each, in {self.truth.parent}")]
+        for name in TARGET_CLASSES:
+            morphs = [m for m, c in zip(self.morphology, self.target_class) if c == name]
+            detail = ", ".join(f"{m} {morphs.count(m)}" for m in TARGET_MORPHOLOGIES[name]
+                               if m in morphs)
+            lines.append(f"  {name}: {len(morphs)}" + (f" ({detail})" if detail else ""))
+        n_blur = sum(self.blurred)
+        if self.psf_fwhm:
+            lines.append(f"  {n_blur} blurred; PSF FWHM {min(self.psf_fwhm):.2f}-"
+                         f"{max(self.psf_fwhm):.2f}\"")
+        lines.append(f"  truth: {self.truth} ({self.seconds:.1f} s)")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _PointedJob:
+    """What a worker needs to render one pointed exposure (picklable)."""
+
+    index: int
+    stem: str
+    out_dir: str
+    size: int
+    seed: int
+    blurred: bool
+    target_class: str
+    morphology: str
+
+
+def synthesize_pointed(out_dir: Path, *, exposures: int = 8, size: int = 1024, seed: int = 0,
+                       blurred_fraction: float = 0.25, processes: int | None = None,
+                       ) -> PointedSummary:
+    """Render pointed exposures, each centred on one large target, and their truth table.
+
+    The whole-exposure task of HR-CelestialNet: is this exposure's target a
+    galaxy or a nebula/star cluster?  Each exposure (one CCD, primary HDU) has
+    one large target near its centre (half-light radius 5-11% of the frame side,
+    less for the few whose drawn extent would pass 75% of the side; within 2% of
+    the side from the middle): a galaxy of a random morphology
+    (elliptical, lenticular, spiral, irregular) or a nebula/star cluster (a
+    resolved star cluster or an emission nebula), drawn with the GalSim
+    machinery of :func:`synthesize`, plus field stars and small background
+    galaxies (about 300 per 2048x2048 px, kept clear of the target's core), the
+    same Kolmogorov PSF (deliberately blurred on some exposures), sky, Poisson
+    and read noise, saturation and a celestial TAN WCS.  Target classes are
+    balanced (half each, the odd one a galaxy), so two or more exposures hold
+    both classes.  The header does not name the class.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Folder to write ``exp_0000.fits``, ... and ``truth.parquet`` into; created
+        if missing; stale ``exp_NNNN.fits`` of an earlier, larger run are removed.
+    exposures : int, default: 8
+        Number of exposures, 1 to 9999.
+    size : int, default: 1024
+        Side of each (square) exposure in pixels, 128 to 16384.
+    seed : int, default: 0
+        Random seed; the same seed gives byte-identical pixels and truth.
+    blurred_fraction : float, default: 0.25
+        Share of exposures deliberately blurred (as in :func:`synthesize`).
+    processes : int or None, default: None
+        Worker processes; ``None`` picks from the cores and the work. The output
+        does not depend on it.
+
+    Returns
+    -------
+    PointedSummary
+
+    Notes
+    -----
+    ``truth.parquet`` has one row per exposure: ``id``, ``exposure`` (file stem),
+    ``ccd`` (0), ``target_class`` (``galaxy`` | ``nebula_cluster``),
+    ``morphology`` (``elliptical``, ``lenticular``, ``spiral``, ``irregular``,
+    ``star_cluster`` or ``nebula``), ``class`` (the target in the survey's
+    :data:`CLASSES`, so ``skysieve ingest --truth`` labels the target's
+    detection), ``x``, ``y`` (0-based target centre, x = column, y = row),
+    ``ra``, ``dec`` (deg, WCS origin 0), ``size`` (half-light radius, arcsec),
+    ``radius_px`` (the same in px), ``flux`` (ADU), ``mag``, ``psf_fwhm``
+    (arcsec, at the target), ``psf_model``, ``blurred`` and ``n_field`` (field
+    sources drawn).
+
+    Examples
+    --------
+    >>> summary = synthesize_pointed(tmp_path, exposures=2, size=256)  # doctest: +SKIP
+    >>> sorted(summary.target_class)
+    ['galaxy', 'nebula_cluster']
+    """
+    start = time.perf_counter()
+    _validate(exposures=exposures, size=size, sources=None, ccds=1, seed=seed,
+              blurred_fraction=blurred_fraction, processes=processes)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SynthError(f"{out_dir}: exists and is not a folder; choose a new output "
+                         "folder for the pointed exposures")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+    n_blurred = min(exposures, round(blurred_fraction * exposures))
+    blurred = np.zeros(exposures, dtype=bool)
+    blurred[rng.permutation(exposures)[:n_blurred]] = True
+    n_galaxy = (exposures + 1) // 2
+    targets = np.array(["galaxy"] * n_galaxy + ["nebula_cluster"] * (exposures - n_galaxy))
+    targets = targets[rng.permutation(exposures)]
+    morphs = [str(rng.choice(TARGET_MORPHOLOGIES[str(t)])) for t in targets]
+    jobs = [_PointedJob(index=i, stem=f"exp_{i:04d}", out_dir=str(out_dir), size=size,
+                        seed=seed, blurred=bool(blurred[i]), target_class=str(targets[i]),
+                        morphology=morphs[i])
+            for i in range(exposures)]
+    n_proc = processes if processes is not None else _auto_processes(exposures, size, 1)
+    results = _run_jobs(_render_pointed, jobs, n_proc)
+
+    _remove_stale(out_dir, exposures)
+    truth_path = out_dir / "truth.parquet"
+    _write_pointed_truth(truth_path, results, seed=seed, size=size)
+    return PointedSummary(files=[out_dir / f"{job.stem}.fits" for job in jobs],
+                          truth=truth_path, seconds=time.perf_counter() - start, size=size,
+                          seed=seed, target_class=[job.target_class for job in jobs],
+                          morphology=[job.morphology for job in jobs],
+                          psf_fwhm=[res["truth"]["psf_fwhm"] for res in results],
+                          blurred=[job.blurred for job in jobs])
+
+
+def _field_sources(rng: np.random.Generator, n: int, magzp: float) -> list[dict[str, Any]]:
+    """Field stars and small background galaxies (no nebulae) around a pointed target."""
+    galaxies = TARGET_MORPHOLOGIES["galaxy"]
+    specs = []
+    for _ in range(n):
+        if rng.uniform() < _FIELD_STARS:
+            specs.append({"class": "star", "mag": _star_mag(rng), "size": 0.0, "extent": 0.0,
+                          "profile": None})
+            continue
+        name = str(rng.choice(galaxies))
+        radius = _radius(rng, name)
+        mu = rng.uniform(19.8, 21.8) if rng.uniform() < 0.85 else rng.uniform(21.8, 23.0)
+        mag = float(mu - 2.5 * math.log10(2 * math.pi * radius**2))
+        profile, extent = _BUILDERS[name](rng, radius)
+        specs.append({"class": name, "mag": mag, "size": radius, "extent": extent,
+                      "profile": profile})
+    for spec in specs:
+        spec["flux"] = 10 ** (-0.4 * (spec["mag"] - magzp))
+    return specs
+
+
+def _render_pointed(job: _PointedJob) -> dict[str, Any]:
+    """Render one pointed exposure, write its FITS file, return its one-row truth."""
+    import galsim
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(2, job.index)))
+    size = job.size
+    dec0 = _FIELD[1] + float(rng.uniform(-0.5, 0.5)) * _PATCH
+    ra0 = _FIELD[0] + float(rng.uniform(-0.5, 0.5)) * _PATCH / math.cos(math.radians(dec0))
+    rot = math.radians(float(rng.uniform(-2.0, 2.0)))
+    psf = _make_psf(rng, job.blurred)
+    magzp = 30.0 + float(rng.normal(0.0, 0.05))
+    sky_sb = float(rng.uniform(20.6, 21.4))
+    sky = 10 ** (-0.4 * (sky_sb - magzp)) * _PIXSCALE**2
+    mjd = _MJD0 + 0.0012 * job.index
+    half = (size / 2, size / 2)       # the whole focal plane is this one CCD
+
+    # The target: size, brightness and profile.
+    r_px = size * float(rng.uniform(*_TARGET_RADIUS))
+    radius = r_px * _PIXSCALE
+    mag = float(rng.uniform(*_TARGET_MU)) - 2.5 * math.log10(2 * math.pi * radius**2)
+    flux = 10 ** (-0.4 * (mag - magzp))
+    if job.target_class == "galaxy":
+        profile, extent = _BUILDERS[job.morphology](rng, radius)
+    else:
+        profile, extent = _nebula_cluster(rng, radius, form=job.morphology)
+    limit = _TARGET_EXTENT * size * _PIXSCALE  # arcsec
+    if extent > limit:  # very flattened or extended: shrink it, or GalSim's FFT explodes
+        shrink = limit / extent
+        profile, extent = profile.dilate(shrink), limit
+        radius, r_px = radius * shrink, r_px * shrink
+        mag = mag - 5.0 * math.log10(shrink)  # same surface brightness
+        flux = 10 ** (-0.4 * (mag - magzp))
+    cx, cy = (size - 1) / 2 + rng.uniform(-1.0, 1.0, 2) * _TARGET_JITTER * size
+
+    # Field stars and background galaxies, clear of the target's core.
+    specs = _field_sources(rng, max(1, round(_FIELD_DENSITY * size * size)), magzp)
+    xy = _place(rng, specs, size)
+    keep = np.hypot(xy[:, 0] - cx, xy[:, 1] - cy) > 1.5 * r_px
+    specs = [s for s, k in zip(specs, keep) if k]
+    model = np.zeros((size, size), dtype=np.float32)
+    _draw_sources(model, specs, xy[keep], psf=psf, offset=(0.0, 0.0), half=half)
+
+    local_psf, fwhm = psf.at((cx - (size - 1) / 2) / half[0], (cy - (size - 1) / 2) / half[1])
+    # A frame-filling target under a defocus PSF (slow Fourier fall-off of its top hat) needs
+    # FFTs up to ~8.6k^2 (1.7 GB) at 2048 px: above GalSim's default bound, so raise it.
+    big = galsim.GSParams(**_GSPARAMS_KW, maximum_fft_size=12288)
+    obj = galsim.Convolve(profile.withFlux(flux), local_psf, gsparams=big)
+    # The stamp reaches the frame's far edges from (cx, cy) and no further (a larger one
+    # only grows GalSim's FFT).
+    reach = math.ceil(extent / _PIXSCALE + 3.0 * fwhm / _PIXSCALE) + 4
+    cover = math.ceil(max(cx, cy, size - 1 - cx, size - 1 - cy)) + 2
+    _draw_into(model, obj, cx, cy, min(reach, cover))
+    image = _observe(rng, model, sky)
+
+    header = fits.Header()
+    header["BUNIT"] = ("adu", "pixel unit")
+    _wcs_keys(header, ra0=ra0, dec0=dec0, rot=rot, crpix=((size + 1) / 2, (size + 1) / 2))
+    cards = _header_cards(index=job.index, seed=job.seed, psf=psf, magzp=magzp, sky=sky,
+                          blurred=job.blurred, mjd=mjd, kind="target")
+    for key, (value, comment) in cards.items():
+        header[key] = (value, comment)
+    header["PSF_FWHM"] = (round(fwhm, 4), "[arcsec] true PSF FWHM at the target")
+    ra, dec = WCS(header).all_pix2world([cx], [cy], 0)
+    path = Path(job.out_dir) / f"{job.stem}.fits"
+    tmp = path.with_name(f".{path.name}.tmp")
+    fits.HDUList([fits.PrimaryHDU(image, header)]).writeto(tmp, overwrite=True)
+    os.replace(tmp, path)
+    truth = {"exposure": job.stem, "ccd": 0, "target_class": job.target_class,
+             "morphology": job.morphology,
+             "class": job.morphology if job.target_class == "galaxy" else "nebula_cluster",
+             "x": float(cx), "y": float(cy), "ra": float(ra[0]), "dec": float(dec[0]),
+             "size": float(radius), "radius_px": float(r_px), "flux": float(flux),
+             "mag": float(mag), "psf_fwhm": float(fwhm), "psf_model": psf.kind,
+             "blurred": job.blurred, "n_field": len(specs)}
+    return {"stem": job.stem, "truth": truth}
+
+
+def _write_pointed_truth(path: Path, results: list[dict[str, Any]], *, seed: int,
+                         size: int) -> None:
+    """Write the one-row-per-exposure ``truth.parquet`` (via a temporary name)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import __version__
+
+    schema = pa.schema([
+        ("id", pa.int64()), ("exposure", pa.string()), ("ccd", pa.int64()),
+        ("target_class", pa.string()), ("morphology", pa.string()), ("class", pa.string()),
+        ("x", pa.float64()), ("y", pa.float64()), ("ra", pa.float64()), ("dec", pa.float64()),
+        ("size", pa.float64()), ("radius_px", pa.float64()), ("flux", pa.float64()),
+        ("mag", pa.float64()), ("psf_fwhm", pa.float64()), ("psf_model", pa.string()),
+        ("blurred", pa.bool_()), ("n_field", pa.int64()),
+    ], metadata={b"skysieve": json.dumps({
+        "kind": "pointed", "target_classes": list(TARGET_CLASSES),
+        "morphologies": TARGET_MORPHOLOGIES, "classes": list(CLASSES), "seed": seed,
+        "size": size, "pixscale": _PIXSCALE, "software": f"skysieve {__version__}",
+        "coordinates": "0-based pixels, x = column, y = row; ra/dec from WCS origin 0",
+    }).encode()})
+    rows = [res["truth"] for res in results]
+    arrays = [pa.array(np.arange(len(rows), dtype=np.int64))]
+    arrays += [pa.array([r[f.name] for r in rows], type=f.type) for f in list(schema)[1:]]
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
