@@ -67,8 +67,11 @@ def file_sha256(path: str | Path, *, block: int = 1 << 20) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def open_fits(path: str | Path) -> fits.HDUList:
+def open_fits(path: str | Path, *, memmap: bool = True) -> fits.HDUList:
     """Open ``path`` as FITS (memory-mapped where possible) and check its structure.
+
+    ``memmap=False`` reads instead of mapping (astropy cannot map integer data
+    scaled by BZERO/BSCALE/BLANK).
 
     Raises
     ------
@@ -85,7 +88,7 @@ def open_fits(path: str | Path) -> fits.HDUList:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
+            hdul = fits.open(path, memmap=memmap, lazy_load_hdus=False)
     except (OSError, ValueError, TypeError, IndexError, EOFError) as exc:
         raise BadExposure(f"{path}: not a readable FITS file ({exc})") from exc
     if len(hdul) == 0:
@@ -222,7 +225,7 @@ def read_ccd(path: str | Path, hdu: int, *, need_wcs: bool = False,
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                raw = item.data
+                raw = _data(path, hdu, item)
                 if raw is None:
                     raise BadExposure(f"{where}: the HDU has no data")
                 raw = np.asarray(raw)
@@ -255,6 +258,18 @@ def read_ccd(path: str | Path, hdu: int, *, need_wcs: bool = False,
                saturation=_saturation(header, bitpix))
 
 
+def _data(path: Path, hdu: int, item: Any) -> np.ndarray | None:
+    """The HDU's pixels (physical values); re-read without memmap for scaled integer data."""
+    try:
+        return item.data
+    except ValueError as exc:
+        if "memmap=False" not in str(exc):
+            raise
+    # Integer data with BZERO/BSCALE/BLANK: astropy refuses to memory-map it.
+    with open_fits(path, memmap=False) as hdul:
+        return np.array(hdul[hdu].data)
+
+
 def celestial_wcs(header: fits.Header) -> WCS | None:
     """The celestial part of the header's WCS, or ``None`` when absent or unusable."""
     try:
@@ -265,10 +280,25 @@ def celestial_wcs(header: fits.Header) -> WCS | None:
             if not wcs.has_celestial:
                 return None
             wcs = wcs.celestial
+            if _singular_cd(header):
+                return None  # wcslib would silently fall back to 1 deg/px
             wcs.pixel_to_world_values(0.0, 0.0)  # fails early on a broken solution
     except Exception:  # noqa: BLE001 - any WCS failure means "no usable WCS"
         return None
     return wcs
+
+
+def _singular_cd(header: fits.Header) -> bool:
+    """Whether the header gives a CD matrix that is singular or not finite (a broken WCS)."""
+    keys = ("CD1_1", "CD1_2", "CD2_1", "CD2_2")
+    if not any(k in header for k in keys):
+        return False
+    try:
+        cd = np.array([[float(header.get(k, 0.0)) for k in keys[:2]],
+                       [float(header.get(k, 0.0)) for k in keys[2:]]])
+    except (TypeError, ValueError):
+        return True
+    return not np.isfinite(cd).all() or abs(float(np.linalg.det(cd))) == 0.0
 
 
 def _band(header: fits.Header) -> str:

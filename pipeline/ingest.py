@@ -50,6 +50,7 @@ from pipeline.store import (
     discard,
     pack_source_id,
     prepare_output,
+    sweep_stale_temporaries,
     temporary_sibling,
     write_chunk,
 )
@@ -463,6 +464,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
                 "min_area": int(config.resolve("ingest.min-area", min_area)),
                 "deblend_cont": float(config.resolve("ingest.deblend-cont", deblend_cont))}
     out = prepare_output(out, overwrite=overwrite)
+    sweep_stale_temporaries(out)  # half-built stores of killed ingests of this output
     forced = mode = None
     if sources is not None:
         forced, mode = _source_table(sources, len(paths))

@@ -11,15 +11,26 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["exclusive", "lock_path", "OutputLocked"]
+from pipeline.errors import SkysieveError
+
+__all__ = ["exclusive", "lock_path", "OutputLocked", "OutputNotWritable"]
+
+#: A lock file still empty after this many seconds was left by a run killed
+#: between creating it and writing its pid: stale.
+EMPTY_LOCK_GRACE_S = 30.0
 
 
 class OutputLocked(FileExistsError):
     """Another live run is writing the same output."""
+
+
+class OutputNotWritable(SkysieveError, PermissionError):
+    """The output's directory cannot be written (permissions, a read-only or full disk)."""
 
 
 def lock_path(out: Path) -> Path:
@@ -38,6 +49,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 @contextmanager
 def exclusive(out: Path) -> Iterator[Path]:
     """Hold the lock of ``out`` for the duration of the ``with`` block.
@@ -46,12 +64,14 @@ def exclusive(out: Path) -> Iterator[Path]:
     ------
     OutputLocked
         A live process on this host (or any process on another host) holds it.
+    OutputNotWritable
+        The lock cannot be created (read-only or full disk, no permission).
     """
     path = lock_path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(2):
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
@@ -62,12 +82,24 @@ def exclusive(out: Path) -> Iterator[Path]:
             if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
                 path.unlink(missing_ok=True)  # stale: its run died; take over
                 continue
+            if not holder and _age(path) > EMPTY_LOCK_GRACE_S:
+                path.unlink(missing_ok=True)  # killed between creating and writing it
+                continue
             raise OutputLocked(
                 f"{out}: another skysieve run (pid {holder.get('pid')!r} on "
                 f"{holder.get('host')!r}) is writing it; wait for it to finish, or delete "
                 f"{path} if that run is gone") from None
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
+        except OSError as exc:  # read-only, full, or not ours: say so before any work
+            raise OutputNotWritable(
+                f"{out}: cannot write there ({exc.strerror or exc}: {exc.filename or path}); "
+                "choose a writable --out or free space") from exc
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise OutputNotWritable(f"{out}: cannot write the lock file {path} ({exc}); "
+                                    "choose a writable --out or free space") from exc
         break
     try:
         yield path

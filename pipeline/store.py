@@ -62,6 +62,7 @@ __all__ = [
     "path_source_id",
     "prepare_output",
     "read_rejects",
+    "sweep_stale_temporaries",
     "temporary_sibling",
     "unpack_source_id",
     "validate_store",
@@ -183,9 +184,53 @@ def prepare_output(out: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
+def _host_tag() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+
+
 def temporary_sibling(out: Path) -> Path:
-    """A fresh hidden directory next to ``out`` to build the store in."""
-    return out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """A fresh hidden directory next to ``out`` to build the store in.
+
+    Its name, ``.<name>.tmp-<host>-<pid>-<random>``, says which process builds
+    it, so that :func:`sweep_stale_temporaries` can remove it after that
+    process died (SIGKILL, a lost node) without touching a live run's.
+    """
+    return out.with_name(f".{out.name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def sweep_stale_temporaries(out: str | Path) -> list[Path]:
+    """Remove the half-built stores of dead ingests of ``out`` (same host, pid gone).
+
+    Returns
+    -------
+    list of Path
+        The directories removed.
+    """
+    out = Path(out)
+    host, removed = _host_tag(), []
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        tail = tmp.name[len(f".{out.name}.tmp-"):]
+        parts = tail.rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue  # another host's (or an unknown) build: never ours to remove
+        pid = int(parts[1])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def commit_store(tmp: Path, out: Path, *, overwrite: bool) -> Path:

@@ -1,0 +1,99 @@
+"""A skysieve run in a child process that stops at an exact point, to be SIGKILLed there.
+
+Usage: ``python _driver.py MODE OUT MARKER INPUT...``.  The run uses the local
+threaded scheduler (no cluster), so the hooks below are in the process that
+does the writing.  At the chosen point the driver creates ``MARKER`` and sleeps;
+the test then kills its whole process group with SIGKILL.
+
+Modes
+-----
+ingest-chunk
+    ``run_night(FITS..., OUT, truth=TRUTH)`` (INPUT = TRUTH FITS...): stops after the first cutout-store chunk
+    of the (still hidden, temporary) store is written.
+classify-after-part
+    ``classify(INPUT store, OUT)``: stops after the first catalogue part is whole.
+classify-in-part
+    ``classify(INPUT store, OUT)``: stops inside the write of a part, after its
+    temporary file is written and before it is renamed into place.
+classify
+    ``classify(INPUT store, OUT)`` to the end (used under resource limits).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _stop_here(marker: Path) -> None:
+    marker.write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+def main(argv: list[str]) -> int:
+    import dask
+
+    dask.config.set({"num_workers": 1})  # one writer thread: the stop point is exact
+    mode, out, marker, *inputs = argv
+    out_path, marker_path = Path(out), Path(marker)
+    once = threading.Lock()
+    if mode == "ingest-chunk":
+        import pipeline.ingest as ingest_mod
+
+        real = ingest_mod.write_chunk
+
+        def write_chunk(*args, **kwargs):
+            real(*args, **kwargs)
+            if once.acquire(blocking=False):
+                _stop_here(marker_path)
+            else:
+                time.sleep(600)
+
+        ingest_mod.write_chunk = write_chunk
+        from pipeline.night import run_night
+
+        truth, *fits = inputs
+        run_night([Path(p) for p in fits], out_path, truth=Path(truth), progress=False)
+        return 0
+    if mode == "classify-after-part":
+        import pipeline.catalogue as cat_mod
+
+        real_part = cat_mod.write_part
+
+        def write_part(*args, **kwargs):
+            real_part(*args, **kwargs)
+            if once.acquire(blocking=False):
+                _stop_here(marker_path)
+            else:
+                time.sleep(600)
+
+        cat_mod.write_part = write_part
+    elif mode == "classify-in-part":
+        real_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            name = Path(dst).name
+            if name.startswith("part-") and name.endswith(".parquet"):
+                if once.acquire(blocking=False):
+                    _stop_here(marker_path)
+                else:
+                    time.sleep(600)
+            return real_replace(src, dst, *args, **kwargs)
+
+        os.replace = replace
+    elif mode != "classify":
+        print(f"unknown mode {mode!r}", file=sys.stderr)
+        return 2
+    from pipeline.classify import classify
+
+    summary = classify(Path(inputs[0]), out_path, progress=False)
+    print(summary.describe())
+    marker_path.write_text("done")
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
