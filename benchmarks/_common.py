@@ -1,4 +1,4 @@
-"""Shared helpers: machine description, medians, and the JSON result file."""
+"""Shared helpers: machine description, timing, synthetic stores, worker RSS, the JSON result file."""
 
 from __future__ import annotations
 
@@ -6,16 +6,28 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
+__all__ = ["RESULTS", "results_dir", "machine", "median_time", "median_rate", "write_result",
+           "markdown_table",
+           "make_store", "PeakRSS", "worker_peaks", "reset_worker_peaks", "quick_sizes"]
+
 RESULTS = Path(__file__).with_name("results")
 
 
+def results_dir() -> Path:
+    """Where results go: ``$SKYSIEVE_BENCHMARKS_OUT`` if set (tests use it), else ``benchmarks/results``."""
+    return Path(os.environ.get("SKYSIEVE_BENCHMARKS_OUT") or RESULTS)
+
+
 def machine() -> dict[str, Any]:
-    """CPU, cores, memory and library versions of this run."""
+    """CPU, cores, memory, load average and library versions of this run."""
     import psutil
     import torch
 
@@ -31,6 +43,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu, "cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("skysieve", "torch", "dask", "distributed", "zarr",
                                              "numpy", "pyarrow", "astropy")},
@@ -50,12 +63,39 @@ def median_time(func: Callable[[], Any], *, repeats: int = 3, warmup: int = 1) -
     return statistics.median(times)
 
 
+def median_rate(func: Callable[[], Any], n: int, *, repeats: int = 3, warmup: int = 1) -> float:
+    """Items per second: ``n`` over the median wall time of ``func()``."""
+    return n / median_time(func, repeats=repeats, warmup=warmup)
+
+
+def quick_sizes(quick: bool, full: Any, small: Any) -> Any:
+    """``small`` for a ``--quick`` run, else ``full``."""
+    return small if quick else full
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` with the machine description added."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2))
+    """Write ``<results>/<name>.json`` with the machine description (and load average) added.
+
+    ``<results>`` is ``benchmarks/results`` unless ``$SKYSIEVE_BENCHMARKS_OUT`` names another folder.
+    """
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    body = {"benchmark": name, "machine": machine(), **payload}
+    body["note"] = ("the development machine is shared by several engineers at once: numbers are "
+                    "noisy; compare rows of one run (they were measured side by side)")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(body, indent=2, default=_jsonable))
+    tmp.replace(path)
     return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {value!r}")
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -65,11 +105,150 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     keys = list(rows[0])
     out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        out.append("| " + " | ".join(_fmt(row[k]) for k in keys) + " |")
+        out.append("| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |")
     return "\n".join(out)
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
+        if value != value:
+            return "-"
         return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)
+
+
+# --------------------------------------------------------------------------- synthetic stores
+
+def _templates(stamp: int, count: int, seed: int) -> np.ndarray:
+    """``count`` noiseless stamps: Moffat stars and inclined exponential discs (flux 3000)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:stamp, :stamp] - stamp // 2
+    r2 = x**2 + y**2
+    out = np.empty((count, stamp, stamp), np.float32)
+    for i in range(count):
+        if i % 2:
+            img = (1 + r2 / rng.uniform(2.0, 6.0)) ** -3.0
+        else:
+            q, th = rng.uniform(0.4, 1), rng.uniform(0, np.pi)
+            u = x * np.cos(th) + y * np.sin(th)
+            v = (-x * np.sin(th) + y * np.cos(th)) / q
+            img = np.exp(-np.hypot(u, v) / rng.uniform(2, 6))
+        out[i] = 3000 * img / img.sum()
+    return out
+
+
+def make_store(path: Path, n: int, stamp: int, chunk: int, seed: int = 0, *,
+               dtype: str = "float32") -> Path:
+    """Write a cutout store of ``n`` realistic-looking stamps (stars, galaxies, noise sigma 3 ADU).
+
+    Pixels are generated chunk by chunk (a dask array), so a store of 10^5 stamps never
+    sits in memory at once.  Layout ``image (source, band=1, y, x)``, chunked along
+    ``source`` by ``chunk``, with every coordinate ``skysieve classify`` reads.
+    """
+    import dask.array as da
+    import xarray as xr
+
+    from pipeline import __version__
+
+    templates = _templates(stamp, 256, seed)
+
+    def block(block_info=None) -> np.ndarray:
+        (start, stop), *_ = block_info[None]["array-location"]
+        rng = np.random.default_rng([seed, start])
+        pick = rng.integers(0, len(templates), stop - start)
+        img = templates[pick] + rng.normal(0, 3, (stop - start, stamp, stamp)).astype(np.float32)
+        return img[:, None].astype(dtype)
+
+    image = da.map_blocks(block, chunks=(_chunks(n, chunk), (1,), (stamp,), (stamp,)),
+                          dtype=dtype, meta=np.empty((0, 1, 0, 0), dtype))
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n)
+    ds = xr.Dataset(
+        {"image": (("source", "band", "y", "x"), image)},
+        coords={
+            "source_id": ("source", idx.astype(np.int64)),
+            "exposure": ("source", np.asarray([f"exp_{i // 2000:04d}" for i in idx])),
+            "ccd": ("source", np.zeros(n, np.int16)),
+            "x": ("source", rng.uniform(0, 2048, n)), "y": ("source", rng.uniform(0, 2048, n)),
+            "ra": ("source", rng.uniform(150, 150.5, n)), "dec": ("source", rng.uniform(2, 2.5, n)),
+            "flux": ("source", np.full(n, 3000, np.float32)),
+            "a": ("source", np.ones(n, np.float32)), "b": ("source", np.ones(n, np.float32)),
+            "theta": ("source", np.zeros(n, np.float32)),
+            "fwhm": ("source", np.full(n, 3.0, np.float32)),
+            "psf_fwhm": ("source", np.full(n, 3.0, np.float32)),
+            "sky": ("source", np.zeros(n, np.float32)), "sky_rms": ("source", np.full(n, 3, np.float32)),
+            "snr": ("source", np.full(n, 100, np.float32)), "flags": ("source", np.zeros(n, np.int32)),
+        },
+        attrs={"skysieve_version": __version__, "kind": "cutouts", "stamp": stamp, "bands": ["r"],
+               "pixel_scale": 0.25, "chunk_sources": chunk, "inputs": [], "rejects": [],
+               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    )
+    ds = ds.chunk({"source": chunk})
+    ds.to_zarr(path, zarr_format=3, mode="w", compute=True)
+    return path
+
+
+def _chunks(n: int, chunk: int) -> tuple[int, ...]:
+    full, rest = divmod(n, chunk)
+    return (chunk,) * full + ((rest,) if rest else ())
+
+
+# --------------------------------------------------------------------------- worker memory
+
+class PeakRSS:
+    """A thread sampling this process's resident set size every ``interval`` s; keeps the peak.
+
+    Used inside Dask workers (started through ``client.run``), so the peak is the
+    worker's own, not the client's.
+    """
+
+    def __init__(self, interval: float = 0.01):
+        import psutil
+
+        self._proc = psutil.Process()
+        self.interval = interval
+        self.peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="skysieve-peak-rss")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = self._proc.memory_info().rss
+            if rss > self.peak:
+                self.peak = rss
+
+    def reset(self) -> int:
+        """Start a new peak from the current RSS; return it."""
+        self.peak = self._proc.memory_info().rss
+        return self.peak
+
+    def stop(self) -> int:
+        """Stop sampling; return the peak in bytes."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+_SAMPLER: PeakRSS | None = None
+
+
+def _start_or_reset_sampler() -> int:
+    global _SAMPLER
+    if _SAMPLER is None:
+        _SAMPLER = PeakRSS()
+    return _SAMPLER.reset()
+
+
+def _sampler_peak() -> int:
+    return -1 if _SAMPLER is None else int(_SAMPLER.peak)
+
+
+def reset_worker_peaks(client: Any) -> dict[str, int]:
+    """Start (or restart) the RSS sampler in every worker; return each worker's RSS now."""
+    return client.run(_start_or_reset_sampler)
+
+
+def worker_peaks(client: Any) -> dict[str, int]:
+    """Peak RSS (bytes) of every worker since :func:`reset_worker_peaks`."""
+    return client.run(_sampler_peak)

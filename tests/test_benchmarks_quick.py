@@ -1,0 +1,117 @@
+"""Smoke tests of the benchmark harnesses on tiny inputs (never a timing assertion)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package: run it from the tree
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import _common  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _common.make_store(tmp_path_factory.mktemp("bench") / "s.zarr", 40, 64, 16)
+
+
+@pytest.fixture
+def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    out = tmp_path / "results"
+    monkeypatch.setenv("SKYSIEVE_BENCHMARKS_OUT", str(out))
+    return out
+
+
+def test_make_store_follows_the_contract(tiny_store: Path) -> None:
+    from pipeline.store import open_store
+
+    ds = open_store(tiny_store)
+    assert ds["image"].shape == (40, 1, 64, 64)
+    assert ds["image"].chunks[0] == (16, 16, 8)
+    img = ds["image"].values
+    assert np.isfinite(img).all() and img.std() > 1  # noise + sources, not a constant
+    assert not np.array_equal(img[0], img[16])  # chunks differ
+
+
+def test_model_rate_and_stage_profile(tiny_store: Path) -> None:
+    from benchmarks.classify_throughput import stage_profile
+    from benchmarks.raw_model import model_rate
+    from workers.models import create_model
+
+    rate = model_rate(create_model("lenet5", num_classes=6), 64, batch_size=8, threads=1,
+                      target_s=0.01, repeats=1)
+    assert rate > 0
+    stages = stage_profile(tiny_store, "default", 16, threads=1)
+    assert set(stages) == {"read", "preprocess", "blur", "model", "other", "task"}
+    assert all(v >= 0 for v in stages.values()) and stages["task"] > stages["model"] > 0
+
+
+def test_naive_and_dataloader_write_the_same_catalogue(tiny_store: Path, tmp_path: Path) -> None:
+    from benchmarks.dataloader import dataloader_rate, write_files
+    from benchmarks.naive import naive_rate
+
+    naive_rate(tiny_store, "default", 12, csv=tmp_path / "naive.csv", threads=1)
+    paths = write_files(tiny_store, tmp_path / "stamps")
+    assert len(paths) == 40 and paths[0].suffix == ".npy"
+    dataloader_rate(paths[:12], "default", csv=tmp_path / "dl.csv", batch_size=8, num_workers=1,
+                    threads=1)
+    a, b = pd.read_csv(tmp_path / "naive.csv"), pd.read_csv(tmp_path / "dl.csv")
+    p_cols = [c for c in a if c.startswith("p_")]
+    assert len(a) == len(b) == 12 and list(a.source_id) == list(b.source_id)
+    np.testing.assert_allclose(a[p_cols].sum(axis=1), 1.0, atol=1e-4)
+    # Same stamps, same preprocessing, same model: the same answers.
+    np.testing.assert_allclose(a[p_cols].to_numpy(), b[p_cols].to_numpy(), atol=1e-4)
+    assert (a.label == b.label).all()
+
+
+def test_peak_rss_sampler_sees_an_allocation() -> None:
+    sampler = _common.PeakRSS(interval=0.002)
+    before = sampler.reset()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    import time
+
+    time.sleep(0.05)
+    peak = sampler.stop()
+    assert peak - before > 48 * 2**20
+    del block
+
+
+def test_gpu_harness_says_no_gpu_lent(results: Path) -> None:
+    import torch
+
+    from benchmarks import gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the no-GPU path is not taken")
+    payload = gpu.main([])
+    saved = json.loads((results / "gpu.json").read_text())
+    assert payload["status"] == saved["status"] == "no GPU lent"
+    assert saved["machine"]["cores"] >= 1 and len(saved["machine"]["load_average_1_5_15"]) == 3
+
+
+def test_goals_table_reads_the_results(results: Path) -> None:
+    from benchmarks.__main__ import goals
+
+    results.mkdir(parents=True)
+    (results / "naive.json").write_text(json.dumps({"speedup": 31.0, "goal_met": True}))
+    (results / "memory.json").write_text(json.dumps({"ratio_10n_to_n": 1.2, "goal_met": False}))
+    rows = {r["goal"]: r for r in goals()}
+    assert rows["classify >= 20x the naive way"]["measured"] == "31x"
+    assert rows["peak RSS per worker 10N <= 1.10 x N"]["holds"] is False
+    assert not any("DataLoader" in g for g in rows)
+
+
+def test_worker_peaks_come_from_the_workers(tiny_store: Path) -> None:
+    from benchmarks.memory import peak_rss
+
+    r = peak_rss(tiny_store, "default", n_workers=1, threads_per_worker=1)
+    assert r["rows"] == 40 and r["workers"] == 1
+    (addr, peak), = r["peak_mib"].items()
+    assert peak >= r["start_mib"][addr] > 50  # a worker with torch loaded, not an empty number
