@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import pyarrow as pa
 
 from pipeline import __version__, catalogue, config, run_lock
 from pipeline import models as bundled_models
-from workers.checkpoint import ModelCard, load_card
+from workers.checkpoint import ModelCard, load_card, load_checkpoint
 
 __all__ = ["classify", "RunSummary", "classify_chunk"]
 
@@ -254,6 +255,7 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
     model_name = str(config.resolve("classify.model", model))
     checkpoint = bundled_models.resolve(model_name)
     card = load_card(checkpoint)
+    load_checkpoint(checkpoint, sha256=card.sha256)  # a bad checkpoint: one error here, not one per part
     batch_size = int(config.resolve("classify.batch-size", batch_size))
     order = int(config.get("classify.healpix-order"))
     row_group_size = int(config.get("classify.row-group-size"))
@@ -276,11 +278,15 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
             if part.exists():
                 skipped += 1
                 continue
-            tasks.append(dask.delayed(classify_chunk, pure=False, name=f"classify-{part.name}")(
+            task = dask.delayed(classify_chunk, pure=False)(
                 str(store), start, stop, str(part), checkpoint=str(checkpoint), sha256=card.sha256,
                 batch_size=batch_size, reference_fwhm=reference, healpix_order=order,
-                row_group_size=row_group_size, metadata=metadata))
+                row_group_size=row_group_size, metadata=metadata,
+                dask_key_name=f"classify-{part.stem}-{uuid.uuid4().hex[:8]}")
+            tasks.append((task, part, start, stop))
         results, failed = _run_tasks(tasks, progress=progress)
+        for stale in out.glob(".part-*.tmp"):  # written by a task whose worker died
+            stale.unlink(missing_ok=True)
         _copy_rejects(ds, out)
         rows = sum(int(n) for n in _part_rows(out))
         summary = RunSummary(
@@ -298,8 +304,13 @@ def healpix_order_doc(order: int) -> dict[str, Any]:
             "frame": "ICRS (ra, dec)", "missing": -1}
 
 
-def _run_tasks(tasks: list, *, progress: bool) -> tuple[list[dict], list[dict]]:
-    """Run the tasks on the current distributed client (or threads); collect results and failures."""
+def _run_tasks(tasks: list[tuple[Any, Path, int, int]], *,
+               progress: bool) -> tuple[list[dict], list[dict]]:
+    """Run ``(task, part, start, stop)`` tasks on the current distributed client (or threads).
+
+    Returns the results and one entry per failed part: its file, its rows and the error
+    (a worker that died on it - usually over its memory limit - says what to lower).
+    """
     import dask
 
     if not tasks:
@@ -310,18 +321,26 @@ def _run_tasks(tasks: list, *, progress: bool) -> tuple[list[dict], list[dict]]:
     except (ImportError, ValueError):
         client = None
     if client is None:
-        return list(dask.compute(*tasks, scheduler="threads")), []
-    futures = client.compute(tasks)
+        return list(dask.compute(*(t[0] for t in tasks), scheduler="threads")), []
+    from distributed import KilledWorker
+
+    futures = client.compute([t[0] for t in tasks])
     if progress and sys.stderr.isatty():
         from distributed import progress as progress_bar
         progress_bar(futures)
     wait(futures)
     results, failed = [], []
-    for task, fut in zip(tasks, futures):
+    for (_, part, start, stop), fut in zip(tasks, futures):
         if fut.status == "finished":
             results.append(fut.result())
-        else:
-            failed.append({"part": str(task.key), "error": repr(fut.exception())})
+            continue
+        exc = fut.exception()
+        error = repr(exc)
+        if isinstance(exc, KilledWorker):
+            error = (f"the workers running rows {start}:{stop} ({stop - start} cutouts) died, "
+                     f"probably over their memory limit: give workers more memory or re-ingest "
+                     f"with a smaller ingest.chunk-sources (now {stop - start}) ({error})")
+        failed.append({"part": part.name, "rows": [start, stop], "error": error})
     return results, failed
 
 

@@ -19,9 +19,9 @@ def one_line_errors(*extra: type[BaseException]) -> Callable[[Callable[..., Any]
     Parameters
     ----------
     *extra : exception types
-        Caught as user errors too, beyond skysieve's own, the checkpoint and cluster
-        errors and the file errors (e.g. ``ValueError`` for commands whose library
-        raises it for bad arguments).
+        Caught as user errors too (e.g. ``ValueError`` for commands whose library raises
+        it for bad arguments), beyond skysieve's own, the checkpoint and cluster errors
+        and ``OSError`` (missing files, permissions, a full or read-only disk).
     """
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,8 +33,7 @@ def one_line_errors(*extra: type[BaseException]) -> Callable[[Callable[..., Any]
 
             try:
                 return func(*args, **kwargs)
-            except (SkysieveError, CheckpointError, ClusterError, FileNotFoundError,
-                    FileExistsError, PermissionError, *extra) as exc:
+            except (SkysieveError, CheckpointError, ClusterError, OSError, *extra) as exc:
                 click.echo(f"skysieve: error: {exc}", err=True)
                 sys.exit(1)
 

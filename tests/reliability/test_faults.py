@@ -191,14 +191,14 @@ def test_worker_over_its_memory_limit(tmp_path: Path) -> None:
     failed = summary.failed
     assert failed, "the chunk was expected to exceed the 900 MiB limit"
     text = " ".join(f["error"] for f in failed)
-    assert "KilledWorker" in text or "memory" in text.lower(), text
+    assert "memory limit" in text and f"chunk-sources (now {n})" in text, text
     # nothing silently dropped: the one chunk failed loudly, no part claims its rows
     assert len(failed) == summary.parts == 1 and summary.rows == 0
     assert not list(out.glob("part-*.parquet")) and not list(out.glob(".part-*"))
     assert "FAILED part" in summary.describe() and "rerun to retry" in summary.describe()
     record("worker over its memory limit (a 512 MiB chunk, 900 MiB worker)", "fault",
-           "part reported FAILED (KilledWorker), CLI exit 1, rerun to retry; no silent loss "
-           "(message does not yet name the chunk size: see report)", lost=0, doubled=0)
+           "part reported FAILED naming the memory limit and the chunk size to lower; "
+           "CLI exit 1, rerun to retry; no silent loss", lost=0, doubled=0)
 
 
 def _big_store(path: Path, *, n: int, stamp: int) -> Path:
