@@ -55,7 +55,8 @@ from pipeline.store import (
     write_chunk,
 )
 
-__all__ = ["IngestSummary", "ingest", "read_table"]
+__all__ = ["IngestSummary", "compute_tasks", "ingest", "read_table", "reject_row", "scan_file",
+           "validate_int", "validate_paths"]
 
 
 @dataclass
@@ -191,11 +192,12 @@ def _truth_table(truth: str | Path | pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- tasks
-def _reject(path: str, hdu: int, reason: str) -> dict[str, Any]:
+def reject_row(path: str, hdu: int, reason: str) -> dict[str, Any]:
+    """One row of a store's rejects table: ``{"file", "hdu" (-1: the whole file), "reason"}``."""
     return {"file": str(path), "hdu": int(hdu), "reason": str(reason)}
 
 
-def _scan_file(path: str, with_headers: bool) -> dict[str, Any]:
+def scan_file(path: str, with_headers: bool) -> dict[str, Any]:
     """Phase 0 task: checksum and CCD list of one file (headers when forced RA/Dec)."""
     result: dict[str, Any] = {"path": path, "ccds": [], "rejects": [], "sha256": None,
                               "bytes": 0}
@@ -207,9 +209,9 @@ def _scan_file(path: str, with_headers: bool) -> dict[str, Any]:
             result["ccds"] = [(h, hdul[h].header.tostring() if with_headers else None,
                                tuple(int(n) for n in hdul[h].shape[-2:])) for h in ccds]
     except BadExposure as exc:
-        result["rejects"] = [_reject(path, -1, str(exc))]
+        result["rejects"] = [reject_row(path, -1, str(exc))]
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the night
-        result["rejects"] = [_reject(path, -1, f"{path}: unexpected {type(exc).__name__}: {exc}")]
+        result["rejects"] = [reject_row(path, -1, f"{path}: unexpected {type(exc).__name__}: {exc}")]
     return result
 
 
@@ -248,9 +250,9 @@ def _measure_ccd(path: str, exposure: str, hdu: int, settings: dict[str, Any],
         return {"ok": True, "table": table, "band": ccd.band, "pixel_scale": ccd.pixel_scale,
                 "psf_fwhm": psf, "n_stars": n_stars}
     except BadExposure as exc:
-        return {"ok": False, "reject": _reject(path, hdu, str(exc))}
+        return {"ok": False, "reject": reject_row(path, hdu, str(exc))}
     except Exception as exc:  # noqa: BLE001 - one bad CCD never stops the night
-        return {"ok": False, "reject": _reject(
+        return {"ok": False, "reject": reject_row(
             path, hdu, f"{path}[{hdu}]: unexpected {type(exc).__name__}: {exc}")}
 
 
@@ -268,7 +270,8 @@ def _write_chunk_task(store: str, start: int, rows: pd.DataFrame, stamp: int) ->
 
 
 # ---------------------------------------------------------------------------- helpers
-def _validate_paths(paths: Sequence[str | Path]) -> list[Path]:
+def validate_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Return the exposures as a non-empty list of paths (one path is a list of one)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [Path(p) for p in paths]
@@ -277,7 +280,8 @@ def _validate_paths(paths: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def _validate_int(name: str, value: Any, low: int, high: int) -> int:
+def validate_int(name: str, value: Any, low: int, high: int) -> int:
+    """Return ``value`` as an int, or raise a :class:`SkysieveError` naming ``name`` and the range."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
             low <= int(value) <= high):
         raise SkysieveError(f"{name} must be an integer from {low} to {high}; got {value!r}")
@@ -293,7 +297,7 @@ def _place_forced(table: pd.DataFrame, mode: str, jobs: list[dict[str, Any]], wh
     c2 = pd.to_numeric(table[cols[1]], errors="coerce").to_numpy(np.float64)
     bad = ~(np.isfinite(c1) & np.isfinite(c2))
     for i in np.flatnonzero(bad):
-        rejects.append(_reject(where, -1, f"row {i}: NaN or non-numeric coordinate "
+        rejects.append(reject_row(where, -1, f"row {i}: NaN or non-numeric coordinate "
                                f"({cols[0]}={table[cols[0]].iloc[i]!r}, "
                                f"{cols[1]}={table[cols[1]].iloc[i]!r})"))
     placed = np.zeros(len(table), bool)
@@ -338,7 +342,7 @@ def _place_forced(table: pd.DataFrame, mode: str, jobs: list[dict[str, Any]], wh
         assigned[j] = frame
         placed[rows] = True
     for i in np.flatnonzero(~placed & ~bad):
-        rejects.append(_reject(where, -1, f"row {i}: position ({cols[0]}={c1[i]!r}, "
+        rejects.append(reject_row(where, -1, f"row {i}: position ({cols[0]}={c1[i]!r}, "
                                f"{cols[1]}={c2[i]!r}) is not on any input CCD"))
     return assigned, rejects
 
@@ -393,7 +397,7 @@ def _match_truth(table: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
     return labels
 
 
-def _compute(tasks: list[Any]) -> list[Any]:
+def compute_tasks(tasks: list[Any]) -> list[Any]:
     """Compute delayed tasks on the current client, else the local threaded scheduler."""
     if not tasks:
         return []
@@ -455,9 +459,9 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
         raise: they are rejects.
     """
     t0 = time.perf_counter()
-    paths = _validate_paths(paths)
-    stamp = _validate_int("stamp", config.resolve("ingest.stamp", stamp), 4, 1024)
-    chunk_sources = _validate_int("chunk_sources",
+    paths = validate_paths(paths)
+    stamp = validate_int("stamp", config.resolve("ingest.stamp", stamp), 4, 1024)
+    chunk_sources = validate_int("chunk_sources",
                                   config.resolve("ingest.chunk-sources", chunk_sources), 1,
                                   1 << 20)
     settings = {"threshold": float(config.resolve("ingest.detect-threshold", threshold)),
@@ -473,7 +477,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
 
     # Phase 0: checksums and CCD lists, one task per file.
     rejects: list[dict[str, Any]] = []
-    scans = _compute([dask.delayed(_scan_file, pure=False)(str(p), mode == "radec")
+    scans = compute_tasks([dask.delayed(scan_file, pure=False)(str(p), mode == "radec")
                       for p in paths])
     jobs: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
@@ -484,7 +488,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
             continue
         name = exposure_name(scan["path"])
         if name in seen:
-            rejects.append(_reject(scan["path"], -1, f"{scan['path']}: exposure name {name!r} "
+            rejects.append(reject_row(scan["path"], -1, f"{scan['path']}: exposure name {name!r} "
                                    f"is also that of {seen[name]}; exposure names (file stems) "
                                    "must be unique in a store; rename one"))
             continue
@@ -511,7 +515,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
             job["path"], job["exposure"], job["hdu"], settings,
             None if assigned is None else assigned[j]))
         task_jobs.append(job)
-    results = _compute(tasks)
+    results = compute_tasks(tasks)
     tables, bands, scales = [], [], []
     for res in results:
         if not res["ok"]:
@@ -562,7 +566,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
         chunk_tasks = [dask.delayed(_write_chunk_task, pure=False)(
             str(tmp), start, rows.iloc[start:start + chunk_sources], stamp)
             for start in range(0, len(table), chunk_sources)]
-        written = sum(_compute(chunk_tasks))
+        written = sum(compute_tasks(chunk_tasks))
         if written != len(table):
             raise SkysieveError(f"{out}: wrote {written} cutouts, expected {len(table)}")
         commit_store(tmp, out, overwrite=overwrite)

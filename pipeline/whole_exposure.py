@@ -64,11 +64,11 @@ from pipeline.detect import (
 from pipeline.errors import BadExposure, SkysieveError, SourceTableError
 from pipeline.fits_io import exposure_name, read_ccd
 from pipeline.ingest import (
-    _compute,
-    _reject,
-    _scan_file,
-    _validate_int,
-    _validate_paths,
+    compute_tasks,
+    reject_row,
+    scan_file,
+    validate_int,
+    validate_paths,
     read_table,
 )
 from pipeline.store import (
@@ -240,9 +240,9 @@ def _measure_exposure(path: str, exposure: str, hdus: list[int], settings: dict[
                 "ny": ny, "nx": nx, "dropped_y": ny - h, "dropped_x": nx - w,
                 "band": ccd.band, "pixel_scale": ccd.pixel_scale * factor})
         except BadExposure as exc:
-            rejects.append(_reject(path, hdu, str(exc)))
+            rejects.append(reject_row(path, hdu, str(exc)))
         except Exception as exc:  # noqa: BLE001 - one bad CCD never stops the night
-            rejects.append(_reject(path, hdu, f"{path}[{hdu}]: unexpected "
+            rejects.append(reject_row(path, hdu, f"{path}[{hdu}]: unexpected "
                                    f"{type(exc).__name__}: {exc}"))
     return {"rows": rows, "rejects": rejects}
 
@@ -341,10 +341,10 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
     ...              downsample=4, truth=folder / "truth.parquet")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    paths = _validate_paths(paths)
-    factor = _validate_int("downsample", downsample, 1, 256)
+    paths = validate_paths(paths)
+    factor = validate_int("downsample", downsample, 1, 256)
     if chunk_sources is not None:
-        chunk_sources = _validate_int("chunk_sources", chunk_sources, 1, 1 << 20)
+        chunk_sources = validate_int("chunk_sources", chunk_sources, 1, 1 << 20)
     settings = {"threshold": float(config.resolve("ingest.detect-threshold", None)),
                 "min_area": int(config.resolve("ingest.min-area", None)),
                 "deblend_cont": float(config.resolve("ingest.deblend-cont", None))}
@@ -353,7 +353,7 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
 
     # Phase 0: checksums and CCD lists, one task per file.
     rejects: list[dict[str, Any]] = []
-    scans = _compute([dask.delayed(_scan_file, pure=False)(str(p), False) for p in paths])
+    scans = compute_tasks([dask.delayed(scan_file, pure=False)(str(p), False) for p in paths])
     jobs: list[dict[str, Any]] = []
     inputs: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
@@ -363,7 +363,7 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
             continue
         name = exposure_name(scan["path"])
         if name in seen:
-            rejects.append(_reject(scan["path"], -1, f"{scan['path']}: exposure name {name!r} "
+            rejects.append(reject_row(scan["path"], -1, f"{scan['path']}: exposure name {name!r} "
                                    f"is also that of {seen[name]}; exposure names (file stems) "
                                    "must be unique in a store; rename one"))
             continue
@@ -380,7 +380,7 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
         if job["shape"] == shape:
             kept.append(job)
             continue
-        rejects.append(_reject(job["path"], job["hdu"], (
+        rejects.append(reject_row(job["path"], job["hdu"], (
             f"{job['path']}[{job['hdu']}]: image is {job['shape'][0]}x{job['shape'][1]} px "
             f"(rows x columns) but this store's images are {shape[0]}x{shape[1]} px (the most "
             "common size); ingest exposures of another size into a separate store")))
@@ -389,7 +389,7 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
     per_exposure: dict[tuple[str, str], list[int]] = {}
     for job in kept:
         per_exposure.setdefault((job["path"], job["exposure"]), []).append(job["hdu"])
-    results = _compute([dask.delayed(_measure_exposure, pure=False)(path, name, hdus, settings,
+    results = compute_tasks([dask.delayed(_measure_exposure, pure=False)(path, name, hdus, settings,
                                                                      factor)
                         for (path, name), hdus in per_exposure.items()])
     rows = []
@@ -437,7 +437,7 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
                                                         items.iloc[start:start + chunk],
                                                         factor, side)
                  for start in range(0, len(table), chunk)]
-        written = sum(_compute(tasks))
+        written = sum(compute_tasks(tasks))
         if written != len(table):
             raise SkysieveError(f"{out}: wrote {written} images, expected {len(table)}")
         commit_store(tmp, out, overwrite=overwrite)
