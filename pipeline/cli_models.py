@@ -124,7 +124,7 @@ def evaluate(model: str, store: Path, out: Path, blur_sweep: str, subset: str, b
 @click.option("--teacher-epochs", type=int, default=None, help="Default: --epochs.")
 @click.option("--pretrain-store", type=_EXISTING, default=None,
               help="Large store to pretrain on: adds the scratch vs pretrained+fine-tuned study.")
-@click.option("--pretrain-arch", default=None, help="Default: the first architecture.")
+@click.option("--pretrain-arch", default=None, help="Default: the first architecture without +kd.")
 @click.option("--pretrain-epochs", type=int, default=None, help="Default: --epochs.")
 @click.option("--blur-sweep", default="0,0.5,1,2,4", show_default=True)
 @_user_errors

@@ -168,3 +168,21 @@ def test_card_validation():
         ModelCard.from_dict({"arch": "smallcnn", "classes": ["a"], "temperature": 0})
     assert checkpoint_paths("dir/model.v2")[0].name == "model.v2.pt"
     assert CheckpointError.__mro__[1] is ValueError
+
+
+def test_checkpoint_files_are_readable_by_others(tmp_path):
+    """mkstemp makes files private; a written checkpoint follows the umask like any file."""
+    import os
+    import stat
+
+    from workers.checkpoint import ModelCard, save_checkpoint
+    from workers.models import create_model
+
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(create_model("lenet5", num_classes=2, image_size=32),
+                        ModelCard(arch="lenet5", classes=["a", "b"], image_size=32), tmp_path / "m.pt")
+    finally:
+        os.umask(old)
+    for name in ("m.pt", "m.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
