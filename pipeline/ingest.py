@@ -56,6 +56,7 @@ from pipeline.store import (
 )
 
 __all__ = ["IngestSummary", "compute_tasks", "ingest", "read_table", "reject_row", "scan_file",
+           "scan_inputs",
            "validate_int", "validate_paths"]
 
 
@@ -269,6 +270,44 @@ def _write_chunk_task(store: str, start: int, rows: pd.DataFrame, stamp: int) ->
     return len(rows)
 
 
+
+def scan_inputs(paths: Sequence[Path], *, with_headers: bool
+                ) -> tuple[list[tuple[dict[str, Any], str]], list[dict[str, Any]],
+                           list[dict[str, Any]]]:
+    """Phase 0 of an ingest: checksum and list the CCDs of every file, one task per file.
+
+    Returns
+    -------
+    scans : list of (scan, exposure name)
+        The files with at least one image HDU (:func:`scan_file` results).
+    inputs : list of dict
+        ``{"path", "sha256", "bytes"}`` of those files, for the store's provenance.
+    rejects : list of dict
+        Unreadable files, HDUs that are not images, and a second file whose
+        exposure name (file stem) is already taken.
+    """
+    results = compute_tasks([dask.delayed(scan_file, pure=False)(str(p), with_headers)
+                             for p in paths])
+    scans: list[tuple[dict[str, Any], str]] = []
+    inputs: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for scan in results:
+        rejects.extend(scan["rejects"])
+        if not scan["ccds"]:
+            continue
+        name = exposure_name(scan["path"])
+        if name in seen:
+            rejects.append(reject_row(scan["path"], -1, f"{scan['path']}: exposure name {name!r} "
+                                      f"is also that of {seen[name]}; exposure names (file "
+                                      "stems) must be unique in a store; rename one"))
+            continue
+        seen[name] = scan["path"]
+        inputs.append({"path": str(Path(scan["path"]).resolve()), "sha256": scan["sha256"],
+                       "bytes": scan["bytes"]})
+        scans.append((scan, name))
+    return scans, inputs, rejects
+
 # ---------------------------------------------------------------------------- helpers
 def validate_paths(paths: Sequence[str | Path]) -> list[Path]:
     """Return the exposures as a non-empty list of paths (one path is a list of one)."""
@@ -476,25 +515,9 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
     where_sources = "source table" if isinstance(sources, pd.DataFrame) else str(sources)
 
     # Phase 0: checksums and CCD lists, one task per file.
-    rejects: list[dict[str, Any]] = []
-    scans = compute_tasks([dask.delayed(scan_file, pure=False)(str(p), mode == "radec")
-                      for p in paths])
+    scans, inputs, rejects = scan_inputs(paths, with_headers=mode == "radec")
     jobs: list[dict[str, Any]] = []
-    seen: dict[str, str] = {}
-    inputs: list[dict[str, Any]] = []
-    for scan in scans:
-        rejects.extend(scan["rejects"])
-        if not scan["ccds"]:
-            continue
-        name = exposure_name(scan["path"])
-        if name in seen:
-            rejects.append(reject_row(scan["path"], -1, f"{scan['path']}: exposure name {name!r} "
-                                   f"is also that of {seen[name]}; exposure names (file stems) "
-                                   "must be unique in a store; rename one"))
-            continue
-        seen[name] = scan["path"]
-        inputs.append({"path": str(Path(scan["path"]).resolve()), "sha256": scan["sha256"],
-                       "bytes": scan["bytes"]})
+    for scan, name in scans:
         first = scan["ccds"][0][0]
         for hdu, header, shape in scan["ccds"]:
             jobs.append({"path": scan["path"], "exposure": name, "hdu": hdu, "header": header,

@@ -62,11 +62,11 @@ from pipeline.detect import (
     header_psf_fwhm,
 )
 from pipeline.errors import BadExposure, SkysieveError, SourceTableError
-from pipeline.fits_io import exposure_name, read_ccd
+from pipeline.fits_io import read_ccd
 from pipeline.ingest import (
     compute_tasks,
     reject_row,
-    scan_file,
+    scan_inputs,
     validate_int,
     validate_paths,
     read_table,
@@ -352,24 +352,9 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
     labels, by_ccd = _truth_labels(truth) if truth is not None else ({}, False)
 
     # Phase 0: checksums and CCD lists, one task per file.
-    rejects: list[dict[str, Any]] = []
-    scans = compute_tasks([dask.delayed(scan_file, pure=False)(str(p), False) for p in paths])
+    scans, inputs, rejects = scan_inputs(paths, with_headers=False)
     jobs: list[dict[str, Any]] = []
-    inputs: list[dict[str, Any]] = []
-    seen: dict[str, str] = {}
-    for scan in scans:
-        rejects.extend(scan["rejects"])
-        if not scan["ccds"]:
-            continue
-        name = exposure_name(scan["path"])
-        if name in seen:
-            rejects.append(reject_row(scan["path"], -1, f"{scan['path']}: exposure name {name!r} "
-                                   f"is also that of {seen[name]}; exposure names (file stems) "
-                                   "must be unique in a store; rename one"))
-            continue
-        seen[name] = scan["path"]
-        inputs.append({"path": str(Path(scan["path"]).resolve()), "sha256": scan["sha256"],
-                       "bytes": scan["bytes"]})
+    for scan, name in scans:
         for hdu, _, shape in scan["ccds"]:
             jobs.append({"path": scan["path"], "exposure": name, "hdu": hdu, "shape": shape})
 
