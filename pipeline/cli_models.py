@@ -48,8 +48,10 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
 @click.option("--split-seed", type=int, default=None,
               help="Seed of the validation split only (default: --seed).")
 @click.option("--image-size", type=int, default=None, help="Model input size (default: the stamp).")
-@click.option("--split-by", type=click.Choice(["exposure", "frame", "source"]), default="exposure",
-              show_default=True, help="Validation split: whole exposures/frames, or sources.")
+@click.option("--split-by", type=click.Choice(["exposure", "frame", "field", "source"]),
+              default="exposure", show_default=True,
+              help="Validation split: whole exposures/frames, whole fields (exposures of the "
+                   "same field joined), or sources.")
 @click.option("--val-fraction", default=0.2, show_default=True)
 @click.option("--patience", default=8, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--init", type=_EXISTING, default=None,
@@ -63,20 +65,29 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
               help="Weight of the distillation loss (0 = labels only, 1 = teacher only).")
 @click.option("--kd-temperature", default=4.0, show_default=True,
               help="Softmax temperature of the distillation loss.")
+@click.option("--augment", type=click.Choice(["full", "geometric"]), default="full",
+              show_default=True,
+              help="full: flips, shifts, PSF blur and dimming; geometric: flips and shifts only.")
+@click.option("--stretch", type=click.Choice(["asinh", "linear"]), default=None,
+              help="Input stretch of the model, recorded in its card [default: asinh].")
+@click.option("--softening", type=float, default=None,
+              help="Stretch softening in units of the noise [default: 3].")
 @_user_errors
 def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
           split_seed: int | None, image_size: int | None, split_by: str, val_fraction: float,
           patience: int, init: Path | None, init_sha256: str | None, teacher: Path | None,
-          kd_alpha: float, kd_temperature: float) -> None:
+          kd_alpha: float, kd_temperature: float, augment: str, stretch: str | None,
+          softening: float | None) -> None:
     """Train ARCH on the labelled cutouts in STORE and write a checkpoint with its card."""
     from pipeline.train import train as run_train
 
     card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
                      seed=seed, split_seed=split_seed, image_size=image_size,
-                     split_by="exposure" if split_by == "frame" else split_by,
-                     val_fraction=val_fraction, patience=patience, init=init,
-                     init_sha256=init_sha256, teacher=teacher, kd_alpha=kd_alpha,
-                     kd_temperature=kd_temperature)
+                     split_by=split_by, val_fraction=val_fraction, patience=patience,
+                     init=init, init_sha256=init_sha256, teacher=teacher, kd_alpha=kd_alpha,
+                     kd_temperature=kd_temperature, augment=augment,
+                     stretch={k: v for k, v in (("name", stretch), ("softening", softening))
+                              if v is not None} or None)
     m = card.metrics
     click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): validation accuracy "
                f"{m.get('accuracy', float('nan')):.4f}, balanced accuracy "

@@ -146,7 +146,7 @@ def _select(data: dict[str, Any], card, subset: str, store: Path) -> tuple[np.nd
                          f"(labelled-data sha256 {data['data_sha256'][:12]}… differs from the "
                          f"card's {str(training.get('data_sha256'))[:12]}…); use subset='all'")
     split = training.get("split") or {}
-    if split.get("by", "exposure") == "exposure":
+    if split.get("by", "exposure") in ("exposure", "frame", "field"):
         val_exp = [str(e) for e in split.get("val_exposures", [])]
         idx = np.flatnonzero(np.isin(data["exposures"], val_exp))
         why = (f"the model's validation exposures ({len(val_exp)}: "

@@ -33,9 +33,18 @@ from workers.checkpoint import (CheckpointError, ModelCard, checkpoint_paths, fi
 from workers.inference import pick_device
 from workers.models import create_model, is_model
 
-__all__ = ["train", "load_labelled", "split_validation", "read_weights", "transfer_weights"]
+__all__ = ["train", "load_labelled", "split_validation", "group_fields", "read_weights",
+           "transfer_weights", "AUGMENTS"]
 
-_SPLITS = ("exposure", "source")
+_SPLITS = ("exposure", "frame", "field", "source")
+_WHOLE = ("exposure", "frame", "field")  # splits that hold out whole groups
+
+AUGMENTS: dict[str, str] = {
+    "full": "dihedral8, shift<=2px, blur p=0.3 sigma 0.3-1.5px, dim p=0.5 a>=0.6",
+    "geometric": "dihedral8, shift<=2px",
+}
+"""Training augmentations by name, as a card records them (``training.augment``)."""
+_AUGMENT_KW: dict[str, dict[str, float]] = {"full": {}, "geometric": {"p_blur": 0.0, "p_dim": 0.0}}
 
 
 # --------------------------------------------------------------------------- data
@@ -54,7 +63,9 @@ def load_labelled(store: Path) -> dict[str, Any]:
         ``images`` (float32 ``(N, band, y, x)``, labelled sources only),
         ``labels`` and ``exposures`` (str arrays), ``bands`` (list of str),
         ``data_sha256`` (hash of every label, exposure and source id: identifies
-        the labelled data a card was trained on) and ``n_unlabelled``.
+        the labelled data a card was trained on), ``n_unlabelled``, and ``x``,
+        ``y`` (0-based pixel position on the exposure, x = column), ``ra``,
+        ``dec`` (deg) of each labelled source (float64, NaN where the store has none).
 
     Raises
     ------
@@ -94,9 +105,14 @@ def load_labelled(store: Path) -> dict[str, Any]:
     h.update("\x00".join(exposures.tolist()).encode("utf-8"))
     if "source_id" in ds.variables:
         h.update(np.ascontiguousarray(ds["source_id"].values.astype("<i8")).tobytes())
+    positions = {}
+    for name in ("x", "y", "ra", "dec"):
+        v = (np.asarray(ds[name].values, dtype=np.float64) if name in ds.variables
+             else np.full(labels.size, np.nan))
+        positions[name] = v[known]
     return {"images": images, "labels": labels[known], "exposures": exposures[known],
             "bands": [str(b) for b in bands], "data_sha256": h.hexdigest(),
-            "n_unlabelled": int(labels.size - known.size)}
+            "n_unlabelled": int(labels.size - known.size), **positions}
 
 
 def split_validation(groups: np.ndarray, labels: np.ndarray, *, by: str = "exposure",
@@ -104,7 +120,9 @@ def split_validation(groups: np.ndarray, labels: np.ndarray, *, by: str = "expos
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Choose a validation set, deterministically for a seed.
 
-    ``by="exposure"`` holds out whole exposures (``groups``; neighbouring cutouts
+    ``by="exposure"`` (or ``"frame"``, ``"field"``: the same, for groups that are
+    frames, or fields from :func:`group_fields`) holds out whole exposures
+    (``groups``; neighbouring cutouts
     never leak across the split): exposures are visited in a seeded random order,
     first so that every class appears in validation where an exposure can supply
     it without leaving training without that class, then while the validation
@@ -115,7 +133,7 @@ def split_validation(groups: np.ndarray, labels: np.ndarray, *, by: str = "expos
     ----------
     groups, labels : numpy.ndarray
         Exposure name and class label of each source.
-    by : {"exposure", "source"}, default: "exposure"
+    by : {"exposure", "frame", "field", "source"}, default: "exposure"
     val_fraction : float, default: 0.2
     seed : int, default: 0
 
@@ -144,7 +162,7 @@ def split_validation(groups: np.ndarray, labels: np.ndarray, *, by: str = "expos
         return np.setdiff1d(np.arange(n), val_idx), val_idx, []
     names, g = np.unique(groups, return_inverse=True)
     if names.size < 2:
-        raise ValueError(f"cannot hold out whole exposures: all sources come from exposure "
+        raise ValueError(f"cannot hold out whole {by}s: all sources come from {by} "
                          f"{names[0]!r}; use split_by='source'")
     counts = np.zeros((names.size, classes.size), dtype=np.int64)
     np.add.at(counts, (g, y), 1)
@@ -178,6 +196,124 @@ def split_validation(groups: np.ndarray, labels: np.ndarray, *, by: str = "expos
     val_mask = np.isin(g, chosen)
     return (np.flatnonzero(~val_mask), np.flatnonzero(val_mask),
             sorted(str(names[e]) for e in chosen))
+
+
+def group_fields(exposures: np.ndarray, x: np.ndarray, y: np.ndarray,
+                 ra: np.ndarray | None = None, dec: np.ndarray | None = None, *,
+                 min_fraction: float = 0.3, radius_arcsec: float = 1.0, bin_px: float = 4.0,
+                 tol_px: float = 3.0, min_matches: int = 10,
+                 max_sources: int = 2000) -> dict[str, str]:
+    """Join the exposures that image the same field (union of overlapping pairs).
+
+    Two exposures image the same field when more than ``min_fraction`` of the
+    sources of the smaller one have a counterpart in the other (and at least
+    ``min_matches`` do; 3 on the sky, where chance matches within 1" are rare):
+
+    * on the sky, when both have finite ``ra``/``dec`` (deg) for most sources:
+      a counterpart lies within ``radius_arcsec``;
+    * else by a constant pixel offset (frames of one field cut from different
+      pointings, no WCS): the most common difference of ``x``,``y`` over all
+      pairs of their sources, in ``bin_px`` bins, refined to the median in that
+      bin; a counterpart lies within ``tol_px`` once shifted.  Exposures with
+      more than ``max_sources`` sources use an evenly spaced subset of them.
+
+    Parameters
+    ----------
+    exposures : numpy.ndarray
+        Exposure (frame) name of each source.
+    x, y : numpy.ndarray
+        0-based pixel position of each source on its exposure (x = column, y = row).
+    ra, dec : numpy.ndarray, optional
+        Sky position of each source, deg (NaN where unknown).
+
+    Returns
+    -------
+    dict
+        Exposure name -> field name: the ``+``-joined sorted names of the
+        exposures of its field (the exposure's own name when it stands alone).
+    """
+    from scipy.spatial import cKDTree
+
+    exposures = np.asarray(exposures).astype(str)
+    n = exposures.size
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ra = np.full(n, np.nan) if ra is None else np.asarray(ra, np.float64)
+    dec = np.full(n, np.nan) if dec is None else np.asarray(dec, np.float64)
+    if not (x.shape == y.shape == ra.shape == dec.shape == (n,)):
+        raise ValueError(f"group_fields: exposures, x, y, ra, dec must have one value per "
+                         f"source ({n}); got shapes {x.shape}, {y.shape}, {ra.shape}, "
+                         f"{dec.shape}")
+    names, e = np.unique(exposures, return_inverse=True)
+    m = names.size
+    size = np.bincount(e, minlength=m)
+    sky_ok = np.isfinite(ra) & np.isfinite(dec)
+    pix_ok = np.isfinite(x) & np.isfinite(y)
+    on_sky = np.bincount(e, weights=sky_ok, minlength=m) > 0.5 * size
+    matched = np.zeros((m, m), dtype=np.int64)  # [a, b]: sources of a with a counterpart in b
+
+    use = sky_ok & on_sky[e]
+    if np.count_nonzero(on_sky) >= 2:
+        r, d = np.radians(ra[use]), np.radians(dec[use])
+        xyz = np.stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)], axis=1)
+        chord = 2.0 * np.sin(np.radians(radius_arcsec / 3600.0) / 2.0)
+        pairs = cKDTree(xyz).query_pairs(chord, output_type="ndarray")
+        src, ex = np.flatnonzero(use), e[use]
+        if pairs.size:
+            i, j = pairs[:, 0], pairs[:, 1]
+            cross = ex[i] != ex[j]
+            i, j = i[cross], j[cross]
+            both = np.concatenate([np.stack([src[i], ex[j]], 1), np.stack([src[j], ex[i]], 1)])
+            both = np.unique(both, axis=0)  # one count per (source, other exposure)
+            np.add.at(matched, (e[both[:, 0]], both[:, 1]), 1)
+
+    pos = {}
+    for k in range(m):
+        sel = np.flatnonzero((e == k) & pix_ok)
+        if sel.size > max_sources:
+            sel = sel[np.linspace(0, sel.size - 1, max_sources).astype(np.int64)]
+        pos[k] = np.stack([x[sel], y[sel]], axis=1)
+    for a in range(m):
+        for b in range(a + 1, m):
+            if (on_sky[a] and on_sky[b]) or len(pos[a]) == 0 or len(pos[b]) == 0:
+                continue
+            matched[a, b] = matched[b, a] = _offset_matches(pos[a], pos[b], bin_px=bin_px,
+                                                            tol_px=tol_px)
+
+    parent = list(range(m))
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a in range(m):
+        for b in range(a + 1, m):
+            k = max(matched[a, b], matched[b, a])
+            need = 3 if on_sky[a] and on_sky[b] else min_matches
+            if k >= need and k > min_fraction * min(size[a], size[b]):
+                parent[find(b)] = find(a)
+    members: dict[int, list[str]] = {}
+    for k in range(m):
+        members.setdefault(find(k), []).append(str(names[k]))
+    return {str(names[k]): "+".join(sorted(members[find(k)])) for k in range(m)}
+
+
+def _offset_matches(a: np.ndarray, b: np.ndarray, *, bin_px: float, tol_px: float) -> int:
+    """Sources of ``a`` (``(n, 2)`` x, y) with a counterpart in ``b`` under the best constant shift."""
+    from scipy.spatial import cKDTree
+
+    d = (a[:, None, :] - b[None, :, :]).reshape(-1, 2)
+    k = np.round(d / bin_px).astype(np.int64)
+    key = (k[:, 0] - k[:, 0].min()) * (k[:, 1].max() - k[:, 1].min() + 1) + (
+        k[:, 1] - k[:, 1].min())
+    values, counts = np.unique(key, return_counts=True)
+    best = values[counts.argmax()]
+    offset = np.median(d[key == best], axis=0)
+    near = np.all(np.abs(d - offset) <= bin_px, axis=1)  # refine with the neighbouring bins
+    offset = np.median(d[near], axis=0)
+    dist, _ = cKDTree(b).query(a - offset, distance_upper_bound=tol_px)
+    return int(np.count_nonzero(np.isfinite(dist)))
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -547,14 +683,15 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
           patience: int = 8, device: str | None = None, progress: bool = True,
           split_seed: int | None = None, init: Path | None = None,
           init_sha256: str | None = None, teacher: Path | None = None,
-          kd_alpha: float = 0.5, kd_temperature: float = 4.0) -> ModelCard:
+          kd_alpha: float = 0.5, kd_temperature: float = 4.0, augment: str = "full",
+          stretch: dict[str, Any] | None = None) -> ModelCard:
     """Train ``arch`` on the labelled sources of a cutout store and write a checkpoint.
 
     All labelled stamps are read into memory and normalised once (S/N units,
     :func:`pipeline.preprocess.to_snr`): fine for training sets of up to a few
     hundred thousand 64x64 stamps (1 GB per 64k float32).  Each batch is then
-    augmented in torch (dihedral, shifts, PSF blur, dimming at fixed noise),
-    stretched and resized exactly as :func:`pipeline.preprocess.prepare` does.
+    augmented in torch (``augment``: see :data:`AUGMENTS`), stretched (``stretch``,
+    recorded in the card, which inference applies) and resized exactly as :func:`pipeline.preprocess.prepare` does.
     The loss is cross-entropy weighted by inverse class frequency; AdamW with a
     one-epoch warm-up and a cosine decay; early stopping on the validation
     balanced accuracy after ``patience`` epochs without improvement, keeping the
@@ -609,6 +746,14 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         Weight of the distillation term, in [0, 1].
     kd_temperature : float, default: 4.0
         Softmax temperature of the distillation term, > 0.
+    augment : {"full", "geometric"}, default: "full"
+        ``"full"``: dihedral flips/rotations, shifts <= 2 px, PSF blur (p=0.3,
+        sigma 0.3-1.5 px) and dimming (p=0.5, to >= 0.6 of the flux) at fixed
+        noise; ``"geometric"``: dihedral and shifts only.
+    stretch : dict, optional
+        The stretch of the model input (see
+        :func:`pipeline.preprocess.validate_stretch`); default
+        :data:`pipeline.preprocess.DEFAULT_STRETCH`.
 
     Returns
     -------
@@ -618,6 +763,9 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     store, out = Path(store), Path(out)
     _check_args(arch, epochs, batch_size, lr, patience, split_by, image_size, kd_alpha,
                 kd_temperature)
+    if augment not in AUGMENTS:
+        raise ValueError(f"train: unknown augment {augment!r}; valid: {', '.join(AUGMENTS)}")
+    stretch = validate_stretch(stretch)
     if split_seed is None:
         split_seed = seed
     if init_sha256 is not None and init is None:
@@ -632,15 +780,23 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         raise StoreError(f"{store}: only one class ({classes[0]!r}) among the labelled sources; "
                          "a classifier needs at least two")
     y_all = np.searchsorted(np.asarray(classes), labels)
+    fields: list[str] = []
+    groups = exposures
+    if split_by == "field":
+        field_of = group_fields(exposures, data["x"], data["y"], data["ra"], data["dec"])
+        fields = sorted({f for f in field_of.values() if "+" in f})
+        groups = np.asarray([field_of[str(v)] for v in exposures])
+        if progress and fields:
+            print(f"split by field: {len(fields)} field(s) imaged by several exposures: "
+                  f"{', '.join(fields)}", file=sys.stderr, flush=True)
     try:
         train_idx, val_idx, val_groups = split_validation(
-            exposures, labels, by=split_by, val_fraction=val_fraction, seed=split_seed)
+            groups, labels, by=split_by, val_fraction=val_fraction, seed=split_seed)
     except ValueError as exc:
         raise StoreError(f"{store}: {exc}") from exc
     images = data.pop("images")
     n_chan, height, width = images.shape[1:]
     image_size = int(image_size or height)
-    stretch = validate_stretch(DEFAULT_STRETCH)
     dev = pick_device(device)
     if kd is not None:
         kd = _bind_teacher(kd, classes, int(n_chan))
@@ -680,7 +836,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
                            classes=classes, stretch=stretch, image_size=image_size,
                            epochs=epochs, batch_size=batch_size, lr=lr,
                            weight_decay=weight_decay, patience=patience, seed=seed,
-                           progress=progress, kd=kd)
+                           progress=progress, kd=kd, augment=_AUGMENT_KW[augment])
         finally:
             torch.use_deterministic_algorithms(det_was[0], warn_only=det_was[1])
 
@@ -713,13 +869,16 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         training={
             "store": str(store.resolve()), "data_sha256": data["data_sha256"],
             "split": {"by": split_by, "val_fraction": val_fraction, "seed": split_seed,
-                      "val_exposures": val_groups, "n_train": int(train_idx.size),
-                      "n_val": int(val_idx.size)},
+                      "val_exposures": (sorted(set(exposures[val_idx].tolist()))
+                                        if split_by in _WHOLE else []),
+                      "n_train": int(train_idx.size), "n_val": int(val_idx.size),
+                      **({"val_fields": val_groups, "groups": fields}
+                         if split_by == "field" else {})},
             "seed": seed, "epochs": epochs, "epochs_run": history["epochs_run"],
             "best_epoch": history["best_epoch"], "batch_size": batch_size, "lr": lr,
             "weight_decay": weight_decay, "patience": patience, "device": str(dev),
             "stamp": [int(height), int(width)],
-            "augment": "dihedral8, shift<=2px, blur p=0.3 sigma 0.3-1.5px, dim p=0.5 a>=0.6",
+            "augment": augment, "augment_detail": AUGMENTS[augment],
             "loss": loss,
             **extra,
             "optimizer": "AdamW, 1-epoch warm-up + cosine",
@@ -749,7 +908,8 @@ def _fit(model: torch.nn.Module, z_train: torch.Tensor, y_train: torch.Tensor,
          x_val: torch.Tensor, y_val: np.ndarray, weights: torch.Tensor, dev: torch.device, *,
          classes: list[str], stretch: dict[str, Any], image_size: int, epochs: int,
          batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
-         progress: bool, kd: dict[str, Any] | None = None) -> dict[str, Any]:
+         progress: bool, kd: dict[str, Any] | None = None,
+         augment: dict[str, float] | None = None) -> dict[str, Any]:
     """The epoch loop; leaves the best weights in ``model``."""
     n = z_train.shape[0]
     model.to(memory_format=torch.channels_last)  # 1.3-1.7x faster on the CPU; saved contiguous
@@ -784,7 +944,7 @@ def _fit(model: torch.nn.Module, z_train: torch.Tensor, y_train: torch.Tensor,
             idx = perm[start:start + batch_size]
             if idx.numel() < 2:  # BatchNorm needs two samples
                 continue
-            za = _augment(z_train[idx], gen)
+            za = _augment(z_train[idx], gen, **(augment or {}))
             xb = resize(apply_stretch(za, stretch), image_size)
             xb = xb.to(dev).contiguous(memory_format=torch.channels_last)
             with autocast():

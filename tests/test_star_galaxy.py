@@ -1,8 +1,9 @@
 """The bundled ``star-galaxy`` model on real cutouts it never saw in training.
 
-The model was trained by ``skysieve train`` on ``../shared/data/star_galaxy`` with
-whole fields held out for validation (frames of the same field joined by ``+``
-in the card's ``val_exposures``: they image the same stars).  Here ~200 cutouts
+The model was trained by ``skysieve train --split-by field`` on
+``../shared/data/star_galaxy`` with whole fields held out for validation (frames that
+image the same field, found by a constant pixel offset between their sources, are
+joined: the card's ``split.groups``; ``val_exposures`` lists the held-out frames).  Here ~200 cutouts
 of those validation fields go through the real CLI: ``import-images`` ->
 ``classify --model star-galaxy`` on a LocalCluster -> Parquet.
 """
@@ -24,6 +25,8 @@ from workers.checkpoint import file_sha256, load_card
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 N_GALAXY, N_STAR = 80, 120
+FLOOR_CARD = 0.86  # the card: 0.874 on the held-out fields (see the test)
+FLOOR_SAMPLE = 0.82  # 0.863 on the 80 galaxies + 120 stars sampled below
 
 
 def _balanced_accuracy(true: np.ndarray, pred: np.ndarray) -> float:
@@ -53,11 +56,18 @@ def test_bundled_card(card) -> None:
     assert card.in_chans == 1 and card.image_size == 64
     split = card.training["split"]
     assert split["val_exposures"], "the card must name its held-out frames"
+    assert split["by"] == "field" and len(split["groups"]) == 3  # three fields seen twice
+    val = set(split["val_exposures"])
+    for group in split["groups"]:  # a field is held out whole or not at all
+        assert set(group.split("+")) <= val or not set(group.split("+")) & val
+    assert card.training["augment"] == "geometric"
     # held-out fields, 189 galaxies / 397 stars; a moment-feature logistic regression gets
-    # ~0.76 balanced accuracy there (the 0.95 goal of issue #4 is not reached yet)
-    assert card.metrics["balanced_accuracy"] >= 0.78
+    # ~0.76 balanced accuracy there; the shipped model FLOOR_CARD (the 0.95 goal of issue #4
+    # is not reached: compact galaxies look like stars on these 8-bit stamps)
+    assert card.metrics["balanced_accuracy"] >= FLOOR_CARD
     command = card.training["command"].split()
     assert "train" in command and "pipeline/models/star-galaxy.pt" in command
+    assert "--split-by" in command and command[command.index("--split-by") + 1] == "field"
 
 
 def test_classify_validation_fields(card, star_galaxy: Path, tmp_path: Path) -> None:
@@ -97,4 +107,4 @@ def test_classify_validation_fields(card, star_galaxy: Path, tmp_path: Path) -> 
     truth = df["true_label"].to_numpy(str)
     assert dict(pd.Series(truth).value_counts()) == dict(picked["label"].value_counts())
     bacc = _balanced_accuracy(truth, df["label"].to_numpy(str))
-    assert bacc >= 0.75, f"balanced accuracy {bacc:.3f} on validation-field cutouts"
+    assert bacc >= FLOOR_SAMPLE, f"balanced accuracy {bacc:.3f} on validation-field cutouts"

@@ -7,12 +7,16 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
+from click.testing import CliRunner
 
+from pipeline.cli import cli
 from pipeline.errors import StoreError
-from pipeline.preprocess import prepare
 from pipeline.metrics import classification_metrics, expected_calibration_error, fit_temperature
-from pipeline.train import load_labelled, split_validation, train
+from pipeline.preprocess import prepare
+from pipeline.train import (_augment, group_fields, load_labelled, split_validation,
+                            train)
 from workers.checkpoint import file_sha256, load_checkpoint
 from workers.inference import Predictor
 
@@ -145,8 +149,12 @@ def test_the_split_holds_out_whole_exposures(smallcnn, store):
     assert none == [] and set(labels[va_s]) == set(labels) and va_s.size == 60
     with pytest.raises(ValueError, match="split_by='source'"):
         split_validation(np.zeros(10), np.tile(["a", "b"], 5))
-    with pytest.raises(ValueError, match="unknown split_by 'frame'; valid: exposure, source"):
-        split_validation(groups, labels, by="frame")
+    with pytest.raises(ValueError, match="unknown split_by 'frames'; valid: exposure, frame, "
+                                         "field, source"):
+        split_validation(groups, labels, by="frames")
+    assert all(np.array_equal(x, y) for x, y in
+               zip(split_validation(groups, labels, by="frame", val_fraction=0.3, seed=3),
+                   (tr, va, names)))
 
 
 def test_split_by_source(store, tmp_path):
@@ -210,3 +218,104 @@ def test_metrics_helpers():
     assert fit_temperature(logits * 4.0, y) == pytest.approx(4.0, rel=0.15)  # over-confident
     p = np.full((4, 2), 0.5)
     assert expected_calibration_error(p, np.array([0, 1, 0, 1])) == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- augment, stretch, field split
+def test_geometric_augmentation_only_moves_pixels():
+    z = torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    geo = _augment(z, torch.Generator().manual_seed(1), p_blur=0.0, p_dim=0.0)
+    full = _augment(z, torch.Generator().manual_seed(1))
+    # flips, rotations and wrapped shifts permute the pixels of each stamp ...
+    assert torch.equal(geo.flatten(1).sort(dim=1).values, z.flatten(1).sort(dim=1).values)
+    assert not torch.equal(geo, z)
+    # ... blur and dimming change them, for some stamps
+    same = (full.flatten(1).sort(dim=1).values == z.flatten(1).sort(dim=1).values).all(dim=1)
+    assert 0 < int((~same).sum()) < 64
+
+
+def test_augment_and_stretch_are_recorded_and_applied(store, tmp_path):
+    out = tmp_path / "lin.pt"
+    card = train(store, arch="smallcnn", out=out, epochs=2, batch_size=64, seed=0,
+                 augment="geometric", stretch={"name": "linear", "softening": 5},
+                 progress=False)
+    assert card.stretch == {"name": "linear", "softening": 5.0, "scale": 1.0}
+    assert card.training["augment"] == "geometric"
+    assert card.training["augment_detail"] == "dihedral8, shift<=2px"
+    model, card2 = load_checkpoint(out, sha256=card.sha256)
+    images, y = _val_stamps(store, card)
+    proba = Predictor(model, card2, batch_size=50).predict_proba(
+        prepare(images, stretch=card2.stretch, image_size=card2.image_size))
+    assert classification_metrics(y, proba.argmax(1), card.classes)["confusion"] == \
+        card.metrics["confusion"]
+    with pytest.raises(ValueError, match="unknown augment 'blur'; valid: full, geometric"):
+        train(store, arch="smallcnn", out=tmp_path / "x.pt", augment="blur")
+    with pytest.raises(ValueError, match="stretch 'softening' must be a finite number > 0"):
+        train(store, arch="smallcnn", out=tmp_path / "x.pt", stretch={"softening": -1})
+    assert not (tmp_path / "x.pt").exists()
+
+
+def _frames(seed=0):
+    """Five frames of a 2000 px CCD: b re-images a's field shifted, e re-images d on the sky."""
+    rng = np.random.default_rng(seed)
+    pos = {f: rng.uniform(0, 2000, (40, 2)) for f in "acd"}
+    keep = rng.permutation(40)[:30]  # 75% of a's sources, on another pointing, + 10 others
+    pos["b"] = np.concatenate([pos["a"][keep] + [137.4, -52.1] + rng.normal(0, 0.5, (30, 2)),
+                               rng.uniform(0, 2000, (10, 2))])
+    pos["e"] = rng.uniform(0, 2000, (40, 2))  # other pixels, but the same stars as d
+    names = np.repeat(list("abcde"), 40)
+    xy = np.concatenate([pos[f] for f in "abcde"])
+    sky = rng.uniform([150.0, 20.0], [150.5, 20.5], (40, 2))
+    radec = np.full((200, 2), np.nan)
+    radec[120:160] = sky
+    radec[160:] = sky + rng.normal(0, 0.2 / 3600, (40, 2))  # within 1"
+    return names, xy, radec
+
+
+def test_group_fields_joins_frames_of_one_field():
+    names, xy, radec = _frames()
+    no_sky = group_fields(names, xy[:, 0], xy[:, 1])
+    assert no_sky == {"a": "a+b", "b": "a+b", "c": "c", "d": "d", "e": "e"}
+    both = group_fields(names, xy[:, 0], xy[:, 1], radec[:, 0], radec[:, 1])
+    assert both == {"a": "a+b", "b": "a+b", "c": "c", "d": "d+e", "e": "d+e"}
+    # unrelated frames stay apart: shuffle b's positions
+    xy2 = xy.copy()
+    xy2[40:80] = np.random.default_rng(1).uniform(0, 2000, (40, 2))
+    assert set(group_fields(names, xy2[:, 0], xy2[:, 1]).values()) == set("abcde")
+    with pytest.raises(ValueError, match="one value per source"):
+        group_fields(names, xy[:10, 0], xy[:, 1])
+
+
+def test_split_by_field_never_splits_a_field(tmp_path):
+    _, xy, _ = _frames()
+    path = make_store(tmp_path / "fields.zarr", n=200, n_exp=5, size=16, seed=3)
+    ds = xr.open_zarr(path).load()
+    order = np.argsort(ds["exposure"].values.astype(str), kind="stable")  # exp0..exp4 = a..e
+    x, y = np.empty(200), np.empty(200)
+    x[order], y[order] = xy[:, 0], xy[:, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.assign_coords(x=("source", x), y=("source", y)).to_zarr(
+            tmp_path / "xy.zarr", zarr_format=3, mode="w")
+    seen = set()
+    for split_seed in range(4):
+        card = train(tmp_path / "xy.zarr", arch="lenet5", out=tmp_path / f"f{split_seed}.pt",
+                     epochs=1, batch_size=64, split_by="field", split_seed=split_seed,
+                     progress=False)
+        split = card.training["split"]
+        assert split["by"] == "field" and split["groups"] == ["exp0+exp1"]
+        val = set(split["val_exposures"])
+        assert {"exp0", "exp1"} <= val or not {"exp0", "exp1"} & val
+        assert val == {e for f in split["val_fields"] for e in f.split("+")}
+        seen.add(tuple(split["val_fields"]))
+    assert any("exp0+exp1" in v for v in seen)  # the joined field does get held out
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", str(tmp_path / "xy.zarr"), "--arch", "lenet5",
+                                 "--out", str(tmp_path / "cli.pt"), "--epochs", "1",
+                                 "--split-by", "frame", "--augment", "geometric",
+                                 "--stretch", "linear", "--softening", "2"])
+    assert result.exit_code == 0, result.output
+    card = load_checkpoint(tmp_path / "cli.pt")[1]
+    assert card.training["split"]["by"] == "frame" and "groups" not in card.training["split"]
+    assert card.training["augment"] == "geometric"
+    assert card.stretch == {"name": "linear", "softening": 2.0, "scale": 1.0}
