@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -272,19 +272,19 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
                            "overwrite": overwrite},
         }
         reference = _reference_fwhm(group) if "psf_fwhm" in group else None
-        tasks, skipped = [], 0
-        for index, (start, stop) in enumerate(bounds):
-            part = catalogue.part_path(out, index)
-            if part.exists():
-                skipped += 1
-                continue
-            task = dask.delayed(classify_chunk, pure=False)(
+        todo = [(catalogue.part_path(out, i), start, stop) for i, (start, stop) in enumerate(bounds)]
+        skipped = sum(part.exists() for part, _, _ in todo)
+        todo = [job for job in todo if not job[0].exists()]
+
+        def make_task(part: Path, start: int, stop: int) -> Any:
+            """One chunk's task under a fresh key (a resubmitted task gets a new one)."""
+            return dask.delayed(classify_chunk, pure=False)(
                 str(store), start, stop, str(part), checkpoint=str(checkpoint), sha256=card.sha256,
                 batch_size=batch_size, reference_fwhm=reference, healpix_order=order,
                 row_group_size=row_group_size, metadata=metadata,
                 dask_key_name=f"classify-{part.stem}-{uuid.uuid4().hex[:8]}")
-            tasks.append((task, part, start, stop))
-        results, failed = _run_tasks(tasks, progress=progress)
+
+        results, failed = _run_tasks(todo, make_task, progress=progress)
         for stale in out.glob(".part-*.tmp"):  # written by a task whose worker died
             stale.unlink(missing_ok=True)
         _copy_rejects(ds, out)
@@ -304,16 +304,24 @@ def healpix_order_doc(order: int) -> dict[str, Any]:
             "frame": "ICRS (ra, dec)", "missing": -1}
 
 
-def _run_tasks(tasks: list[tuple[Any, Path, int, int]], *,
-               progress: bool) -> tuple[list[dict], list[dict]]:
-    """Run ``(task, part, start, stop)`` tasks on the current distributed client (or threads).
+def _run_tasks(todo: list[tuple[Path, int, int]], make_task: Callable[..., Any], *,
+               progress: bool, attempts: int = 3) -> tuple[list[dict], list[dict]]:
+    """Run one task per ``(part, start, stop)`` on the current distributed client (or threads).
 
-    Returns the results and one entry per failed part: its file, its rows and the error
-    (a worker that died on it - usually over its memory limit - says what to lower).
+    A task whose future ends neither finished nor erred (cancelled or lost when the
+    scheduler dropped it with a dead worker) is submitted again, up to ``attempts``
+    times: writing a part is atomic and deterministic, so a repeat cannot double rows.
+
+    Returns
+    -------
+    results, failed
+        The tasks' summaries, and one entry per failed part: its file, its rows, its
+        final status and the error (a worker that died on it - usually over its
+        memory limit - says what to lower).
     """
     import dask
 
-    if not tasks:
+    if not todo:
         return [], []
     try:
         from distributed import get_client, wait
@@ -321,26 +329,38 @@ def _run_tasks(tasks: list[tuple[Any, Path, int, int]], *,
     except (ImportError, ValueError):
         client = None
     if client is None:
-        return list(dask.compute(*(t[0] for t in tasks), scheduler="threads")), []
+        return list(dask.compute(*(make_task(*job) for job in todo), scheduler="threads")), []
     from distributed import KilledWorker
 
-    futures = client.compute([t[0] for t in tasks])
-    if progress and sys.stderr.isatty():
-        from distributed import progress as progress_bar
-        progress_bar(futures)
-    wait(futures)
     results, failed = [], []
-    for (_, part, start, stop), fut in zip(tasks, futures):
-        if fut.status == "finished":
-            results.append(fut.result())
-            continue
-        exc = fut.exception()
-        error = repr(exc)
-        if isinstance(exc, KilledWorker):
-            error = (f"the workers running rows {start}:{stop} ({stop - start} cutouts) died, "
-                     f"probably over their memory limit: give workers more memory or re-ingest "
-                     f"with a smaller ingest.chunk-sources (now {stop - start}) ({error})")
-        failed.append({"part": part.name, "rows": [start, stop], "error": error})
+    for attempt in range(1, attempts + 1):
+        futures = client.compute([make_task(*job) for job in todo])
+        if progress and sys.stderr.isatty():
+            from distributed import progress as progress_bar
+            progress_bar(futures)
+        wait(futures)
+        again = []
+        for (part, start, stop), fut in zip(todo, futures):
+            if fut.status == "finished":
+                results.append(fut.result())
+            elif fut.status == "error":
+                exc = fut.exception()
+                error = repr(exc)
+                if isinstance(exc, KilledWorker):
+                    error = (f"the workers running rows {start}:{stop} ({stop - start} cutouts) "
+                             f"died, probably over their memory limit: give workers more memory "
+                             f"or re-ingest with a smaller ingest.chunk-sources (now "
+                             f"{stop - start}) ({error})")
+                failed.append({"part": part.name, "rows": [start, stop], "status": "error",
+                               "error": error})
+            elif attempt < attempts:
+                again.append((part, start, stop))
+            else:
+                failed.append({"part": part.name, "rows": [start, stop], "status": fut.status,
+                               "error": f"the task ended {fut.status!r} {attempts} times"})
+        if not again:
+            break
+        todo = again
     return results, failed
 
 
