@@ -101,13 +101,15 @@ def _client(client: Any | None) -> Iterator[Any]:
     if client is not None:
         yield client
         return
-    try:
-        from distributed import get_client
+    from distributed import get_client
 
-        yield get_client()
+    try:
+        current = get_client()
+    except ValueError:  # no client: start one below
+        current = None
+    if current is not None:  # yield outside the try: errors of the body are not ours
+        yield current
         return
-    except ValueError:
-        pass
     from distributed import Client, LocalCluster
 
     # Threads in this process: the conversion is I/O and Arrow (which releases the GIL).

@@ -106,3 +106,16 @@ def test_refuses_existing_and_bad_names(exported: tuple[Path, Path], tmp_path: P
     assert (tmp_path / "precious" / "notes.txt").exists()
     with pytest.raises(FileNotFoundError, match="no catalogue parts"):
         to_hats(tmp_path, tmp_path / "x")
+
+
+def test_errors_pass_through_under_an_existing_client(tmp_path) -> None:
+    """With a default client already running, a too-coarse export still says what to raise."""
+    import distributed
+
+    from pipeline.hats_export import HatsExportError, to_hats
+
+    cat = write_fake_catalogue(tmp_path / "catalogue", parts=3, rows=300, no_position=3)
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
+                            dashboard_address=":0"):
+        with pytest.raises(HatsExportError, match="raise --highest-order"):
+            to_hats(cat, tmp_path / "coarse", pixel_threshold=120, highest_order=5)
