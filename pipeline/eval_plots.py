@@ -155,7 +155,8 @@ def plot_blur_curves(evals: Sequence[Mapping[str, Any] | str | Path] | Mapping[s
     evals = _as_list(evals)
     labels = _labels(evals)
     cmap = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    many = len(evals) > 1  # several models: the legend goes beside the axes, not over the curves
+    fig, ax = plt.subplots(figsize=(9.0 if many else 6.4, 4.2))
     n_classes = []
     for i, (ev, label) in enumerate(zip(evals, labels)):
         curve = sorted(ev["blur"]["curve"], key=lambda r: r["factor"])
@@ -179,7 +180,10 @@ def plot_blur_curves(evals: Sequence[Mapping[str, Any] | str | Path] | Mapping[s
         title = (f"Blur robustness: {labels[0]} ({evals[0]['model'].get('arch', '?')}, "
                  f"n={evals[0].get('n', '?')})" if len(evals) == 1 else "Blur robustness")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower left")
+    if many:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=8, loc="lower left")
     return _save(fig, path)
 
 
