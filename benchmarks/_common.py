@@ -184,7 +184,11 @@ def make_store(path: Path, n: int, stamp: int, chunk: int, seed: int = 0, *,
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     )
     ds = ds.chunk({"source": chunk})
-    ds.to_zarr(path, zarr_format=3, mode="w", compute=True)
+    from zarr.codecs import ZstdCodec
+
+    # The codec `skysieve ingest` writes (pipeline.store), so reads cost what they cost there.
+    ds.to_zarr(path, zarr_format=3, mode="w", compute=True,
+               encoding={"image": {"compressors": [ZstdCodec(level=3)]}})
     return path
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import make_store, markdown_table, median_time, write_result
+from pipeline import config
 
 __all__ = ["make_store", "raw_throughput", "stage_profile", "end_to_end", "main"]
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
     n = 4096 if args.quick else 16384
-    chunk = 1024 if args.quick else 4096
+    chunk = int(config.get("ingest.chunk-sources"))  # the chunk `skysieve ingest` writes
     repeats = 1 if args.quick else 3
     shapes = ((1, 2), (2, 1)) if args.quick else ((1, 2), (2, 1), (1, 1))
     tmp = Path(tempfile.mkdtemp(prefix="skysieve-bench-store-"))
