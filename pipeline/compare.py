@@ -704,24 +704,20 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
                    label=label(f"pretrain {study_arch['token']} on {pretrain_store}"),
                    **{**common, "epochs": pretrain_epochs, "blur_sweep": [0.0]})
         pre_pt = Path(pre["checkpoint"])
-        scratch = by_token.get(study_arch["token"])
+        token = study_arch["token"]
+
+        def seed_runs(prefix: str, what: str, **extra: Any) -> list[dict[str, Any]]:
+            """One run of the study architecture per seed on ``store``."""
+            return [{"seed": seed, "rec": _run(
+                store, arch=study_arch["arch"], pt=out / "models" / f"{prefix}_{token}_s{seed}.pt",
+                eval_dir=out / "eval" / f"{prefix}_{token}_s{seed}", seed=seed,
+                data_sha=data_sha, speed=False, label=label(f"{what} {token} seed {seed}"),
+                **extra, **common)} for seed in range(seeds)]
+
+        scratch = by_token.get(token)
         if scratch is None:
-            recs = []
-            for seed in range(seeds):
-                name = f"scratch_{study_arch['token']}_s{seed}"
-                recs.append({"seed": seed, "rec": _run(
-                    store, arch=study_arch["arch"], pt=out / "models" / f"{name}.pt",
-                    eval_dir=out / "eval" / name, seed=seed, data_sha=data_sha, speed=False,
-                    label=label(f"scratch {study_arch['token']} seed {seed}"), **common)})
-            scratch = _row(study_arch, recs)
-        tuned = []
-        for seed in range(seeds):
-            name = f"finetune_{study_arch['token']}_s{seed}"
-            tuned.append({"seed": seed, "rec": _run(
-                store, arch=study_arch["arch"], pt=out / "models" / f"{name}.pt",
-                eval_dir=out / "eval" / name, seed=seed, data_sha=data_sha, speed=False,
-                init=pre_pt, label=label(f"fine-tune {study_arch['token']} seed {seed}"),
-                **common)})
+            scratch = _row(study_arch, seed_runs("scratch", "scratch"))
+        tuned = seed_runs("finetune", "fine-tune", init=pre_pt)
         tuned_row = _row(study_arch, tuned)
         pcard = pre["card"]
         pretraining = {
