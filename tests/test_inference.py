@@ -45,10 +45,9 @@ def test_predict_proba_is_tempered_softmax_in_batches(checkpoint, x):
     with torch.inference_mode():
         ref = torch.softmax(model(x) / 1.7, dim=1).numpy()
     for batch_size, channels_last in [(16, True), (64, False)]:
-        pred = Predictor(create_model("smallcnn", num_classes=3, image_size=32)
-                         .requires_grad_(False), card, batch_size=batch_size,
-                         channels_last=channels_last)
-        pred.model.load_state_dict(model.state_dict())
+        net = create_model("smallcnn", num_classes=3, image_size=32).requires_grad_(False)
+        net.load_state_dict(model.state_dict())  # before the Predictor folds its batch norms
+        pred = Predictor(net, card, batch_size=batch_size, channels_last=channels_last)
         p = pred.predict_proba(x)
         assert p.shape == (37, 3) and p.dtype == np.float32
         np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
