@@ -141,60 +141,40 @@ def make_store(path: Path, n: int, stamp: int, chunk: int, seed: int = 0, *,
                dtype: str = "float32") -> Path:
     """Write a cutout store of ``n`` realistic-looking stamps (stars, galaxies, noise sigma 3 ADU).
 
-    Pixels are generated chunk by chunk (a dask array), so a store of 10^5 stamps never
-    sits in memory at once.  Layout ``image (source, band=1, y, x)``, chunked along
-    ``source`` by ``chunk``, with every coordinate ``skysieve classify`` reads.
+    Written as ``skysieve ingest`` writes (``pipeline.store.create_store`` then
+    ``write_chunk`` chunk by chunk: the configured image codec and the per-stamp
+    statistics), so reads cost what they cost there, and a store of 10^5 stamps
+    never sits in memory at once.  Layout ``image (source, band=1, y, x)``, chunked
+    along ``source`` by ``chunk``, with every coordinate ``skysieve classify`` reads.
     """
-    import dask.array as da
-    import xarray as xr
+    import pandas as pd
 
-    from pipeline import __version__
+    from pipeline.store import create_store, pack_source_id, write_chunk
 
     templates = _templates(stamp, 256, seed)
-
-    def block(block_info=None) -> np.ndarray:
-        (start, stop), *_ = block_info[None]["array-location"]
-        rng = np.random.default_rng([seed, start])
-        pick = rng.integers(0, len(templates), stop - start)
-        img = templates[pick] + rng.normal(0, 3, (stop - start, stamp, stamp)).astype(np.float32)
-        return img[:, None].astype(dtype)
-
-    image = da.map_blocks(block, chunks=(_chunks(n, chunk), (1,), (stamp,), (stamp,)),
-                          dtype=dtype, meta=np.empty((0, 1, 0, 0), dtype))
     rng = np.random.default_rng(seed)
     idx = np.arange(n)
-    ds = xr.Dataset(
-        {"image": (("source", "band", "y", "x"), image)},
-        coords={
-            "source_id": ("source", idx.astype(np.int64)),
-            "exposure": ("source", np.asarray([f"exp_{i // 2000:04d}" for i in idx])),
-            "ccd": ("source", np.zeros(n, np.int16)),
-            "x": ("source", rng.uniform(0, 2048, n)), "y": ("source", rng.uniform(0, 2048, n)),
-            "ra": ("source", rng.uniform(150, 150.5, n)), "dec": ("source", rng.uniform(2, 2.5, n)),
-            "flux": ("source", np.full(n, 3000, np.float32)),
-            "a": ("source", np.ones(n, np.float32)), "b": ("source", np.ones(n, np.float32)),
-            "theta": ("source", np.zeros(n, np.float32)),
-            "fwhm": ("source", np.full(n, 3.0, np.float32)),
-            "psf_fwhm": ("source", np.full(n, 3.0, np.float32)),
-            "sky": ("source", np.zeros(n, np.float32)), "sky_rms": ("source", np.full(n, 3, np.float32)),
-            "snr": ("source", np.full(n, 100, np.float32)), "flags": ("source", np.zeros(n, np.int32)),
-        },
-        attrs={"skysieve_version": __version__, "kind": "cutouts", "stamp": stamp, "bands": ["r"],
-               "pixel_scale": 0.25, "chunk_sources": chunk, "inputs": [], "rejects": [],
-               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-    )
-    ds = ds.chunk({"source": chunk})
-    from zarr.codecs import ZstdCodec
-
-    # The codec `skysieve ingest` writes (pipeline.store), so reads cost what they cost there.
-    ds.to_zarr(path, zarr_format=3, mode="w", compute=True,
-               encoding={"image": {"compressors": [ZstdCodec(level=3)]}})
+    exposure = np.asarray([f"exp_{i // 2000:04d}" for i in idx])
+    table = pd.DataFrame({
+        "exposure": exposure, "ccd": np.zeros(n, np.int16),
+        "x": rng.uniform(0, 2048, n), "y": rng.uniform(0, 2048, n),
+        "ra": rng.uniform(150, 150.5, n), "dec": rng.uniform(2, 2.5, n),
+        "flux": np.full(n, 3000, np.float32), "a": np.ones(n, np.float32),
+        "b": np.ones(n, np.float32), "theta": np.zeros(n, np.float32),
+        "fwhm": np.full(n, 3.0, np.float32), "psf_fwhm": np.full(n, 3.0, np.float32),
+        "sky": np.zeros(n, np.float32), "sky_rms": np.full(n, 3, np.float32),
+        "snr": np.full(n, 100, np.float32), "flags": np.zeros(n, np.int32),
+    })
+    table["source_id"] = pack_source_id(exposure, table["ccd"], idx % 2000)
+    create_store(path, table, stamp=stamp, bands=["r"], chunk_sources=chunk, pixel_scale=0.25,
+                 inputs=[], rejects=[])
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        block_rng = np.random.default_rng([seed, start])
+        pick = block_rng.integers(0, len(templates), stop - start)
+        img = templates[pick] + block_rng.normal(0, 3, (stop - start, stamp, stamp)).astype(np.float32)
+        write_chunk(path, start, img[:, None].astype(dtype).astype(np.float32))
     return path
-
-
-def _chunks(n: int, chunk: int) -> tuple[int, ...]:
-    full, rest = divmod(n, chunk)
-    return (chunk,) * full + ((rest,) if rest else ())
 
 
 # --------------------------------------------------------------------------- worker memory

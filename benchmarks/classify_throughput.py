@@ -55,6 +55,9 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
     Returns ``{"read": s, "preprocess": s, "blur": s, "model": s, "other": s, "task": s}``
     (seconds per cutout, medians over chunks); ``task`` is a whole ``classify_chunk`` call
     and ``other`` = task - read - preprocess - blur - model (healpix, table, Parquet write).
+    ``read`` includes the store's per-stamp statistics, which ``preprocess`` and ``blur``
+    then use as ``classify_chunk`` does (``blur`` measures ``apparent_fwhm`` only for
+    stores written without them).
     """
     import torch
     import zarr
@@ -63,6 +66,7 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
     from pipeline.blur_score import apparent_fwhm
     from pipeline.classify import classify_chunk
     from pipeline.preprocess import prepare
+    from pipeline.stamp_stats import STAMP_STATS
     from workers.checkpoint import load_card
     from workers.model_cache import get_predictor
 
@@ -72,6 +76,7 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
     predictor = get_predictor(checkpoint, sha256=card.sha256, batch_size=batch_size)
     group = zarr.open_group(str(store), mode="r")
     arr = group["image"]
+    stored = all(k in group for k in STAMP_STATS)
     n, chunk = arr.shape[0], arr.chunks[0]
     per: dict[str, list[float]] = {k: [] for k in ("read", "preprocess", "blur", "model", "task")}
     out = Path(tempfile.mkdtemp(prefix="skysieve-bench-parts-"))
@@ -81,11 +86,17 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
             m = stop - start
             t0 = time.perf_counter()
             images = np.asarray(arr[start:stop], dtype=np.float32)
+            stats = ({k: np.asarray(group[k][start:stop]) for k in STAMP_STATS} if stored
+                     else None)
             t1 = time.perf_counter()
             with torch.inference_mode():
-                x = prepare(images, stretch=card.stretch, image_size=card.image_size)
+                x = prepare(images, stretch=card.stretch, image_size=card.image_size,
+                            background=stats and stats["stamp_bg"],
+                            noise=stats and stats["stamp_noise"])
             t2 = time.perf_counter()
-            apparent_fwhm(images)
+            # measured at ingest (pipeline.stamp_stats) where the store has it
+            fwhm = stats["stamp_fwhm"] if stored else apparent_fwhm(images)
+            fwhm / np.float32(3.0)
             t3 = time.perf_counter()
             predictor.predict_proba(x)
             t4 = time.perf_counter()

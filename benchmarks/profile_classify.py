@@ -3,24 +3,27 @@
     python -m benchmarks profile_classify [--quick]
 
 Not part of the default run.  On one chunk of stamps, in this process with 2
-torch threads, medians over repeats:
+torch threads, medians over repeats, each stage as it was before the speed work
+of issue #6 and as it is now:
 
-- reading the chunk from Zarr stored as float32/zstd (today), float16/zstd,
-  float32/blosc-lz4, float16/blosc-lz4 and uncompressed;
-- preprocessing with ``prepare`` (today: border median + MAD per stamp, stretch)
-  vs the same stretch given a per-stamp background and noise computed at ingest;
-- the blur score (``apparent_fwhm``), which does not depend on the model and
-  could be computed once at ingest;
-- the model at batch 64 and 256.
+- reading the chunk from Zarr stored as float32 uncompressed (now: the
+  ``ingest.image-compression`` default), float32/zstd (before), float16/zstd,
+  float32/blosc-lz4 and float16/blosc-lz4;
+- preprocessing with ``prepare`` measuring each stamp's background and noise
+  (before; still so for older stores) vs given the store's ``stamp_bg`` and
+  ``stamp_noise`` (now: measured once at ingest, :mod:`pipeline.stamp_stats`);
+- the blur score (``apparent_fwhm``): now measured at ingest, so not a classify stage;
+- the model at batch 64 and 256, with batch norms folded (now) and not (before).
 
-It prints the ceiling ratio ``model / (all stages)`` today and with the cheaper
-choices, which is what limits classify end to end vs the raw model on a CPU
-where every stage shares the same cores.  Writes ``results/profile_classify.json``.
+It prints the ceiling ratio ``model / (read + preprocess + blur + model)`` before
+and now, which is what limits classify end to end vs the raw model on a CPU where
+every stage shares the same cores.  Writes ``results/profile_classify.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,6 +33,11 @@ import numpy as np
 from benchmarks._common import _templates, markdown_table, median_time, write_result
 
 __all__ = ["main"]
+
+_READ_NOW, _READ_BEFORE = "float32 uncompressed (now)", "float32 zstd (before)"
+_PREP_BEFORE = "preprocess: prepare measuring background+noise (before)"
+_PREP_NOW = "preprocess: prepare with the stored stamp_bg/stamp_noise (now)"
+_BLUR = "blur score: apparent_fwhm (before; now at ingest)"
 
 
 def _stamps(n: int, stamp: int = 64) -> np.ndarray:
@@ -44,13 +52,13 @@ def _read_variants(images: np.ndarray, folder: Path, repeats: int) -> dict[str, 
     from zarr.codecs import BloscCodec, ZstdCodec
 
     out = {}
-    variants = {"float32 zstd (today)": ("float32", [ZstdCodec()]),
+    variants = {_READ_NOW: ("float32", None),
+                _READ_BEFORE: ("float32", [ZstdCodec(level=3)]),
                 "float16 zstd": ("float16", [ZstdCodec()]),
                 "float32 blosc-lz4": ("float32", [BloscCodec(cname="lz4", clevel=5,
                                                              shuffle="bitshuffle")]),
                 "float16 blosc-lz4": ("float16", [BloscCodec(cname="lz4", clevel=5,
-                                                             shuffle="bitshuffle")]),
-                "float32 uncompressed": ("float32", None)}
+                                                             shuffle="bitshuffle")])}
     for i, (name, (dtype, comp)) in enumerate(variants.items()):
         arr = zarr.create_array(str(folder / f"v{i}.zarr"), shape=images.shape, dtype=dtype,
                                 chunks=images.shape, compressors=comp)
@@ -67,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from pipeline import models as bundled
     from pipeline.blur_score import apparent_fwhm
-    from pipeline.preprocess import _stretch_, background_noise, prepare, validate_stretch
+    from pipeline.preprocess import background_noise, prepare, validate_stretch
     from workers.checkpoint import load_checkpoint
     from workers.inference import Predictor
 
@@ -82,24 +90,21 @@ def main(argv: list[str] | None = None) -> dict:
     stretch = validate_stretch(card.stretch)
     x = prepare(images, stretch=stretch, image_size=card.image_size)
 
-    bg, noise = background_noise(images)  # what ingest could store per stamp and band
-
-    def prepare_known_bg() -> torch.Tensor:
-        t = torch.from_numpy(images)
-        z = (t - bg[..., None, None]).div_((noise * stretch["softening"])[..., None, None])
-        return _stretch_(torch.nan_to_num_(z, nan=0.0), stretch)
+    bg, noise = background_noise(images)  # what ingest stores per stamp and band
 
     times = {}
     with torch.inference_mode():
-        times["preprocess: prepare (today)"] = median_time(
+        times[_PREP_BEFORE] = median_time(
             lambda: prepare(images, stretch=stretch, image_size=card.image_size), repeats=repeats)
-        times["preprocess: background+noise from ingest"] = median_time(prepare_known_bg,
-                                                                        repeats=repeats)
-    times["blur score (model-independent)"] = median_time(lambda: apparent_fwhm(images),
-                                                         repeats=repeats)
+        times[_PREP_NOW] = median_time(
+            lambda: prepare(images, stretch=stretch, image_size=card.image_size, background=bg,
+                            noise=noise), repeats=repeats)
+    times[_BLUR] = median_time(lambda: apparent_fwhm(images), repeats=repeats)
     for b in (64, 256):
-        pred = Predictor(net, card, device="cpu", batch_size=b)
-        times[f"model batch {b}"] = median_time(lambda: pred.predict_proba(x), repeats=repeats)
+        for fuse in (False, True):
+            pred = Predictor(copy.deepcopy(net), card, device="cpu", batch_size=b, fuse=fuse)
+            times[f"model batch {b}{', batch norms folded (now)' if fuse else ' (before)'}"] = \
+                median_time(lambda: pred.predict_proba(x), repeats=repeats)
     tmp = Path(tempfile.mkdtemp(prefix="skysieve-bench-prof-"))
     try:
         reads = _read_variants(images, tmp, repeats)
@@ -109,22 +114,21 @@ def main(argv: list[str] | None = None) -> dict:
             for k, (t, s) in reads.items()]
     rows += [{"stage": k, "ms_per_1000": 1e6 * t / n, "MB_on_disk": float("nan")}
              for k, t in times.items()]
-    model = min(times["model batch 64"], times["model batch 256"])
-    today = (reads["float32 zstd (today)"][0] + times["preprocess: prepare (today)"]
-             + times["blur score (model-independent)"] + model)
-    best_read = min(t for t, _ in reads.values())
-    proposed = best_read + times["preprocess: background+noise from ingest"] + model
+    model_before = times["model batch 256 (before)"]
+    model_now = times["model batch 256, batch norms folded (now)"]
+    before = (reads[_READ_BEFORE][0] + times[_PREP_BEFORE] + times[_BLUR] + model_before)
+    now = reads[_READ_NOW][0] + times[_PREP_NOW] + model_now
     payload = {"settings": {"n": n, "threads": 2, "model": args.model, "repeats": repeats},
                "rows": rows,
-               "ceiling_today": model / today,
-               "ceiling_proposed": model / proposed,
-               "proposed": "fastest read variant + background/noise stored at ingest + blur "
-                           "score computed at ingest; ceilings exclude the Parquet write and "
-                           "task overhead"}
+               "ceiling_before": model_before / before,
+               "ceiling_now": model_now / now,
+               "seconds_per_chunk_before": before, "seconds_per_chunk_now": now,
+               "note": "ceilings = model / (read + preprocess + blur + model), batch 256; they "
+                       "exclude the Parquet write and task overhead"}
     path = write_result("profile_classify", payload)
     print(markdown_table(rows))
-    print(f"\nceiling model/(read+preprocess+blur+model): today {model / today:.2f}, "
-          f"proposed {model / proposed:.2f}; wrote {path}")
+    print(f"\nceiling model/(read+preprocess+blur+model): before {model_before / before:.2f}, "
+          f"now {model_now / now:.2f}; stages {before / now:.2f}x faster; wrote {path}")
     return payload
 
 

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from pipeline import __version__, catalogue, config, run_lock
 from pipeline import models as bundled_models
+from pipeline.stamp_stats import STAMP_STATS
 from workers.checkpoint import ModelCard, load_card, load_checkpoint
 
 __all__ = ["classify", "RunSummary", "classify_chunk"]
@@ -115,11 +116,16 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     images = np.asarray(group["image"][start:stop], dtype=np.float32)
     cols = {name: np.asarray(group[name][start:stop]) for name in _COORDS}
     labels = _strings(group["label"][start:stop]) if "label" in group else None
+    # Measured once when the chunk was written (pipeline.stamp_stats); older stores: here.
+    stats = ({name: np.asarray(group[name][start:stop]) for name in STAMP_STATS}
+             if all(name in group for name in STAMP_STATS) else None)
 
     predictor = get_predictor(checkpoint, sha256=sha256, batch_size=batch_size)
     card = predictor.card
     with torch.inference_mode():
-        x = prepare(images, stretch=card.stretch, image_size=card.image_size)
+        x = prepare(images, stretch=card.stretch, image_size=card.image_size,
+                    background=None if stats is None else stats["stamp_bg"],
+                    noise=None if stats is None else stats["stamp_noise"])
     probs = predictor.predict_proba(x).astype(np.float32)
     probs /= probs.sum(axis=1, keepdims=True)
 
@@ -128,6 +134,8 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
         # FWHM (measured on its stars at ingest) over the store's median; NaN (FLAG_EMPTY)
         # where no PSF was measured.  The stamp-centre moments would measure the target.
         fwhm = cols["psf_fwhm"].astype(np.float32)
+    elif stats is not None:
+        fwhm = stats["stamp_fwhm"].astype(np.float32)
     else:
         fwhm = apparent_fwhm(images)
     ref = reference_fwhm

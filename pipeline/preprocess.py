@@ -199,8 +199,9 @@ def background_noise(images: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, t
     return bg, noise
 
 
-def _to_snr(x: torch.Tensor, divide_by: float = 1.0) -> torch.Tensor:
-    bg, noise = background_noise(x)
+def _to_snr(x: torch.Tensor, divide_by: float = 1.0,
+            stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    bg, noise = background_noise(x) if stats is None else stats
     z = (x - bg[..., None, None]).div_((noise * divide_by)[..., None, None])
     return torch.nan_to_num_(z, nan=0.0)  # +-inf -> +-float32 max
 
@@ -272,7 +273,8 @@ def resize(x: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def prepare(images: np.ndarray | torch.Tensor, *, stretch: Mapping[str, Any] | None,
-            image_size: int) -> torch.Tensor:
+            image_size: int, background: np.ndarray | torch.Tensor | None = None,
+            noise: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """Normalise a chunk of stamps for a model: S/N units, stretch, resize.
 
     Parameters
@@ -284,6 +286,9 @@ def prepare(images: np.ndarray | torch.Tensor, *, stretch: Mapping[str, Any] | N
         From the model card (``card.stretch``); ``None`` means :data:`DEFAULT_STRETCH`.
     image_size : int
         Side the model expects (``card.image_size``).
+    background, noise : array (N, C), optional
+        Each stamp's :func:`background_noise`, when already measured (the store's
+        ``stamp_bg`` and ``stamp_noise``); both or neither.
 
     Returns
     -------
@@ -300,16 +305,33 @@ def prepare(images: np.ndarray | torch.Tensor, *, stretch: Mapping[str, Any] | N
     _check_size(image_size)
     x = _as_tensor(images)
     n, c, h, w = x.shape
+    stats = _given_stats(background, noise, (n, c))
     # On the CPU, blocks of ~2**18 values keep the intermediates in cache (~1.3x faster).
     step = n if x.device.type != "cpu" else max(1, _BLOCK_VALUES // max(c * h * w, 1))
     with torch.no_grad():
         if n <= step:
-            return _prepare_block(x, s, image_size).contiguous()
+            return _prepare_block(x, s, image_size, stats).contiguous()
         out = torch.empty((n, c, image_size, image_size), dtype=torch.float32, device=x.device)
         for start in range(0, n, step):
-            out[start:start + step] = _prepare_block(x[start:start + step], s, image_size)
+            block = None if stats is None else tuple(v[start:start + step] for v in stats)
+            out[start:start + step] = _prepare_block(x[start:start + step], s, image_size, block)
     return out
 
 
-def _prepare_block(x: torch.Tensor, s: Mapping[str, Any], image_size: int) -> torch.Tensor:
-    return resize(_stretch_(_to_snr(x, s["softening"]), s), image_size)
+def _given_stats(background: Any, noise: Any, shape: tuple[int, int],
+                 ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if background is None and noise is None:
+        return None
+    if background is None or noise is None:
+        raise ValueError("prepare: give both background and noise, or neither")
+    out = tuple(torch.as_tensor(np.asarray(v, dtype=np.float32)) for v in (background, noise))
+    for name, v in zip(("background", "noise"), out):
+        if tuple(v.shape) != shape:
+            raise ValueError(f"prepare: {name} has shape {tuple(v.shape)!r}, expected {shape!r} "
+                             "(one value per stamp and band)")
+    return out
+
+
+def _prepare_block(x: torch.Tensor, s: Mapping[str, Any], image_size: int,
+                   stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    return resize(_stretch_(_to_snr(x, s["softening"], stats), s), image_size)

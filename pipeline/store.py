@@ -2,8 +2,10 @@
 
 Contract (DESIGN.md; others code against it)
 --------------------------------------------
-- ``image`` (source, band, y, x), float32, zstd, chunked along ``source`` only:
+- ``image`` (source, band, y, x), float32, chunked along ``source`` only:
   chunks ``(chunk_sources, n_band, stamp, stamp)``, the last may be shorter.
+  Uncompressed by default (config ``ingest.image-compression``: noisy float32
+  stamps shrink only to ~0.86 with zstd, and reading them back costs 4x more).
   Background-subtracted ADU; NaN where the stamp falls outside the image.
   ``image[k, 0, j, i]`` is the CCD pixel ``(row round(y) - stamp//2 + j,
   column round(x) - stamp//2 + i)``.
@@ -11,6 +13,10 @@ Contract (DESIGN.md; others code against it)
   str, ``ccd`` int16, ``x``, ``y``, ``ra``, ``dec`` float64, ``flux``, ``a``,
   ``b``, ``theta``, ``fwhm``, ``psf_fwhm``, ``sky``, ``sky_rms``, ``snr``
   float32, ``flags`` int32, and ``label`` str where truth is known.
+- ``stamp_bg``, ``stamp_noise`` (source, band) and ``stamp_fwhm`` (source),
+  float32, chunked like ``image``: per-stamp statistics measured when each chunk
+  is written (:mod:`pipeline.stamp_stats`).  Optional: stores written before
+  them lack them, and readers measure them instead.
 - ``flags`` bits: 1 the stamp touches the image edge (NaN-padded), 2 saturated
   pixels, 4 deblended/blended, 8 another sep flag.
 - ``source_id`` packing (:func:`pack_source_id`): bits 27-62 the first 36 bits
@@ -50,6 +56,7 @@ from pipeline.errors import StoreError
 
 __all__ = [
     "COORDS",
+    "IMAGE_COMPRESSIONS",
     "IMAGE_DIMS",
     "REJECT_COLUMNS",
     "check_unique_ids",
@@ -70,6 +77,8 @@ __all__ = [
 ]
 
 IMAGE_DIMS: tuple[str, ...] = ("source", "band", "y", "x")
+#: Codecs ``create_store`` offers for ``image`` (config ``ingest.image-compression``).
+IMAGE_COMPRESSIONS: tuple[str, ...] = ("none", "zstd")
 
 #: Required per-source coordinates and their dtypes ("str" = any string dtype).
 COORDS: dict[str, str] = {
@@ -268,12 +277,12 @@ def _jsonable(value: Any) -> Any:
 def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Sequence[str],
                  chunk_sources: int, pixel_scale: float, inputs: list[dict[str, Any]],
                  rejects: list[dict[str, Any]], extra_attrs: dict[str, Any] | None = None,
-                 ) -> None:
-    """Create a store at ``path``: all coordinates and attrs, and an empty ``image``.
+                 image_compression: str | None = None) -> None:
+    """Create a store at ``path``: all coordinates and attrs, an empty ``image`` and statistics.
 
-    ``image`` is created NaN-filled (Zarr fill value) and written chunk by
-    chunk afterwards with :func:`write_chunk`; the rejects table is written as
-    ``rejects.parquet``.
+    ``image`` and the per-stamp statistics are created NaN-filled (Zarr fill
+    value) and written chunk by chunk afterwards with :func:`write_chunk`; the
+    rejects table is written as ``rejects.parquet``.
 
     Parameters
     ----------
@@ -290,11 +299,20 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
         Arcsec per pixel (NaN if unknown).
     inputs, rejects : list of dict
         Provenance ``{path, sha256, bytes}`` and ``{file, hdu, reason}``.
+    image_compression : {"none", "zstd"}, optional
+        Codec of ``image`` (default: config ``ingest.image-compression``).
     """
     import dask.array as da
     from zarr.codecs import ZstdCodec
 
+    from pipeline import config
+    from pipeline.stamp_stats import STAMP_STATS
+
     path = Path(path)
+    image_compression = config.resolve("ingest.image-compression", image_compression)
+    if image_compression not in IMAGE_COMPRESSIONS:
+        raise StoreError(f"ingest.image-compression is {image_compression!r}; use one of "
+                         f"{', '.join(IMAGE_COMPRESSIONS)}")
     missing = [c for c in COORDS if c not in table.columns]
     if missing:
         raise StoreError(f"{path}: cannot create a store without coordinates {missing!r}")
@@ -309,7 +327,12 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
         coords["label"] = ("source", table["label"].astype(str).to_numpy().astype(object))
     image = da.full((n, nb, stamp, stamp), np.nan, dtype=np.float32,
                     chunks=(chunk_sources, nb, stamp, stamp))
-    ds = xr.Dataset({"image": (IMAGE_DIMS, image)}, coords=coords)
+    sizes = {"source": n, "band": nb}
+    stats = {name: (dims, da.full(tuple(sizes[d] for d in dims), np.nan, dtype=np.float32,
+                                  chunks=tuple(chunk_sources if d == "source" else nb
+                                               for d in dims)))
+             for name, dims in STAMP_STATS.items()}
+    ds = xr.Dataset({"image": (IMAGE_DIMS, image), **stats}, coords=coords)
     attrs: dict[str, Any] = {
         "skysieve_version": __version__, "kind": "cutouts", "stamp": int(stamp),
         "bands": [str(b) for b in bands], "pixel_scale": float(pixel_scale),
@@ -321,8 +344,11 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
     attrs.update(extra_attrs or {})
     ds.attrs = _jsonable(attrs)
     zstd = [ZstdCodec(level=3)]
-    encoding: dict[str, Any] = {"image": {"chunks": (chunk_sources, nb, stamp, stamp),
-                                          "compressors": zstd}}
+    encoding: dict[str, Any] = {"image": {
+        "chunks": (chunk_sources, nb, stamp, stamp),
+        "compressors": zstd if image_compression == "zstd" else None}}
+    for name, (dims, values) in stats.items():
+        encoding[name] = {"chunks": values.chunksize, "compressors": None}
     for name in coords:
         encoding[name] = {"chunks": (max(1, min(chunk_sources, n)),), "compressors": zstd}
     with warnings.catch_warnings():
@@ -344,6 +370,9 @@ def _write_rejects(path: Path, rejects: list[dict[str, Any]]) -> None:
 def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
     """Write ``stamps`` (n, band, y, x) to ``image[start:start + n]``: one whole chunk.
 
+    The per-stamp statistics (:mod:`pipeline.stamp_stats`) are measured here and
+    written first, where the store has them.
+
     Raises
     ------
     StoreError
@@ -357,7 +386,13 @@ def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
     if start % cs or (stop % cs and stop != array.shape[0]) or stamps.shape[1:] != array.shape[1:]:
         raise StoreError(f"{path}: rows {start}:{stop} of shape {stamps.shape!r} are not one "
                          f"whole chunk of 'image' {array.shape!r} chunked {array.chunks!r}")
-    array[start:stop] = stamps.astype(np.float32, copy=False)
+    stamps = stamps.astype(np.float32, copy=False)
+    if (Path(path) / "stamp_fwhm").is_dir():
+        from pipeline.stamp_stats import stamp_statistics
+
+        for name, values in stamp_statistics(stamps).items():
+            zarr.open_array(Path(path) / name, mode="r+")[start:stop] = values
+    array[start:stop] = stamps
 
 
 # ---------------------------------------------------------------------------- reading

@@ -106,6 +106,30 @@ def test_rerun_resumes_and_refuses_another_model(store: Path, client, tmp_path: 
     assert fresh.parts_written == fresh.parts
 
 
+def test_store_without_stamp_statistics_gives_the_same_catalogue(store: Path, client,
+                                                                 tmp_path: Path) -> None:
+    """Stores written before ``stamp_bg``/``stamp_noise``/``stamp_fwhm`` existed: measured per task."""
+    import xarray as xr
+
+    from pipeline.stamp_stats import STAMP_STATS
+    from pipeline.store import open_store
+
+    ds = open_store(store)
+    assert all(name in ds.data_vars for name in STAMP_STATS)
+    old = tmp_path / "old.zarr"
+    ds.drop_vars(list(STAMP_STATS)).to_zarr(old, zarr_format=3, mode="w")
+    assert not any(name in xr.open_zarr(old).data_vars for name in STAMP_STATS)
+    new_cat = _sorted(catalogue.read_catalogue(
+        classify(store, tmp_path / "new", progress=False).catalogue))
+    old_cat = _sorted(catalogue.read_catalogue(
+        classify(old, tmp_path / "old", progress=False).catalogue))
+    assert len(new_cat) == ds.sizes["source"]
+    p_cols = [c for c in new_cat.columns if c.startswith("p_")]
+    np.testing.assert_allclose(new_cat[p_cols].to_numpy(), old_cat[p_cols].to_numpy(), atol=1e-6)
+    np.testing.assert_array_equal(new_cat["blur_score"].to_numpy(), old_cat["blur_score"].to_numpy())
+    assert new_cat["label"].tolist() == old_cat["label"].tolist()
+
+
 def test_accuracy_against_truth(store: Path, client, tmp_path: Path) -> None:
     out = tmp_path / "cat"
     classify(store, out, progress=False)
