@@ -29,6 +29,7 @@ import pyarrow as pa
 from pipeline import __version__, catalogue, config, run_lock
 from pipeline import models as bundled_models
 from pipeline.stamp_stats import STAMP_STATS
+from pipeline.store import read_rows
 from workers.checkpoint import ModelCard, load_card, load_checkpoint
 
 __all__ = ["classify", "RunSummary", "classify_chunk"]
@@ -103,7 +104,6 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     small summary (rows, seconds), never the pixels.
     """
     import torch
-    import zarr
     from astropy_healpix import lonlat_to_healpix
     import astropy.units as u
 
@@ -112,24 +112,22 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     from workers.model_cache import get_predictor
 
     t0 = time.perf_counter()
-    group = zarr.open_group(store, mode="r")
-    images = np.asarray(group["image"][start:stop], dtype=np.float32)
-    cols = {name: np.asarray(group[name][start:stop]) for name in _COORDS}
-    labels = _strings(group["label"][start:stop]) if "label" in group else None
+    rows, attrs = read_rows(store, start, stop, ("image", *_COORDS, "label", *STAMP_STATS))
+    images = rows["image"].astype(np.float32, copy=False)
+    cols = {name: rows[name] for name in _COORDS}
+    labels = _strings(rows["label"]) if "label" in rows else None
     # Measured once when the chunk was written (pipeline.stamp_stats); older stores: here.
-    stats = ({name: np.asarray(group[name][start:stop]) for name in STAMP_STATS}
-             if all(name in group for name in STAMP_STATS) else None)
+    stats = rows if all(name in rows for name in STAMP_STATS) else None
 
     predictor = get_predictor(checkpoint, sha256=sha256, batch_size=batch_size)
     card = predictor.card
     with torch.inference_mode():
         x = prepare(images, stretch=card.stretch, image_size=card.image_size,
-                    background=None if stats is None else stats["stamp_bg"],
-                    noise=None if stats is None else stats["stamp_noise"])
+                    background=stats and stats["stamp_bg"], noise=stats and stats["stamp_noise"])
     probs = predictor.predict_proba(x).astype(np.float32)
     probs /= probs.sum(axis=1, keepdims=True)
 
-    if group.attrs.get("item") == "exposure":
+    if attrs.get("item") == "exposure":
         # Whole exposures (pipeline.whole_exposure): the blur score is the exposure's own PSF
         # FWHM (measured on its stars at ingest) over the store's median; NaN (FLAG_EMPTY)
         # where no PSF was measured.  The stamp-centre moments would measure the target.

@@ -69,6 +69,7 @@ __all__ = [
     "path_source_id",
     "prepare_output",
     "read_rejects",
+    "read_rows",
     "sweep_stale_temporaries",
     "temporary_sibling",
     "unpack_source_id",
@@ -400,6 +401,47 @@ def _dtype_ok(dtype: np.dtype, want: str) -> bool:
     if want == "str":
         return dtype.kind in ("U", "T", "O", "S")
     return dtype == np.dtype(want)
+
+
+def read_rows(path: str | Path, start: int, stop: int, names: Sequence[str],
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read rows ``[start, stop)`` of several store variables at once, and the store's attrs.
+
+    One round trip through Zarr's event loop: the group and every array are
+    opened, and every slice read, concurrently.  A chunk's dozen small
+    coordinate reads cost ~3x less this way than one after another.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store.
+    start, stop : int
+        Rows along ``source``.
+    names : sequence of str
+        Variables or coordinates to read; those the store lacks are left out of
+        the result (check with ``in``).
+
+    Returns
+    -------
+    (dict, dict)
+        ``{name: numpy array}`` for the names present, and the group's attrs.
+    """
+    import asyncio
+
+    import zarr.api.asynchronous as zarr_async
+    from zarr.core.sync import sync  # what zarr's own synchronous API runs on
+
+    async def read() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        group = await zarr_async.open_group(str(path), mode="r")
+        found = await asyncio.gather(*(group.getitem(n) for n in names), return_exceptions=True)
+        for item in found:
+            if isinstance(item, BaseException) and not isinstance(item, KeyError):
+                raise item
+        arrays = {n: a for n, a in zip(names, found) if not isinstance(a, BaseException)}
+        values = await asyncio.gather(*(a.getitem(slice(start, stop)) for a in arrays.values()))
+        return {n: np.asarray(v) for n, v in zip(arrays, values)}, dict(group.attrs)
+
+    return sync(read())
 
 
 def open_store(path: str | Path) -> xr.Dataset:
