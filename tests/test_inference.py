@@ -118,7 +118,7 @@ def test_model_loaded_once_per_worker_process(checkpoint, x):
         by_pid: dict[int, set] = {}
         for r in results:
             assert r["loads"] == 1  # preloaded by the plugin, never reloaded by a task
-            assert r["threads"] == 1  # torch threads follow the worker's threads
+            assert r["threads"] == 1  # one torch thread per task thread
             by_pid.setdefault(r["pid"], set()).add(r["model_id"])
             np.testing.assert_allclose(r["proba"], expected, rtol=1e-5, atol=1e-6)
         assert len(by_pid) == 2 and all(len(ids) == 1 for ids in by_pid.values())
@@ -236,3 +236,20 @@ def test_each_worker_names_its_own_gpu():
         seen = client.run(_worker_gpu)
     assert sorted(r["gpu"] for r in seen.values()) == ["gpu:0", "gpu:1", "gpu:2"]
     assert not any(r["cuda_initialised"] for r in seen.values())
+
+
+def _torch_threads() -> int:
+    from workers.model_cache import _match_worker_threads
+
+    _match_worker_threads()
+    return torch.get_num_threads()
+
+
+def test_tasks_of_a_multithreaded_worker_run_one_torch_thread_each():
+    """A worker with 2 threads runs 2 tasks at once: 2 torch threads each would oversubscribe."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                                  dashboard_address=":0", env={"OMP_NUM_THREADS": "2"}) as cluster, \
+            distributed.Client(cluster) as client:
+        threads = client.gather([client.submit(_torch_threads, pure=False) for _ in range(4)])
+        assert threads == [1, 1, 1, 1]

@@ -7,11 +7,12 @@ loads the checkpoint (verifying the sha256) and later calls return the same
 worker starts (``client.register_plugin(ModelPlugin(path, sha256))``) and drops
 it when the plugin is removed or replaced.
 
-Inside a Dask worker, torch's intra-op threads are set to the worker's thread
-count (``worker.state.nthreads``): the nanny starts workers with
-``OMP_NUM_THREADS=1``, and a worker's threads are its share of the cores, so
-this keeps torch threads x worker processes at the core count.  Outside a
-worker torch's threading is left alone.
+Inside a Dask worker, torch runs one intra-op thread per task: a worker with
+``T`` threads runs ``T`` tasks at once, so ``T x 1`` threads are its share of
+the cores.  (Giving each task the worker's ``T`` threads ran ``T**2`` OpenMP
+threads on ``T`` cores.)  The nanny starts workers with ``OMP_NUM_THREADS=1``
+already; this holds it for every task thread.  Outside a worker torch's
+threading is left alone.
 """
 
 from __future__ import annotations
@@ -43,13 +44,10 @@ def _dask_worker() -> Any | None:
 
 
 def _match_worker_threads(worker: Any | None = None) -> None:
-    """Set torch's threads (of this thread, and the default of new ones) to the worker's."""
+    """Inside a Dask worker, give this task thread one torch intra-op thread."""
     worker = worker if worker is not None else _dask_worker()
-    if worker is None:
-        return
-    nthreads = int(getattr(getattr(worker, "state", None), "nthreads", 0) or worker.nthreads)
-    if nthreads > 0 and torch.get_num_threads() != nthreads:
-        torch.set_num_threads(nthreads)
+    if worker is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 def get_predictor(path: str | os.PathLike[str], *, sha256: str, batch_size: int = 256,
