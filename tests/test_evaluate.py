@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -23,8 +22,8 @@ from pipeline.train import train
 from workers.blur import fwhm_to_sigma
 from workers.checkpoint import load_checkpoint
 from workers.inference import Predictor
+from _blob_stores import CLASSES, make_store as blob_store  # tests/ is on sys.path
 
-CLASSES = ("diffuse", "galaxy", "star")
 STAR_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))  # the stars below: Gaussian, sigma = 1 px
 
 
@@ -114,38 +113,8 @@ def test_against_scikit_learn():
 # --------------------------------------------------------------------------- data and model
 def make_store(path, *, n=150, size=32, n_exp=3, seed=0, psf=STAR_FWHM, labels=None):
     """Three clearly different blob classes; ``psf_fwhm`` per source (``None``: NaN)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    images = np.empty((n, 1, size, size), np.float32)
-    for i in range(n):
-        c = CLASSES[i % 3]
-        cx, cy = size / 2 - 0.5 + rng.uniform(-1, 1, 2)
-        if c == "star":
-            img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 2.0)
-        elif c == "galaxy":
-            q, th = rng.uniform(0.3, 0.6), rng.uniform(0, np.pi)
-            u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
-            v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
-            img = np.exp(-np.sqrt(u ** 2 + (v / q) ** 2) / 2.0)
-        else:
-            img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 50.0)
-        img *= rng.uniform(300, 1500) / img.sum()
-        images[i, 0] = img + rng.normal(0, 1.0, img.shape) + rng.uniform(-0.5, 0.5)
-    images[0, 0, :5, :] = np.nan
-    if labels is None:
-        labels = [CLASSES[i % 3] for i in range(n)]
-    exposure = [f"exp{i * n_exp // n}" for i in range(n)]
-    ds = xr.Dataset({"image": (("source", "band", "y", "x"), images)},
-                    coords={"source_id": ("source", np.arange(n, dtype=np.int64) + 1000),
-                            "label": ("source", np.asarray(labels, dtype=str)),
-                            "exposure": ("source", np.asarray(exposure, dtype=str)),
-                            "psf_fwhm": ("source", np.full(n, np.nan if psf is None else psf,
-                                                           np.float32))},
-                    attrs={"bands": ["r"], "stamp": size})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.to_zarr(path, zarr_format=3, mode="w")
-    return path
+    return blob_store(path, n=n, size=size, n_exp=n_exp, seed=seed, labels=labels,
+                      psf=math.nan if psf is None else psf)
 
 
 @pytest.fixture(scope="module")

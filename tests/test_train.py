@@ -19,44 +19,13 @@ from pipeline.train import (_augment, group_fields, load_labelled, split_validat
                             train)
 from workers.checkpoint import file_sha256, load_checkpoint
 from workers.inference import Predictor
+from _blob_stores import CLASSES, make_store as blob_store  # tests/ is on sys.path
 
-CLASSES = ("diffuse", "galaxy", "star")
 
 
 def make_store(path, *, n=300, size=32, n_exp=3, seed=0, unlabelled=0):
-    """Write a cutout store of three clearly different blob classes, ``n_exp`` exposures."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    images = np.empty((n, 1, size, size), np.float32)
-    labels = []
-    for i in range(n):
-        c = CLASSES[i % 3]
-        cx, cy = size / 2 - 0.5 + rng.uniform(-1, 1, 2)
-        if c == "star":
-            img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 2.0)
-        elif c == "galaxy":  # elongated exponential disc
-            q, th = rng.uniform(0.3, 0.6), rng.uniform(0, np.pi)
-            u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
-            v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
-            img = np.exp(-np.sqrt(u ** 2 + (v / q) ** 2) / 2.0)
-        else:  # broad round blob
-            img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 50.0)
-        img *= rng.uniform(300, 1500) / img.sum()
-        images[i, 0] = img + rng.normal(0, 1.0, img.shape) + rng.uniform(-0.5, 0.5)
-        labels.append(c)
-    images[0, 0, :5, :] = np.nan  # off the exposure edge
-    labels = np.array(labels, dtype=object)
-    labels[n - unlabelled:] = "" if unlabelled else labels[n - unlabelled:]
-    exposure = np.array([f"exp{i * n_exp // n}" for i in range(n)], dtype=object)
-    ds = xr.Dataset({"image": (("source", "band", "y", "x"), images)},
-                    coords={"source_id": ("source", np.arange(n, dtype=np.int64) + 1000),
-                            "label": ("source", labels.astype(str)),
-                            "exposure": ("source", exposure.astype(str))},
-                    attrs={"bands": ["r"], "stamp": size})
-    with warnings.catch_warnings():  # zarr: fixed-length strings have no v3 spec yet
-        warnings.simplefilter("ignore")
-        ds.to_zarr(path, zarr_format=3, mode="w")
-    return path
+    """The blob store of ``tests/_blob_stores.py`` with test_train's defaults."""
+    return blob_store(path, n=n, size=size, n_exp=n_exp, seed=seed, unlabelled=unlabelled)
 
 
 @pytest.fixture(scope="module")
