@@ -65,9 +65,10 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
               help="Weight of the distillation loss (0 = labels only, 1 = teacher only).")
 @click.option("--kd-temperature", default=4.0, show_default=True,
               help="Softmax temperature of the distillation loss.")
-@click.option("--augment", type=click.Choice(["full", "geometric"]), default="full",
+@click.option("--augment", type=click.Choice(["full", "geometric", "robust"]), default="full",
               show_default=True,
-              help="full: flips, shifts, PSF blur and dimming; geometric: flips and shifts only.")
+              help="full: flips, shifts, PSF blur and dimming; geometric: flips and shifts "
+                   "only; robust: as full with blur on half the stamps, sigma up to 5 px.")
 @click.option("--stretch", type=click.Choice(["asinh", "linear"]), default=None,
               help="Input stretch of the model, recorded in its card [default: asinh].")
 @click.option("--softening", type=float, default=None,

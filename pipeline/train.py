@@ -42,9 +42,21 @@ _WHOLE = ("exposure", "frame", "field")  # splits that hold out whole groups
 AUGMENTS: dict[str, str] = {
     "full": "dihedral8, shift<=2px, blur p=0.3 sigma 0.3-1.5px, dim p=0.5 a>=0.6",
     "geometric": "dihedral8, shift<=2px",
+    "robust": "dihedral8, shift<=2px, blur p=0.5 sigma 0.3-5px, dim p=0.5 a>=0.6",
 }
-"""Training augmentations by name, as a card records them (``training.augment``)."""
-_AUGMENT_KW: dict[str, dict[str, float]] = {"full": {}, "geometric": {"p_blur": 0.0, "p_dim": 0.0}}
+"""Training augmentations by name, as a card records them (``training.augment``).
+
+``"robust"`` is ``"full"`` with the PSF blur on half the stamps and sigmas up to
+5 px: on the synthetic survey (``psf_fwhm`` median 3.9 px, 5-95% 2.8-8.8 px) that
+covers an added blur of 2 PSF FWHM (sigma ``2 x FWHM / 2.355``) for the 83% of
+sources whose PSF is <= 5.9 px and 2.5 FWHM for the median PSF, the range of
+``skysieve evaluate --blur-sweep``; the broad-seeing exposures bring wider stamps
+of their own.  Blur is in pixels, the same for every PSF.
+"""
+_AUGMENT_KW: dict[str, dict[str, float]] = {
+    "full": {}, "geometric": {"p_blur": 0.0, "p_dim": 0.0},
+    "robust": {"p_blur": 0.5, "max_blur_sigma": 5.0},
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -322,10 +334,12 @@ def _augment(z: torch.Tensor, gen: torch.Generator, *, max_shift: int = 2, p_blu
     """Augment S/N images ``(N, C, y, x)`` (unit noise), keeping unit noise.
 
     Dihedral flips/rotations (8, or 4 flips when not square), integer shifts up
-    to ``max_shift`` px (wrapping, as ``torch.roll``), an occasional Gaussian PSF
-    blur of random sigma with white noise added back to unit variance, and an
-    occasional dimming of the source by ``a`` in ``[min_dim, 1]`` at fixed noise
-    (``a z + sqrt(1 - a^2) n``: flux scaling plus Gaussian noise).
+    to ``max_shift`` px (wrapping, as ``torch.roll``), a Gaussian PSF blur of a
+    share ``p_blur`` of the stamps with sigma uniform in ``[0.3, max_blur_sigma]``
+    px, white noise added back to unit variance, and a dimming of a share ``p_dim``
+    of the source by ``a`` in ``[min_dim, 1]`` at fixed noise (``a z + sqrt(1 - a^2)
+    n``: flux scaling plus Gaussian noise).  Deterministic for the state of ``gen``.
+    The presets of :data:`AUGMENTS` set these keywords (``_AUGMENT_KW``).
     """
     n, _, h, w = z.shape
     out = torch.empty_like(z)
@@ -746,10 +760,12 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         Weight of the distillation term, in [0, 1].
     kd_temperature : float, default: 4.0
         Softmax temperature of the distillation term, > 0.
-    augment : {"full", "geometric"}, default: "full"
+    augment : {"full", "geometric", "robust"}, default: "full"
         ``"full"``: dihedral flips/rotations, shifts <= 2 px, PSF blur (p=0.3,
         sigma 0.3-1.5 px) and dimming (p=0.5, to >= 0.6 of the flux) at fixed
-        noise; ``"geometric"``: dihedral and shifts only.
+        noise; ``"geometric"``: dihedral and shifts only; ``"robust"``: as
+        ``"full"`` with blur p=0.5, sigma 0.3-5 px (robust to blur; see
+        :data:`AUGMENTS`).
     stretch : dict, optional
         The stretch of the model input (see
         :func:`pipeline.preprocess.validate_stretch`); default
