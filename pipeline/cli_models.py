@@ -68,7 +68,7 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
 @click.option("--augment", type=click.Choice(["full", "geometric", "robust"]), default="full",
               show_default=True,
               help="full: flips, shifts, PSF blur and dimming; geometric: flips and shifts "
-                   "only; robust: as full with blur on half the stamps, sigma up to 5 px.")
+                   "only; robust: as full with blur on 40% of the stamps, sigma up to 4 px.")
 @click.option("--stretch", type=click.Choice(["asinh", "linear"]), default=None,
               help="Input stretch of the model, recorded in its card [default: asinh].")
 @click.option("--softening", type=float, default=None,
