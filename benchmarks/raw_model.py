@@ -3,7 +3,8 @@
     python -m benchmarks raw_model [--quick]
 
 The physical limit of classification on this machine: prepared float32 tensors
-already in memory, ``channels_last``, ``torch.inference_mode()``, the bundled
+already in memory, ``channels_last``, ``torch.inference_mode()``, batch norms
+folded into the convolutions (``workers.fuse``, as ``Predictor`` runs models), the bundled
 default model (its trained weights) and every zoo model (fresh weights; the
 speed does not depend on the values) at 64x64 and 128x128, batch 64 and 256
 (the slow models at batch 64 only).  ``hr_celestialnet`` is measured as its
@@ -32,8 +33,11 @@ def model_rate(net, image_size: int, *, batch_size: int, threads: int, in_chans:
     """
     import torch
 
+    from workers.fuse import fuse_conv_bn
+
     torch.set_num_threads(threads)
     fmt = torch.channels_last
+    fuse_conv_bn(net)  # as workers.inference.Predictor runs it
     net = net.to(device, memory_format=fmt).eval()
     x = torch.randn(batch_size, in_chans, image_size, image_size, device=device)
     x = x.contiguous(memory_format=fmt)
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {row_name} {size}px: {rates[best]:,.0f}/s (batch {best})", flush=True)
     payload = {"settings": {"quick": args.quick, "threads": args.threads, "device": "cpu",
                             "dtype": "float32", "memory_format": "channels_last",
+                            "batch_norm": "folded into the convolutions",
                             "mode": "torch.inference_mode", "target_seconds_per_repeat": target_s,
                             "repeats": repeats,
                             "note": "hr_celestialnet = its cutout variant at these sizes"},
