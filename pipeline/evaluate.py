@@ -131,7 +131,8 @@ def _psf_fwhm(store: Path, n_sources: int) -> np.ndarray:
 def _select(data: dict[str, Any], card, subset: str, store: Path) -> tuple[np.ndarray, str, str]:
     """Indices of the sources to evaluate, the subset used and why."""
     training = card.training or {}
-    same = bool(training.get("data_sha256")) and training.get("data_sha256") == data["data_sha256"]
+    same = (bool(training.get("data_sha256")) and training.get("data_sha256") == data["data_sha256"]
+            and training.get("pixels_sha256", data["pixels_sha256"]) == data["pixels_sha256"])
     n = data["labels"].size
     if subset == "all" or (subset == "auto" and not same):
         if subset == "all":
@@ -143,8 +144,10 @@ def _select(data: dict[str, Any], card, subset: str, store: Path) -> tuple[np.nd
         return np.arange(n), "all", why
     if not same:
         raise StoreError(f"{store}: subset 'val' needs the store the model was trained on "
-                         f"(labelled-data sha256 {data['data_sha256'][:12]}… differs from the "
-                         f"card's {str(training.get('data_sha256'))[:12]}…); use subset='all'")
+                         f"(its labels/ids sha256 {data['data_sha256'][:12]}… or pixels sha256 "
+                         f"{data['pixels_sha256'][:12]}… differ from the card's "
+                         f"{str(training.get('data_sha256'))[:12]}… / "
+                         f"{str(training.get('pixels_sha256'))[:12]}…); use subset='all'")
     split = training.get("split") or {}
     if split.get("by", "exposure") in ("exposure", "frame", "field"):
         val_exp = [str(e) for e in split.get("val_exposures", [])]

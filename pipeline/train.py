@@ -77,7 +77,8 @@ def load_labelled(store: Path) -> dict[str, Any]:
         ``images`` (float32 ``(N, band, y, x)``, labelled sources only),
         ``labels`` and ``exposures`` (str arrays), ``bands`` (list of str),
         ``data_sha256`` (hash of every label, exposure and source id: identifies
-        the labelled data a card was trained on), ``n_unlabelled``, and ``x``,
+        the labelled data a card was trained on), ``pixels_sha256`` (hash of the
+        labelled stamps' float32 pixels), ``n_unlabelled``, and ``x``,
         ``y`` (0-based pixel position on the exposure, x = column), ``ra``,
         ``dec`` (deg) of each labelled source (float64, NaN where the store has none).
 
@@ -126,6 +127,7 @@ def load_labelled(store: Path) -> dict[str, Any]:
         positions[name] = v[known]
     return {"images": images, "labels": labels[known], "exposures": exposures[known],
             "bands": [str(b) for b in bands], "data_sha256": h.hexdigest(),
+            "pixels_sha256": hashlib.sha256(np.ascontiguousarray(images, "<f4").data).hexdigest(),
             "n_unlabelled": int(labels.size - known.size), **positions}
 
 
@@ -886,6 +888,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         bands=data["bands"], stretch=stretch, temperature=temperature,
         training={
             "store": str(store.resolve()), "data_sha256": data["data_sha256"],
+            "pixels_sha256": data["pixels_sha256"],
             "split": {"by": split_by, "val_fraction": val_fraction, "seed": split_seed,
                       "val_exposures": (sorted(set(exposures[val_idx].tolist()))
                                         if split_by in _WHOLE else []),

@@ -155,6 +155,16 @@ def test_load_labelled_reads_the_labelled_sources_and_fingerprints_them(store, s
         ds.assign_coords(label=("source", labels)).to_zarr(tmp_path / "relabelled.zarr",
                                                            zarr_format=3, mode="w")
     assert load_labelled(tmp_path / "relabelled.zarr")["data_sha256"] != data["data_sha256"]
+    assert data["pixels_sha256"] == smallcnn[0].training["pixels_sha256"]
+    images = ds["image"].values.copy()
+    images[5, 0, 16, 16] += 1.0  # one pixel of one labelled stamp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.assign(image=(ds["image"].dims, images)).to_zarr(
+            tmp_path / "repainted.zarr", zarr_format=3, mode="w")
+    repainted = load_labelled(tmp_path / "repainted.zarr")
+    assert repainted["data_sha256"] == data["data_sha256"]  # labels, exposures, ids: the same
+    assert repainted["pixels_sha256"] != data["pixels_sha256"]
 
 
 def test_bad_stores(tmp_path):
