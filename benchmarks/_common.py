@@ -137,8 +137,7 @@ def _templates(stamp: int, count: int, seed: int) -> np.ndarray:
     return out
 
 
-def make_store(path: Path, n: int, stamp: int, chunk: int, seed: int = 0, *,
-               dtype: str = "float32") -> Path:
+def make_store(path: Path, n: int, stamp: int, chunk: int, seed: int = 0) -> Path:
     """Write a cutout store of ``n`` realistic-looking stamps (stars, galaxies, noise sigma 3 ADU).
 
     Written as ``skysieve ingest`` writes (``pipeline.store.create_store`` then
@@ -173,7 +172,7 @@ def make_store(path: Path, n: int, stamp: int, chunk: int, seed: int = 0, *,
         block_rng = np.random.default_rng([seed, start])
         pick = block_rng.integers(0, len(templates), stop - start)
         img = templates[pick] + block_rng.normal(0, 3, (stop - start, stamp, stamp)).astype(np.float32)
-        write_chunk(path, start, img[:, None].astype(dtype).astype(np.float32))
+        write_chunk(path, start, img[:, None])
     return path
 
 

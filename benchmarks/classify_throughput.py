@@ -67,6 +67,7 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
     from pipeline.classify import classify_chunk
     from pipeline.preprocess import prepare
     from pipeline.stamp_stats import STAMP_STATS
+    from pipeline.store import read_rows
     from workers.checkpoint import load_card
     from workers.model_cache import get_predictor
 
@@ -74,9 +75,7 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
     checkpoint = bundled.resolve(model)
     card = load_card(checkpoint)
     predictor = get_predictor(checkpoint, sha256=card.sha256, batch_size=batch_size)
-    group = zarr.open_group(str(store), mode="r")
-    arr = group["image"]
-    stored = all(k in group for k in STAMP_STATS)
+    arr = zarr.open_array(str(store / "image"), mode="r")
     n, chunk = arr.shape[0], arr.chunks[0]
     per: dict[str, list[float]] = {k: [] for k in ("read", "preprocess", "blur", "model", "task")}
     out = Path(tempfile.mkdtemp(prefix="skysieve-bench-parts-"))
@@ -85,17 +84,17 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
             stop = min(n, start + chunk)
             m = stop - start
             t0 = time.perf_counter()
-            images = np.asarray(arr[start:stop], dtype=np.float32)
-            stats = ({k: np.asarray(group[k][start:stop]) for k in STAMP_STATS} if stored
-                     else None)
+            rows, _ = read_rows(store, start, stop, ("image", *STAMP_STATS))  # as the task reads
+            images = rows["image"]
+            stored = all(k in rows for k in STAMP_STATS)
             t1 = time.perf_counter()
             with torch.inference_mode():
                 x = prepare(images, stretch=card.stretch, image_size=card.image_size,
-                            background=stats and stats["stamp_bg"],
-                            noise=stats and stats["stamp_noise"])
+                            background=rows["stamp_bg"] if stored else None,
+                            noise=rows["stamp_noise"] if stored else None)
             t2 = time.perf_counter()
             # measured at ingest (pipeline.stamp_stats) where the store has it
-            fwhm = stats["stamp_fwhm"] if stored else apparent_fwhm(images)
+            fwhm = rows["stamp_fwhm"] if stored else apparent_fwhm(images)
             fwhm / np.float32(3.0)
             t3 = time.perf_counter()
             predictor.predict_proba(x)

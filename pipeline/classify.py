@@ -117,13 +117,14 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     cols = {name: rows[name] for name in _COORDS}
     labels = _strings(rows["label"]) if "label" in rows else None
     # Measured once when the chunk was written (pipeline.stamp_stats); older stores: here.
-    stats = rows if all(name in rows for name in STAMP_STATS) else None
+    stored = all(name in rows for name in STAMP_STATS)
 
     predictor = get_predictor(checkpoint, sha256=sha256, batch_size=batch_size)
     card = predictor.card
     with torch.inference_mode():
         x = prepare(images, stretch=card.stretch, image_size=card.image_size,
-                    background=stats and stats["stamp_bg"], noise=stats and stats["stamp_noise"])
+                    background=rows["stamp_bg"] if stored else None,
+                    noise=rows["stamp_noise"] if stored else None)
     probs = predictor.predict_proba(x).astype(np.float32)
     probs /= probs.sum(axis=1, keepdims=True)
 
@@ -132,8 +133,8 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
         # FWHM (measured on its stars at ingest) over the store's median; NaN (FLAG_EMPTY)
         # where no PSF was measured.  The stamp-centre moments would measure the target.
         fwhm = cols["psf_fwhm"].astype(np.float32)
-    elif stats is not None:
-        fwhm = stats["stamp_fwhm"].astype(np.float32)
+    elif stored:
+        fwhm = rows["stamp_fwhm"].astype(np.float32)
     else:
         fwhm = apparent_fwhm(images)
     ref = reference_fwhm

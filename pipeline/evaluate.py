@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
 
 from pipeline import __version__
 from pipeline import models as bundled_models
@@ -113,21 +112,6 @@ def _check_args(subset: str, batch_size: int) -> None:
 
 
 # --------------------------------------------------------------------------- data
-def _psf_fwhm(store: Path, n_sources: int) -> np.ndarray:
-    """Per-source ``psf_fwhm`` (px) of the labelled sources, in store order (NaN where unknown)."""
-    ds = xr.open_zarr(store)
-    labels = np.asarray(ds["label"].values, dtype=object).astype(str)
-    known = labels != ""
-    if "psf_fwhm" not in ds.variables:
-        psf = np.full(int(known.sum()), np.nan, np.float64)
-    else:
-        psf = np.asarray(ds["psf_fwhm"].values, dtype=np.float64)[known]
-    if psf.size != n_sources:
-        raise StoreError(f"{store}: {psf.size} labelled 'psf_fwhm' values for {n_sources} "
-                         "labelled stamps; the store changed while it was read")
-    return psf
-
-
 def _select(data: dict[str, Any], card, subset: str, store: Path) -> tuple[np.ndarray, str, str]:
     """Indices of the sources to evaluate, the subset used and why."""
     training = card.training or {}
@@ -382,11 +366,10 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
         raise StoreError(f"{store}: stamps have {data['images'].shape[1]} band(s) "
                          f"{data['bands']!r} but the model takes {card.in_chans} "
                          f"{card.bands!r}")
-    psf_all = _psf_fwhm(store, data["labels"].size)
     idx, used, why = _select(data, card, subset, store)
     images = data["images"][idx]
     y = np.searchsorted(np.asarray(card.classes), data["labels"][idx]).astype(np.int64)
-    psf = psf_all[idx]
+    psf = data["psf_fwhm"][idx]
     _say(progress, f"evaluating on {idx.size} sources: {why}")
 
     predictor = Predictor(net, card, device=dev, batch_size=batch_size)

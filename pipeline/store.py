@@ -5,7 +5,7 @@ Contract (DESIGN.md; others code against it)
 - ``image`` (source, band, y, x), float32, chunked along ``source`` only:
   chunks ``(chunk_sources, n_band, stamp, stamp)``, the last may be shorter.
   Uncompressed by default (config ``ingest.image-compression``: noisy float32
-  stamps shrink only to ~0.86 with zstd, and reading them back costs 4x more).
+  stamps shrink only to ~0.86 with zstd, and reading them back costs 2-4x more).
   Background-subtracted ADU; NaN where the stamp falls outside the image.
   ``image[k, 0, j, i]`` is the CCD pixel ``(row round(y) - stamp//2 + j,
   column round(x) - stamp//2 + i)``.

@@ -80,7 +80,8 @@ def load_labelled(store: Path) -> dict[str, Any]:
         the labelled data a card was trained on), ``pixels_sha256`` (hash of the
         labelled stamps' float32 pixels), ``n_unlabelled``, and ``x``,
         ``y`` (0-based pixel position on the exposure, x = column), ``ra``,
-        ``dec`` (deg) of each labelled source (float64, NaN where the store has none).
+        ``dec`` (deg), ``psf_fwhm`` (px) of each labelled source (float64, NaN where
+        the store has none).
 
     Raises
     ------
@@ -121,7 +122,7 @@ def load_labelled(store: Path) -> dict[str, Any]:
     if "source_id" in ds.variables:
         h.update(np.ascontiguousarray(ds["source_id"].values.astype("<i8")).tobytes())
     positions = {}
-    for name in ("x", "y", "ra", "dec"):
+    for name in ("x", "y", "ra", "dec", "psf_fwhm"):
         v = (np.asarray(ds[name].values, dtype=np.float64) if name in ds.variables
              else np.full(labels.size, np.nan))
         positions[name] = v[known]

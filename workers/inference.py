@@ -146,9 +146,8 @@ class Predictor:
         self.batch_size = batch_size
         self.channels_last = bool(channels_last)
         self._memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        model.eval()
         self.fused_pairs = fuse_conv_bn(model) if fuse else 0
-        self.model = model.to(self.device, memory_format=self._memory_format)
+        self.model = model.to(self.device, memory_format=self._memory_format).eval()
         self._autocast_dtype = autocast_dtype(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
