@@ -13,7 +13,7 @@ Side by side in one run, on one store of identical-size cutouts:
   (the two ways to use this machine's 2 cores), and 1x1 (scaling: 1 vs 2 workers).
 
 Medians over repeats. Writes ``benchmarks/results/classify_throughput.json``
-(``pipeline.plan`` reads its stage rates).
+(``pipeline.hpc.plan`` reads its stage rates).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def raw_throughput(model: str, images: np.ndarray, batch_size: int, threads: int
     """Cutouts/s of the model alone on preprocessed tensors in memory, one process."""
     import torch
 
-    from pipeline import models as bundled
-    from pipeline.preprocess import prepare
+    from pipeline import bundled
+    from pipeline.imaging.preprocess import prepare
     from workers.checkpoint import load_checkpoint
     from workers.inference import Predictor
 
@@ -62,11 +62,11 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
     import torch
     import zarr
 
-    from pipeline import models as bundled
-    from pipeline.blur_score import apparent_fwhm
-    from pipeline.classify import classify_chunk
-    from pipeline.preprocess import prepare
-    from pipeline.stamp_stats import STAMP_STATS
+    from pipeline import bundled
+    from pipeline.imaging.blur_score import apparent_fwhm
+    from pipeline.classify.graph import classify_chunk
+    from pipeline.imaging.preprocess import prepare
+    from pipeline.imaging.stamp_stats import STAMP_STATS
     from pipeline.store import read_rows
     from workers.checkpoint import load_card
     from workers.model_cache import get_predictor
@@ -93,7 +93,7 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
                             background=rows["stamp_bg"] if stored else None,
                             noise=rows["stamp_noise"] if stored else None)
             t2 = time.perf_counter()
-            # measured at ingest (pipeline.stamp_stats) where the store has it
+            # measured at ingest (pipeline.imaging.stamp_stats) where the store has it
             fwhm = rows["stamp_fwhm"] if stored else apparent_fwhm(images)
             fwhm / np.float32(3.0)
             t3 = time.perf_counter()
@@ -119,7 +119,7 @@ def end_to_end(store: Path, model: str, batch_size: int, workers: int, threads: 
                repeats: int) -> float:
     """Cutouts/s of ``classify`` on a fresh LocalCluster (model loaded once per worker, warm)."""
     from cluster import connect
-    from pipeline.classify import classify
+    from pipeline.classify.graph import classify
 
     rates = []
     with connect("local", n_workers=workers, threads_per_worker=threads):

@@ -6,7 +6,7 @@ How galaxy-morphology tools usually run inference: one image file per cutout
 (here ``.npy``, float32 ADU: the cheapest file to read, so this baseline is
 generous; PNG/JPEG decoding costs more), a ``torch.utils.data.Dataset`` that
 loads and preprocesses one cutout per ``__getitem__`` (same
-``pipeline.preprocess.prepare`` code), a ``DataLoader`` with worker processes
+``pipeline.imaging.preprocess.prepare`` code), a ``DataLoader`` with worker processes
 (``num_workers`` = cores) batching them, the model in the main process (2
 threads), probabilities collected and written to a CSV at the end.  Writing the
 files is not timed.  ``skysieve classify`` (LocalCluster 1x2) runs on a store of
@@ -41,7 +41,7 @@ class StampFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from pipeline.preprocess import prepare
+        from pipeline.imaging.preprocess import prepare
 
         stamp = np.load(self.paths[i])
         return prepare(stamp[None], stretch=self.stretch, image_size=self.image_size)[0]
@@ -70,7 +70,7 @@ def dataloader_rate(paths: list[Path], model: str, *, csv: Path, batch_size: int
     """Cutouts/s of the DataLoader pipeline over ``paths`` (worker start-up included); writes ``csv``."""
     import pandas as pd
 
-    from pipeline import models as bundled
+    from pipeline import bundled
     from workers.checkpoint import load_checkpoint
     from workers.inference import Predictor
 

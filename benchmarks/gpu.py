@@ -8,7 +8,7 @@ With a GPU: each listed model alone on the GPU (bf16 autocast, channels_last,
 batch 256/1024), then ``classify`` on a cluster with the GPU (``--cluster auto``:
 dask-cuda when installed, else a LocalCluster whose worker picks ``cuda:0``),
 while ``nvidia-smi`` samples utilisation every 0.2 s.
-Writes ``benchmarks/results/gpu.json`` (``pipeline.plan`` uses its rates).
+Writes ``benchmarks/results/gpu.json`` (``pipeline.hpc.plan`` uses its rates).
 """
 
 from __future__ import annotations

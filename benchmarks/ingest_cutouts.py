@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stamp", type=int, default=64)
     args = parser.parse_args(argv)
 
-    from pipeline.cutouts import cut_stamps
-    from pipeline.detect import detect
-    from pipeline.fits_io import read_ccd
-    from pipeline.ingest import ingest
+    from pipeline.imaging.cutouts import cut_stamps
+    from pipeline.ingest.detect import detect
+    from pipeline.ingest.fits_io import read_ccd
+    from pipeline.ingest.exposures import ingest
 
     size, n_src, n_exp, repeats = (1024, 600, 1, 3) if args.quick else (4096, 4000, 2, 5)
     stamp = args.stamp

@@ -27,7 +27,7 @@ def peak_rss(store: Path, model: str, *, n_workers: int | None = None,
              threads_per_worker: int | None = None) -> dict:
     """Classify ``store`` on a fresh cluster; return per-worker start and peak RSS (MiB)."""
     from cluster import connect
-    from pipeline.classify import classify
+    from pipeline.classify.graph import classify
 
     out = Path(tempfile.mkdtemp(prefix="skysieve-bench-mem-"))
     try:

@@ -5,7 +5,7 @@
 The naive way is the loop a first script would be: for each cutout, read its
 stamp from the Zarr store (``image[i]``), preprocess it, run the model on a
 batch of one, collect the probabilities; write a CSV at the end.  Same model,
-same preprocessing code (``pipeline.preprocess.prepare``), 2 torch threads.
+same preprocessing code (``pipeline.imaging.preprocess.prepare``), 2 torch threads.
 A second row reads each Zarr chunk once and loops over its cutouts (the
 batch-of-one cost alone), so the two costs of the naive way are visible.
 ``skysieve classify`` runs on a LocalCluster 1x2 on the same store in the
@@ -34,8 +34,8 @@ def naive_rate(store: Path, model: str, n: int, *, csv: Path, chunk_cached: bool
     import torch
     import zarr
 
-    from pipeline import models as bundled
-    from pipeline.preprocess import prepare
+    from pipeline import bundled
+    from pipeline.imaging.preprocess import prepare
     from workers.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ of issue #6 and as it is now:
   float32/blosc-lz4 and float16/blosc-lz4;
 - preprocessing with ``prepare`` measuring each stamp's background and noise
   (before; still so for older stores) vs given the store's ``stamp_bg`` and
-  ``stamp_noise`` (now: measured once at ingest, :mod:`pipeline.stamp_stats`);
+  ``stamp_noise`` (now: measured once at ingest, :mod:`pipeline.imaging.stamp_stats`);
 - the blur score (``apparent_fwhm``): now measured at ingest, so not a classify stage;
 - the model at batch 64 and 256, with batch norms folded (now) and not (before).
 
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the profile and write its JSON; return the payload."""
     import torch
 
-    from pipeline import models as bundled
-    from pipeline.blur_score import apparent_fwhm
-    from pipeline.preprocess import background_noise, prepare, validate_stretch
+    from pipeline import bundled
+    from pipeline.imaging.blur_score import apparent_fwhm
+    from pipeline.imaging.preprocess import background_noise, prepare, validate_stretch
     from workers.checkpoint import load_checkpoint
     from workers.inference import Predictor
 

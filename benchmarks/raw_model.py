@@ -10,7 +10,7 @@ speed does not depend on the values) at 64x64 and 128x128, batch 64 and 256
 (the slow models at batch 64 only).  ``hr_celestialnet`` is measured as its
 cutout variant ``hr_celestialnet_cutout`` (the exposure variant takes whole
 2048x4096 frames).  Medians over repeats; each repeat runs about a second.
-Writes ``benchmarks/results/raw_model.json``; ``pipeline.plan`` reads it.
+Writes ``benchmarks/results/raw_model.json``; ``pipeline.hpc.plan`` reads it.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _cases(quick: bool) -> list[tuple[str, str, int]]:
 
 def _build(name: str, size: int):
     if name == "default":
-        from pipeline import models as bundled
+        from pipeline import bundled
         from workers.checkpoint import load_checkpoint
 
         net, card = load_checkpoint(bundled.resolve("default"))

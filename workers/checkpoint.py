@@ -61,7 +61,7 @@ class ModelCard:
     bands : list of str
         Band names in channel order.
     stretch : dict
-        The normalisation of ``pipeline.preprocess`` (``{"name": "asinh", ...}``).
+        The normalisation of ``pipeline.imaging.preprocess`` (``{"name": "asinh", ...}``).
     temperature : float
         Logit temperature from calibration (1.0 until calibrated).
     sha256 : str

@@ -1,7 +1,7 @@
 """Batched inference inside one worker process, on the CPU or one GPU.
 
 :class:`Predictor` wraps a model in eval mode with its card and turns prepared
-stamps ``(N, C, y, x)`` (see ``pipeline.preprocess.prepare``) into calibrated
+stamps ``(N, C, y, x)`` (see ``pipeline.imaging.preprocess.prepare``) into calibrated
 class probabilities, ``batch_size`` stamps per forward pass under
 ``torch.inference_mode()``.
 
@@ -169,7 +169,7 @@ class Predictor:
         if t.ndim != 4 or t.shape[1] != c or tuple(t.shape[2:]) != (s, s):
             raise ValueError(f"{self.card.arch} ({self.card.sha256[:12]}) expects prepared stamps "
                              f"(N, {c}, {s}, {s}), got shape {tuple(t.shape)!r}; call "
-                             f"pipeline.preprocess.prepare(..., image_size={s})")
+                             f"pipeline.imaging.preprocess.prepare(..., image_size={s})")
         return t.to(torch.float32)
 
     def predict_logits(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:

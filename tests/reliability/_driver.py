@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     out_path, marker_path = Path(out), Path(marker)
     once = threading.Lock()
     if mode == "ingest-chunk":
-        import pipeline.ingest as ingest_mod
+        import pipeline.ingest.exposures as ingest_mod
 
         real = ingest_mod.write_chunk
 
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
                 time.sleep(600)
 
         ingest_mod.write_chunk = write_chunk
-        from pipeline.night import run_night
+        from pipeline.classify.night import run_night
 
         truth, *fits = inputs
         run_night([Path(p) for p in fits], out_path, truth=Path(truth), progress=False)
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     elif mode != "classify":
         print(f"unknown mode {mode!r}", file=sys.stderr)
         return 2
-    from pipeline.classify import classify
+    from pipeline.classify.graph import classify
 
     summary = classify(Path(inputs[0]), out_path, progress=False)
     print(summary.describe())

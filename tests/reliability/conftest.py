@@ -27,8 +27,8 @@ CHUNK = 8
 
 @pytest.fixture(scope="session")
 def survey(tmp_path_factory: pytest.TempPathFactory):
-    """Two small synthetic exposures with truth (pipeline.synth)."""
-    from pipeline.synth import synthesize
+    """Two small synthetic exposures with truth (pipeline.simulation.survey)."""
+    from pipeline.simulation.survey import synthesize
 
     return synthesize(tmp_path_factory.mktemp("survey") / "fits", exposures=2, size=320, seed=8)
 
@@ -45,7 +45,7 @@ def client():
 @pytest.fixture(scope="session")
 def store(survey, client, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The survey ingested with 8 cutouts per chunk."""
-    from pipeline.ingest import ingest
+    from pipeline.ingest.exposures import ingest
 
     out = tmp_path_factory.mktemp("store") / "cutouts.zarr"
     summary = ingest(survey.files, out, truth=survey.truth, chunk_sources=CHUNK)
@@ -57,7 +57,7 @@ def store(survey, client, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clean(store: Path, client, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """The catalogue of an undisturbed classify run of ``store``."""
     from pipeline import catalogue
-    from pipeline.classify import classify
+    from pipeline.classify.graph import classify
 
     out = tmp_path_factory.mktemp("clean") / "catalogue"
     summary = classify(store, out, progress=False)

@@ -24,9 +24,9 @@ from click.testing import CliRunner
 
 from _reliability import record
 from pipeline import catalogue
-from pipeline.classify import classify
+from pipeline.classify.graph import classify
 from pipeline.errors import SourceTableError, StoreError
-from pipeline.ingest import ingest
+from pipeline.ingest.exposures import ingest
 from pipeline.store import open_store, read_rejects
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -245,10 +245,10 @@ class _Touch:
 def _checkpoint(tmp_path: Path, case: str, marker: Path) -> Path:
     import torch
 
-    from pipeline import models
+    from pipeline import bundled
     from workers.checkpoint import file_sha256
 
-    src = models.resolve("default")
+    src = bundled.resolve("default")
     pt = tmp_path / f"{case}.pt"
     shutil.copy(src, pt)
     card = json.loads(src.with_suffix(".json").read_text())
@@ -322,7 +322,7 @@ def test_hostile_names_in_job_scripts_never_run(tmp_path: Path, monkeypatch) -> 
     ``$(touch ...)`` must never appear.
     """
     from cluster import jobqueue
-    from pipeline.submit import driver_script
+    from pipeline.hpc.submit import driver_script
 
     marker = tmp_path / "pwned"
     hostile = f"night one; $(touch {marker}) `touch {marker}` 'q' \"dq\""

@@ -25,8 +25,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from _reliability import (ROOT, compare_catalogues, kill_group, record, start_driver,
                           wait_for)
 from pipeline import catalogue
-from pipeline.classify import classify
-from pipeline.run_lock import OutputLocked, lock_path
+from pipeline.classify.graph import classify
+from pipeline.classify.run_lock import OutputLocked, lock_path
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -86,7 +86,7 @@ def _tmp_parts(out: Path) -> list[Path]:
 
 def test_run_killed_during_ingest_then_rerun(survey, client, clean, chunk_config,
                                              tmp_path: Path) -> None:
-    from pipeline.night import run_night
+    from pipeline.classify.night import run_night
 
     out = tmp_path / "night"
     marker = tmp_path / "stopped"
@@ -327,7 +327,7 @@ def test_read_only_output(store, client, tmp_path: Path) -> None:
 
 def test_lock_left_empty_by_a_kill_and_stale_store_builds(tmp_path: Path) -> None:
     """A run killed between creating its lock and writing its pid; a killed ingest's hidden store."""
-    from pipeline.run_lock import EMPTY_LOCK_GRACE_S, exclusive
+    from pipeline.classify.run_lock import EMPTY_LOCK_GRACE_S, exclusive
     from pipeline.store import sweep_stale_temporaries, temporary_sibling
 
     out = tmp_path / "cat"

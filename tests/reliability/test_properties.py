@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from _reliability import record
 from pipeline import catalogue
-from pipeline.classify import healpix_order_doc
-from pipeline.cutouts import cut_stamps, round_half_up, stamp_touches_edge
-from pipeline.preprocess import apply_stretch
+from pipeline.classify.graph import healpix_order_doc
+from pipeline.imaging.cutouts import cut_stamps, round_half_up, stamp_touches_edge
+from pipeline.imaging.preprocess import apply_stretch
 
 FAST = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

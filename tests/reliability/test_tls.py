@@ -18,7 +18,7 @@ import pytest
 
 from _reliability import compare_catalogues, record
 from pipeline import catalogue
-from pipeline.classify import classify
+from pipeline.classify.graph import classify
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

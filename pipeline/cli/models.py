@@ -1,0 +1,157 @@
+"""Click commands for the model zoo: ``skysieve train``, ``skysieve evaluate``, ``skysieve compare``.
+
+Registered in ``pipeline/cli/__init__.py``; each command parses its options and calls one
+plain function (:func:`pipeline.training.fit.train`, :func:`pipeline.training.evaluate.evaluate`,
+:func:`pipeline.training.compare.compare`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pipeline.cli.base import CONTEXT, one_line_errors
+
+__all__ = ["compare", "evaluate", "parse_floats", "train"]
+
+_EXISTING = click.Path(exists=True, path_type=Path)
+_NEW = click.Path(path_type=Path)
+
+_user_errors = one_line_errors(ValueError)
+
+
+def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of numbers (``"0,0.5,1"``) for ``option``.
+
+    Raises
+    ------
+    click.BadParameter
+        An item is not a number.
+    """
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers "
+                                 f"(e.g. 0,0.5,1,2,4)", param_hint=option) from exc
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("store", type=_EXISTING)
+@click.option("--arch", default="smallcnn", show_default=True, help="Registered architecture.")
+@click.option("--out", required=True, type=_NEW, help="Checkpoint to write (MODEL.pt + MODEL.json).")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Initialisation/augmentation seed.")
+@click.option("--split-seed", type=int, default=None,
+              help="Seed of the validation split only (default: --seed).")
+@click.option("--image-size", type=int, default=None, help="Model input size (default: the stamp).")
+@click.option("--split-by", type=click.Choice(["exposure", "frame", "field", "source"]),
+              default="exposure", show_default=True,
+              help="Validation split: whole exposures/frames, whole fields (exposures of the "
+                   "same field joined), or sources.")
+@click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--patience", default=8, show_default=True, help="Early-stopping patience in epochs.")
+@click.option("--init", type=_EXISTING, default=None,
+              help="Start from these weights (a skysieve checkpoint, or a local state-dict file "
+                   "such as ImageNet-style weights): pretraining -> fine-tuning.")
+@click.option("--init-sha256", default=None,
+              help="Expected sha256 of a --init file that has no card.")
+@click.option("--teacher", type=_EXISTING, default=None,
+              help="Distil from this skysieve checkpoint (soft targets).")
+@click.option("--kd-alpha", default=0.5, show_default=True,
+              help="Weight of the distillation loss (0 = labels only, 1 = teacher only).")
+@click.option("--kd-temperature", default=4.0, show_default=True,
+              help="Softmax temperature of the distillation loss.")
+@click.option("--augment", type=click.Choice(["full", "geometric", "robust"]), default="full",
+              show_default=True,
+              help="full: flips, shifts, PSF blur and dimming; geometric: flips and shifts "
+                   "only; robust: as full with blur on 40% of the stamps, sigma up to 4 px.")
+@click.option("--stretch", type=click.Choice(["asinh", "linear"]), default=None,
+              help="Input stretch of the model, recorded in its card [default: asinh].")
+@click.option("--softening", type=float, default=None,
+              help="Stretch softening in units of the noise [default: 3].")
+@_user_errors
+def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
+          split_seed: int | None, image_size: int | None, split_by: str, val_fraction: float,
+          patience: int, init: Path | None, init_sha256: str | None, teacher: Path | None,
+          kd_alpha: float, kd_temperature: float, augment: str, stretch: str | None,
+          softening: float | None) -> None:
+    """Train ARCH on the labelled cutouts in STORE and write a checkpoint with its card."""
+    from pipeline.training.fit import train as run_train
+
+    card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+                     seed=seed, split_seed=split_seed, image_size=image_size,
+                     split_by=split_by, val_fraction=val_fraction, patience=patience,
+                     init=init, init_sha256=init_sha256, teacher=teacher, kd_alpha=kd_alpha,
+                     kd_temperature=kd_temperature, augment=augment,
+                     stretch={k: v for k, v in (("name", stretch), ("softening", softening))
+                              if v is not None} or None)
+    m = card.metrics
+    click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): validation accuracy "
+               f"{m.get('accuracy', float('nan')):.4f}, balanced accuracy "
+               f"{m.get('balanced_accuracy', float('nan')):.4f}, ECE "
+               f"{m.get('ece_calibrated', float('nan')):.4f} (T={card.temperature:.3f})")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.argument("store", type=_EXISTING)
+@click.option("--out", required=True, type=_NEW, help="Directory for evaluation.json and the PNGs.")
+@click.option("--blur-sweep", default="0,0.5,1,2,4", show_default=True,
+              help="Added Gaussian blur, FWHM in units of the PSF FWHM.")
+@click.option("--subset", type=click.Choice(["auto", "val", "all"]), default="auto",
+              show_default=True,
+              help="auto: the card's validation exposures when STORE is its training store.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--no-speed", is_flag=True, help="Skip the ms/sample and cutouts/s timing.")
+@_user_errors
+def evaluate(model: str, store: Path, out: Path, blur_sweep: str, subset: str, batch_size: int,
+             no_speed: bool) -> None:
+    """Evaluate MODEL (bundled name or checkpoint) on the labelled cutouts in STORE."""
+    from pipeline.training.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(model, store, out=out,
+                          blur_sweep=parse_floats(blur_sweep, option="--blur-sweep"),
+                          subset=subset, batch_size=batch_size, speed=not no_speed,
+                          progress=True)
+    m = result.get("metrics", {})
+    click.echo(f"{result.get('n', '?')} sources: accuracy {m.get('accuracy', float('nan')):.4f}, "
+               f"balanced accuracy {m.get('balanced_accuracy', float('nan')):.4f}; "
+               f"wrote {out / 'evaluation.json'} and PNGs")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("store", type=_EXISTING)
+@click.option("--archs", required=True,
+              help="Comma-separated architectures; NAME+kd = NAME distilled from the teacher.")
+@click.option("--seeds", default=3, show_default=True, help="Seeds per architecture.")
+@click.option("--out", required=True, type=_NEW, help="Directory for models, evaluations, table.")
+@click.option("--epochs", default=15, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--image-size", type=int, default=None, help="Model input size (default: the stamp).")
+@click.option("--teacher-arch", default="wide_resnet16_4", show_default=True)
+@click.option("--teacher-epochs", type=int, default=None, help="Default: --epochs.")
+@click.option("--pretrain-store", type=_EXISTING, default=None,
+              help="Large store to pretrain on: adds the scratch vs pretrained+fine-tuned study.")
+@click.option("--pretrain-arch", default=None, help="Default: the first architecture without +kd.")
+@click.option("--pretrain-epochs", type=int, default=None, help="Default: --epochs.")
+@click.option("--blur-sweep", default="0,0.5,1,2,4", show_default=True)
+@_user_errors
+def compare(store: Path, archs: str, seeds: int, out: Path, epochs: int, batch_size: int,
+            image_size: int | None, teacher_arch: str, teacher_epochs: int | None,
+            pretrain_store: Path | None, pretrain_arch: str | None,
+            pretrain_epochs: int | None, blur_sweep: str) -> None:
+    """Train and evaluate several architectures over seeds on STORE; print the table."""
+    from pipeline.training.compare import compare as run_compare
+
+    result = run_compare(store, archs=[a.strip() for a in archs.split(",") if a.strip()],
+                         seeds=seeds, out=out, epochs=epochs, batch_size=batch_size,
+                         image_size=image_size, teacher_arch=teacher_arch,
+                         teacher_epochs=teacher_epochs, pretrain_store=pretrain_store,
+                         pretrain_arch=pretrain_arch, pretrain_epochs=pretrain_epochs,
+                         blur_sweep=parse_floats(blur_sweep, option="--blur-sweep"))
+    table = out / "compare.md"
+    click.echo(table.read_text() if table.is_file() else json.dumps(result, indent=2, default=str))

@@ -1,0 +1,1 @@
+"""Batch systems: plan a release's node-hours, and submit skysieve itself as a job."""

@@ -1,0 +1,1 @@
+"""Pixels of one stamp: cutting, preprocessing for the model, blur and per-stamp statistics."""

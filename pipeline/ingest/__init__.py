@@ -1,0 +1,1 @@
+"""Exposures in, cutout store out: FITS reading, detection, cutouts, whole exposures, image folders."""

@@ -1,0 +1,1 @@
+"""Synthetic surveys with known truth: survey exposures, pointed exposures, source builders, the instrument."""

@@ -1,0 +1,208 @@
+"""End to end on real components: synth FITS -> ingest (Zarr) -> classify on a LocalCluster -> Parquet."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from cluster import connect
+from pipeline import catalogue
+from pipeline.classify.graph import classify
+from pipeline.classify.night import score_against_truth
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+BIN = Path(sys.executable).with_name("skysieve")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A small synthetic survey ingested with 64 cutouts per chunk (several parts)."""
+    from pipeline.ingest.exposures import ingest
+    from pipeline.simulation.survey import synthesize
+
+    root = tmp_path_factory.mktemp("survey")
+    survey = synthesize(root / "fits", exposures=2, size=768, seed=11)
+    with dask.config.set({"skysieve.ingest.chunk-sources": 64}):
+        summary = ingest(survey.files, root / "cutouts.zarr", truth=survey.truth)
+    assert summary.n_sources > 150
+    return root / "cutouts.zarr"
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect("local", n_workers=2, threads_per_worker=1) as c:
+        yield c
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values("source_id").reset_index(drop=True)
+
+
+def test_catalogue_contract(store: Path, client, tmp_path: Path) -> None:
+    import xarray as xr
+    from astropy_healpix import lonlat_to_healpix
+    import astropy.units as u
+
+    out = tmp_path / "cat"
+    summary = classify(store, out, model="default", batch_size=64, progress=False)
+    ds = xr.open_zarr(store)
+    n = ds.sizes["source"]
+    df = catalogue.read_catalogue(out)
+    meta = catalogue.read_metadata(out)
+    classes = meta["classes"]
+    pcols = [f"p_{c}" for c in classes]
+
+    assert summary.rows == n == len(df)
+    assert summary.parts == len(ds["image"].chunks[0]) == len(list(out.glob("part-*.parquet")))
+    assert df["source_id"].is_unique
+    assert set(df["source_id"]) == set(ds["source_id"].values.tolist())
+    assert np.allclose(df[pcols].sum(axis=1), 1.0, atol=1e-5)
+    assert (df[pcols].dtypes == np.float32).all()
+    assert (df["label"] == np.asarray(classes)[df[pcols].to_numpy().argmax(axis=1)]).all()
+    assert np.allclose(df["confidence"], df[pcols].max(axis=1))
+    assert meta["model"] == "default" and len(meta["model_sha256"]) == 64
+    assert meta["healpix_order"]["scheme"] == "nested"
+    expected = lonlat_to_healpix(df["ra"].to_numpy() * u.deg, df["dec"].to_numpy() * u.deg,
+                                 meta["healpix_order"]["nside"], order="nested")
+    assert (df["healpix"].to_numpy() == expected).all()
+    assert df["blur_score"].notna().mean() > 0.95
+    assert (df["psf_fwhm"] > 0).all()
+    # Parquet details analysts rely on: zstd and the metadata key in every part.
+    part = sorted(out.glob("part-*.parquet"))[0]
+    assert pq.ParquetFile(part).metadata.row_group(0).column(0).compression == "ZSTD"
+    written = json.loads((out / "_summary.json").read_text())
+    assert written["rows"] == n and written["cutouts_per_s"] > 0
+
+
+def test_rerun_resumes_and_refuses_another_model(store: Path, client, tmp_path: Path) -> None:
+    out = tmp_path / "cat"
+    first = classify(store, out, model="default", progress=False)
+    before = _sorted(catalogue.read_catalogue(out))
+    # Lose one part, as if the run had died before writing it.
+    victim = sorted(out.glob("part-*.parquet"))[1]
+    victim.unlink()
+    again = classify(store, out, model="default", progress=False)
+    assert again.parts_written == 1 and again.parts_skipped == first.parts - 1
+    pd.testing.assert_frame_equal(before, _sorted(catalogue.read_catalogue(out)))
+    card = json.loads((Path(__file__).parents[2] / "pipeline/bundled/default.json").read_text())
+    run = json.loads((out / "_run.json").read_text())
+    assert run["model_sha256"] == card["sha256"]
+    run["model_sha256"] = "0" * 64  # pretend the directory holds another model's catalogue
+    (out / "_run.json").write_text(json.dumps(run))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        classify(store, out, model="default", progress=False)
+    fresh = classify(store, out, model="default", overwrite=True, progress=False)
+    assert fresh.parts_written == fresh.parts
+
+
+def test_store_without_stamp_statistics_gives_the_same_catalogue(store: Path, client,
+                                                                 tmp_path: Path) -> None:
+    """Stores written before ``stamp_bg``/``stamp_noise``/``stamp_fwhm`` existed: measured per task."""
+    import xarray as xr
+
+    from pipeline.imaging.stamp_stats import STAMP_STATS
+    from pipeline.store import open_store
+
+    ds = open_store(store)
+    assert all(name in ds.data_vars for name in STAMP_STATS)
+    old = tmp_path / "old.zarr"
+    ds.drop_vars(list(STAMP_STATS)).to_zarr(old, zarr_format=3, mode="w")
+    assert not any(name in xr.open_zarr(old).data_vars for name in STAMP_STATS)
+    new_cat = _sorted(catalogue.read_catalogue(
+        classify(store, tmp_path / "new", progress=False).catalogue))
+    old_cat = _sorted(catalogue.read_catalogue(
+        classify(old, tmp_path / "old", progress=False).catalogue))
+    assert len(new_cat) == ds.sizes["source"]
+    p_cols = [c for c in new_cat.columns if c.startswith("p_")]
+    np.testing.assert_allclose(new_cat[p_cols].to_numpy(), old_cat[p_cols].to_numpy(), atol=1e-6)
+    np.testing.assert_array_equal(new_cat["blur_score"].to_numpy(), old_cat["blur_score"].to_numpy())
+    assert new_cat["label"].tolist() == old_cat["label"].tolist()
+
+
+def test_accuracy_against_truth(store: Path, client, tmp_path: Path) -> None:
+    out = tmp_path / "cat"
+    classify(store, out, progress=False)
+    score = score_against_truth(out)
+    assert score["n"] > 100
+    # The bundled model must be far above chance (1/6) on a survey it never saw.
+    assert score["accuracy"] > 0.6, score
+
+
+def test_sigkill_mid_run_then_rerun_equals_clean_run(store: Path, tmp_path: Path) -> None:
+    """Kill the whole classify process group with SIGKILL after some parts exist; rerun."""
+    args = [str(BIN), "classify", str(store), "--workers", "1", "--threads", "1",
+            "--batch-size", "16"]
+    clean = tmp_path / "clean"
+    subprocess.run(args + ["--out", str(clean)], check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + ["--out", str(killed)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(killed.glob("part-*.parquet")) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_parts = len(list(clean.glob("part-*.parquet")))
+    written = len(list(killed.glob("part-*.parquet")))
+    assert 0 < written < n_parts, f"kill landed outside the run ({written}/{n_parts} parts)"
+    subprocess.run(args + ["--out", str(killed)], check=True, capture_output=True, timeout=300)
+    assert not list(killed.glob(".part-*")), "temporary part files left behind"
+    pd.testing.assert_frame_equal(_sorted(catalogue.read_catalogue(clean)),
+                                  _sorted(catalogue.read_catalogue(killed)))
+
+
+def test_query_cli(store: Path, client, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    out = tmp_path / "cat"
+    classify(store, out, progress=False)
+    result = CliRunner().invoke(cli, ["query", str(out), "--csv",
+                                      "SELECT label, count(*) AS n FROM catalogue GROUP BY 1"])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(__import__("io").StringIO(result.output))
+    assert rows["n"].sum() == len(catalogue.read_catalogue(out))
+    bad = CliRunner().invoke(cli, ["query", str(out), "SELECT nope FROM catalogue"])
+    assert bad.exit_code != 0 and "query failed" in bad.output
+
+
+def test_existing_scheduler_gives_the_same_catalogue(store: Path, tmp_path: Path) -> None:
+    """`--cluster tcp://...` (a scheduler someone else started) equals `--cluster local`."""
+    from distributed import LocalCluster
+
+    local = tmp_path / "local"
+    subprocess.run([str(BIN), "classify", str(store), "--out", str(local), "--cluster", "local",
+                    "--workers", "1", "--threads", "1"], check=True, capture_output=True, timeout=300)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                         dashboard_address=":0") as existing:
+        remote = tmp_path / "remote"
+        proc = subprocess.run([str(BIN), "classify", str(store), "--out", str(remote),
+                               "--cluster", existing.scheduler_address],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    pd.testing.assert_frame_equal(_sorted(catalogue.read_catalogue(local)),
+                                  _sorted(catalogue.read_catalogue(remote)))
+
+
+def test_concurrent_run_on_the_same_output_is_refused(store: Path, tmp_path: Path) -> None:
+    from pipeline.classify.run_lock import OutputLocked, exclusive
+
+    out = tmp_path / "cat"
+    with exclusive(out), pytest.raises(OutputLocked, match="another skysieve run"):
+        classify(store, out, progress=False)
+    assert not list(out.glob("part-*.parquet"))
