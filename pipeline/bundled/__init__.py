@@ -28,7 +28,7 @@ def resolve(model: str | Path) -> Path:
         Neither a bundled name nor an existing ``.pt`` file with its ``.json`` card.
     """
     text = str(model)
-    if text in bundled():
+    if text in names():
         return _HERE / f"{text}.pt"
     path = Path(text).expanduser()
     if path.suffix == ".json":
@@ -38,7 +38,7 @@ def resolve(model: str | Path) -> Path:
             raise FileNotFoundError(f"{path}: checkpoint has no card {path.with_suffix('.json').name!r} "
                                     "beside it; checkpoints written by `skysieve train` have one")
         return path
-    close = get_close_matches(text, bundled())
+    close = get_close_matches(text, names())
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise FileNotFoundError(f"model {text!r} is neither a bundled model {bundled()!r} nor an "
+    raise FileNotFoundError(f"model {text!r} is neither a bundled model {names()!r} nor an "
                             f"existing checkpoint file{hint}")

@@ -27,16 +27,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline import catalogue
-from pipeline.errors import SkysieveError
+from pipeline.errors import HatsExportError, SkysieveError
 
 __all__ = ["HatsSummary", "HatsExportError", "to_hats", "HATS_REQUIREMENTS"]
 
 #: What ``to_hats`` needs (the ``skysieve[hats]`` requirement lines).
 HATS_REQUIREMENTS = ("hats-import>=0.11.1,<0.12", "lsdb>=0.11.1,<0.12")
-
-
-class HatsExportError(SkysieveError, ValueError):
-    """A catalogue that cannot be exported to HATS as asked; the message says why and the fix."""
 
 
 @dataclass

@@ -16,21 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import SkysieveError
+from pipeline.errors import OutputLocked, OutputNotWritable, SkysieveError
 
 __all__ = ["exclusive", "lock_path", "OutputLocked", "OutputNotWritable"]
 
 #: A lock file still empty after this many seconds was left by a run killed
 #: between creating it and writing its pid: stale.
 EMPTY_LOCK_GRACE_S = 30.0
-
-
-class OutputLocked(FileExistsError):
-    """Another live run is writing the same output."""
-
-
-class OutputNotWritable(SkysieveError, PermissionError):
-    """The output's directory cannot be written (permissions, a read-only or full disk)."""
 
 
 def lock_path(out: Path) -> Path:

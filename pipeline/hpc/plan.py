@@ -35,17 +35,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import SkysieveError
+from pipeline.errors import PlanError, SkysieveError
 
 __all__ = ["plan", "describe", "measurements_dir", "PlanError"]
 
 _STAGES = ("I/O read", "preprocessing+blur", "model", "catalogue write")
 _ALIASES = {"hr_celestialnet": "hr_celestialnet_cutout"}
 _RUN_RAW = "run `python -m benchmarks raw_model` first"
-
-
-class PlanError(SkysieveError, ValueError):
-    """Missing or unusable benchmark measurements, or a bad planning parameter."""
 
 
 def measurements_dir(measurements: Path | None = None) -> Path:

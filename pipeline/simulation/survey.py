@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import SkysieveError
+from pipeline.errors import SkysieveError, SynthError
 
 __all__ = ["CLASSES", "TARGET_CLASSES", "TARGET_MORPHOLOGIES", "PointedSummary", "SynthError",
            "SynthSummary", "synthesize", "synthesize_pointed"]
@@ -39,10 +39,6 @@ __all__ = ["CLASSES", "TARGET_CLASSES", "TARGET_MORPHOLOGIES", "PointedSummary",
 #: The source classes of the synthetic survey, in the order of the model outputs.
 CLASSES: tuple[str, ...] = ("star", "elliptical", "lenticular", "spiral", "irregular",
                             "nebula_cluster")
-
-
-class SynthError(SkysieveError, ValueError):
-    """A bad argument to :func:`synthesize`; the message names it and the valid range."""
 
 
 # Share of each class among the injected sources (stars common, not overwhelming).
