@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -14,9 +13,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["RESULTS", "results_dir", "machine", "median_time", "median_rate", "write_result",
-           "markdown_table",
-           "make_store", "PeakRSS", "worker_peaks", "reset_worker_peaks", "quick_sizes"]
+from pipeline.files import write_json
+
+__all__ = ["RESULTS", "results_dir", "machine", "median_time", "write_result", "markdown_table",
+           "make_store", "PeakRSS", "worker_peaks", "reset_worker_peaks"]
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -63,20 +63,12 @@ def median_time(func: Callable[[], Any], *, repeats: int = 3, warmup: int = 1) -
     return statistics.median(times)
 
 
-def median_rate(func: Callable[[], Any], n: int, *, repeats: int = 3, warmup: int = 1) -> float:
-    """Items per second: ``n`` over the median wall time of ``func()``."""
-    return n / median_time(func, repeats=repeats, warmup=warmup)
-
-
-def quick_sizes(quick: bool, full: Any, small: Any) -> Any:
-    """``small`` for a ``--quick`` run, else ``full``."""
-    return small if quick else full
-
-
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write ``<results>/<name>.json`` with the machine description (and load average) added.
 
-    ``<results>`` is ``benchmarks/results`` unless ``$SKYSIEVE_BENCHMARKS_OUT`` names another folder.
+    Strict JSON, written atomically (:func:`pipeline.files.write_json`; NaN becomes
+    ``null``).  ``<results>`` is ``benchmarks/results`` unless ``$SKYSIEVE_BENCHMARKS_OUT``
+    names another folder.
     """
     folder = results_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,18 +76,7 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     body = {"benchmark": name, "machine": machine(), **payload}
     body["note"] = ("the development machine is shared by several engineers at once: numbers are "
                     "noisy; compare rows of one run (they were measured side by side)")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=_jsonable))
-    tmp.replace(path)
-    return path
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {value!r}")
+    return write_json(path, body)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -182,7 +163,9 @@ class PeakRSS:
     """A thread sampling this process's resident set size every ``interval`` s; keeps the peak.
 
     Used inside Dask workers (started through ``client.run``), so the peak is the
-    worker's own, not the client's.
+    worker's own, not the client's.  Besides the thread's samples, :meth:`reset`,
+    :meth:`sample` and :meth:`stop` each take one, so the RSS at the start and at
+    the end always counts, however short the run.  ``samples`` counts the samples taken.
     """
 
     def __init__(self, interval: float = 0.01):
@@ -190,24 +173,37 @@ class PeakRSS:
 
         self._proc = psutil.Process()
         self.interval = interval
-        self.peak = self._proc.memory_info().rss
+        self._lock = threading.Lock()
+        self.samples = 0
+        self.peak = 0
+        self.sample()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="skysieve-peak-rss")
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            rss = self._proc.memory_info().rss
-            if rss > self.peak:
-                self.peak = rss
+            self.sample()
+
+    def sample(self) -> int:
+        """Take one sample now; return the RSS in bytes."""
+        rss = self._proc.memory_info().rss
+        with self._lock:
+            self.peak = max(self.peak, rss)
+            self.samples += 1
+        return rss
 
     def reset(self) -> int:
         """Start a new peak from the current RSS; return it."""
-        self.peak = self._proc.memory_info().rss
-        return self.peak
+        rss = self._proc.memory_info().rss
+        with self._lock:
+            self.peak = rss
+            self.samples += 1
+        return rss
 
     def stop(self) -> int:
-        """Stop sampling; return the peak in bytes."""
+        """Stop sampling (after a last sample); return the peak in bytes."""
+        self.sample()
         self._stop.set()
         self._thread.join()
         return self.peak
@@ -224,7 +220,10 @@ def _start_or_reset_sampler() -> int:
 
 
 def _sampler_peak() -> int:
-    return -1 if _SAMPLER is None else int(_SAMPLER.peak)
+    if _SAMPLER is None:
+        return -1
+    _SAMPLER.sample()  # the RSS now counts too
+    return int(_SAMPLER.peak)
 
 
 def reset_worker_peaks(client: Any) -> dict[str, int]:

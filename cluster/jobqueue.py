@@ -13,7 +13,7 @@ and start a shell command). Each scheduler module (``slurm.py``, ``pbs.py``,
 Workers retire ``lifetime-margin`` (give or take ``lifetime-stagger``) before
 the walltime, so a job ending never kills a task half done; adaptive scaling
 then submits a fresh job. Workers run without ``MALLOC_TRIM_THRESHOLD_``
-(DESIGN.md: it made small torch models 2-3x slower).
+(docs/architecture.md: it made small torch models 2-3x slower).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from cluster import ClusterError
 
 __all__ = [
-    "KINDS", "REQUIRED", "load_profile", "settings", "walltime_seconds", "lifetime",
-    "worker_argv", "prologue", "directive", "job_script", "batch_script", "submit_script",
-    "start", "JobMixin",
+    "KINDS", "REQUIRED", "MissingSettings", "load_profile", "settings", "walltime_seconds",
+    "lifetime", "worker_argv", "prologue", "directive", "job_script", "batch_script",
+    "submit_script", "start", "JobMixin",
 ]
 
 KINDS = ("slurm", "pbs", "lsf")
@@ -140,14 +140,37 @@ def walltime_seconds(value: str | int) -> int:
     return seconds
 
 
+class MissingSettings(ClusterError):
+    """Required settings (``cores``, ``memory``) that neither the defaults nor the profile set.
+
+    Attributes
+    ----------
+    kind : str
+        The batch system.
+    origin : str
+        The profile's path, or ``"the KIND cluster settings"`` without one.
+    missing : tuple of str
+        The unset keys, in :data:`REQUIRED` order.
+    fix : dict
+        Every required key with its value, or an example value where it is missing.
+    """
+
+    def __init__(self, kind: str, origin: str, missing: Sequence[str], fix: dict[str, Any]) -> None:
+        self.kind, self.origin, self.missing, self.fix = kind, origin, tuple(missing), dict(fix)
+        super().__init__(
+            f"{origin}: {' and '.join(missing)} per job must be set for --cluster {kind}. "
+            f"Add to the profile:\n{_snippet(kind, fix)}\n"
+            f"or call cluster.connect({kind!r}, profile=PROFILE) with them in PROFILE")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.kind, self.origin, self.missing, self.fix)
+
+
 def _check(kind: str, s: dict[str, Any], origin: str) -> None:
     missing = [k for k in REQUIRED if s.get(k) is None]
     if missing:
         fix = {k: s.get(k) if s.get(k) is not None else _EXAMPLE[k] for k in REQUIRED}
-        raise ClusterError(
-            f"{origin}: {' and '.join(missing)} per job must be set for --cluster {kind}. "
-            f"Add to the profile:\n{_snippet(kind, fix)}\n"
-            f"or call cluster.connect({kind!r}, profile=PROFILE) with them in PROFILE")
+        raise MissingSettings(kind, origin, missing, fix)
     for key in _INTS:
         v = s.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
@@ -210,9 +233,10 @@ def settings(kind: str, *, profile: Path | str | None = None, **overrides: Any) 
 
     Raises
     ------
+    MissingSettings
+        A missing ``cores``/``memory`` (the message shows the profile lines to add).
     ClusterError
-        A missing ``cores``/``memory`` (the message shows the profile lines to
-        add), a bad value, an unknown key.
+        A bad value, an unknown key.
     """
     s = _defaults(kind)
     origin = str(profile) if profile is not None else f"the {kind} cluster settings"

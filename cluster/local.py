@@ -30,7 +30,7 @@ def local_cluster(*, n_workers: int | None = None, threads_per_worker: int | Non
     """Start a local cluster bound to localhost; stop it on exit.
 
     Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker, which
-    made small torch models 2-3x slower here (DESIGN.md); it is unset.
+    made small torch models 2-3x slower here (docs/architecture.md); it is unset.
     """
     shape = default_shape()
     n_workers = n_workers or shape[0]

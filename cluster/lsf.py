@@ -8,6 +8,7 @@ from typing import Any
 
 from dask_jobqueue.lsf import LSFCluster, LSFJob, lsf_detect_units, lsf_format_bytes_ceil
 
+from cluster import ClusterError
 from cluster.jobqueue import JobMixin, directive, walltime_seconds
 
 __all__ = ["Job", "Cluster", "header", "job_id", "walltime", "PREFIX", "SUBMIT", "SUBMIT_STDIN"]
@@ -48,7 +49,7 @@ def job_id(out: str) -> str:
     """The job id in ``bsub`` output (``Job <123> is submitted to queue <normal>.``)."""
     m = re.search(r"<(\d+)>", out)
     if m is None:
-        raise ValueError(f"no job id in bsub output {out!r}")
+        raise ClusterError(f"no job id in bsub output {out!r}")
     return m.group(1)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from dask_jobqueue.pbs import PBSCluster, PBSJob, pbs_format_bytes_ceil
 
+from cluster import ClusterError
 from cluster.jobqueue import JobMixin, directive, walltime_seconds
 
 __all__ = ["Job", "Cluster", "header", "job_id", "walltime", "PREFIX", "SUBMIT", "SUBMIT_STDIN"]
@@ -44,7 +45,7 @@ def job_id(out: str) -> str:
     """The job id printed by ``qsub`` (``123.server``)."""
     m = re.search(r"(\d+(?:\.[\w.-]+)?)", out)
     if m is None:
-        raise ValueError(f"no job id in qsub output {out!r}")
+        raise ClusterError(f"no job id in qsub output {out!r}")
     return m.group(1)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from dask_jobqueue.slurm import SLURMCluster, SLURMJob, slurm_format_bytes_ceil
 
+from cluster import ClusterError
 from cluster.jobqueue import JobMixin, directive, walltime_seconds
 
 __all__ = ["Job", "Cluster", "header", "job_id", "walltime", "PREFIX", "SUBMIT", "SUBMIT_STDIN"]
@@ -47,7 +48,7 @@ def job_id(out: str) -> str:
     """The job id in ``sbatch --parsable`` output (``123`` or ``123;cluster``)."""
     m = re.search(r"(\d+)", out)
     if m is None:
-        raise ValueError(f"no job id in sbatch output {out!r}")
+        raise ClusterError(f"no job id in sbatch output {out!r}")
     return m.group(1)
 
 

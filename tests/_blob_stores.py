@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
+from pipeline.store import COORDS
+
 CLASSES = ("diffuse", "galaxy", "star")
 
 
@@ -25,8 +27,10 @@ def make_store(path: Path, *, n: int = 300, size: int = 32, n_exp: int = 3, seed
 
     ``offset`` adds a residual background U(-0.5, 0.5) per stamp; ``edge_nan`` blanks
     the top 5 rows of the first stamp (off the exposure edge); the last ``unlabelled``
-    sources get label ""; ``labels`` overrides them all; ``psf`` adds a ``psf_fwhm``
-    coordinate of that value (NaN allowed).  Noise sigma 1.
+    sources get label ""; ``labels`` overrides them all; ``psf`` is every source's
+    ``psf_fwhm`` (default NaN: unknown, as ``import-images`` writes).  Noise sigma 1.
+    The store follows the cutout-store contract (``pipeline.store.open_store``): the
+    per-source coordinates it does not simulate (positions, shapes, sky) are NaN or 0.
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -52,14 +56,28 @@ def make_store(path: Path, *, n: int = 300, size: int = 32, n_exp: int = 3, seed
                        else [CLASSES[i % 3] for i in range(n)], dtype=object)
     if unlabelled:
         names[n - unlabelled:] = ""
-    coords = {"source_id": ("source", np.arange(n, dtype=np.int64) + first_id),
-              "label": ("source", names.astype(str)),
-              "exposure": ("source", np.asarray([f"exp{i * n_exp // n}" for i in range(n)]))}
-    if psf is not None:
-        coords["psf_fwhm"] = ("source", np.full(n, psf, np.float32))
+    coords = {name: ("source", np.full(n, np.nan if dtype.startswith("float") else 0, dtype))
+              for name, dtype in COORDS.items() if dtype != "str"}  # what the blobs lack
+    coords.update({
+        "source_id": ("source", np.arange(n, dtype=np.int64) + first_id),
+        "label": ("source", names.astype(str)),
+        "exposure": ("source", np.asarray([f"exp{i * n_exp // n}" for i in range(n)])),
+        "psf_fwhm": ("source", np.full(n, np.nan if psf is None else psf, np.float32)),
+    })
     ds = xr.Dataset({"image": (("source", "band", "y", "x"), images)}, coords=coords,
-                    attrs={"bands": ["r"], "stamp": size})
+                    attrs={"skysieve_version": "test", "kind": "cutouts", "stamp": size,
+                           "bands": ["r"], "pixel_scale": 1.0, "chunk_sources": n,
+                           "inputs": [], "classes": sorted(set(names) - {""}), "rejects": 0,
+                           "created": "2000-01-01T00:00:00+00:00"})
     with warnings.catch_warnings():  # zarr: fixed-length strings have no v3 spec yet
         warnings.simplefilter("ignore")
-        ds.to_zarr(path, zarr_format=3, mode="w")
+        ds.to_zarr(path, zarr_format=3, mode="w", encoding=image_encoding(ds))
     return path
+
+
+def image_encoding(ds: xr.Dataset) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``to_zarr`` encoding that chunks ``image`` along ``source`` only, as the contract wants
+    (Zarr's default chunks a new array along every axis)."""
+    _, n_band, h, w = ds["image"].shape
+    return {"image": {"chunks": (int(ds.attrs.get("chunk_sources", ds.sizes["source"])),
+                                 n_band, h, w)}}

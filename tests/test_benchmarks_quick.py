@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +49,13 @@ def test_model_rate_and_stage_profile(tiny_store: Path) -> None:
 
     rate = model_rate(create_model("lenet5", num_classes=6), 64, batch_size=8, threads=1,
                       target_s=0.01, repeats=1)
-    assert rate > 0
+    assert isinstance(rate, float) and np.isfinite(rate) and rate > 0
     stages = stage_profile(tiny_store, "default", 16, threads=1)
     assert set(stages) == {"read", "preprocess", "blur", "model", "other", "task"}
-    assert all(v >= 0 for v in stages.values()) and stages["task"] > stages["model"] > 0
+    assert all(isinstance(v, float) and np.isfinite(v) and v >= 0 for v in stages.values())
+    # structure, not speed: "other" is what the task spends outside the four measured stages
+    parts = sum(stages[k] for k in ("read", "preprocess", "blur", "model"))
+    assert stages["other"] == pytest.approx(max(0.0, stages["task"] - parts), abs=1e-12)
 
 
 def test_naive_and_dataloader_write_the_same_catalogue(tiny_store: Path, tmp_path: Path) -> None:
@@ -71,16 +76,30 @@ def test_naive_and_dataloader_write_the_same_catalogue(tiny_store: Path, tmp_pat
     assert (a.label == b.label).all()
 
 
-def test_peak_rss_sampler_sees_an_allocation() -> None:
-    sampler = _common.PeakRSS(interval=0.002)
+def test_peak_rss_sampler_counts_the_rss_at_stop() -> None:
+    """The last sample is taken by ``stop``: an allocation alive then counts, with no thread sample."""
+    sampler = _common.PeakRSS(interval=3600)  # the thread never samples within the test
     before = sampler.reset()
     block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-    import time
-
-    time.sleep(0.05)
     peak = sampler.stop()
     assert peak - before > 48 * 2**20
     del block
+
+
+def test_peak_rss_sampler_thread_keeps_a_freed_peak() -> None:
+    """A block freed before ``stop`` still counts once the thread has sampled it."""
+    sampler = _common.PeakRSS(interval=0.001)
+    before = sampler.reset()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    seen = sampler.samples
+    deadline = time.monotonic() + 30
+    while sampler.samples < seen + 2:  # one whole thread sample after the allocation
+        assert time.monotonic() < deadline, "the sampler thread took no sample in 30 s"
+        time.sleep(0.001)
+    del block
+    gc.collect()
+    peak = sampler.stop()
+    assert peak - before > 48 * 2**20
 
 
 def test_gpu_harness_says_no_gpu_lent(results: Path) -> None:

@@ -4,8 +4,9 @@ Tasks never carry weights.  A task calls :func:`get_predictor` with the
 checkpoint path and its sha256 (small strings); the first call in a process
 loads the checkpoint (verifying the sha256) and later calls return the same
 :class:`~workers.inference.Predictor`.  :class:`ModelPlugin` preloads it when a
-worker starts (``client.register_plugin(ModelPlugin(path, sha256))``) and drops
-it when the plugin is removed or replaced.
+worker starts (``client.register_plugin(ModelPlugin(path, sha256))``; ``skysieve
+classify`` registers one per run on a distributed cluster) and drops it when the
+plugin is removed or replaced.
 
 Inside a Dask worker, torch runs one intra-op thread per task: a worker with
 ``T`` threads runs ``T`` tasks at once, so ``T x 1`` threads are its share of

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline import catalogue
-from pipeline.errors import HatsExportError, SkysieveError
+from pipeline.catalogue.part_files import parts, read_metadata
+from pipeline.errors import HatsExportError
 
 __all__ = ["HatsSummary", "HatsExportError", "to_hats", "HATS_REQUIREMENTS"]
 
@@ -189,8 +189,8 @@ def to_hats(catalogue_dir: Path, out: Path, *, pixel_threshold: int = 1_000_000,
 
     t0 = time.perf_counter()
     catalogue_dir, out = Path(catalogue_dir), Path(out)
-    files = catalogue.parts(catalogue_dir)
-    catalogue.read_metadata(catalogue_dir)  # a skysieve catalogue, not any Parquet
+    files = parts(catalogue_dir)
+    read_metadata(catalogue_dir)  # a skysieve catalogue, not any Parquet
     if not (isinstance(pixel_threshold, int) and pixel_threshold >= 1):
         raise HatsExportError(f"to_hats: pixel_threshold={pixel_threshold!r} must be a positive "
                               "integer (rows per partition)")

@@ -4,7 +4,9 @@ Each task reads its own chunk straight from the Zarr store, preprocesses it,
 scores blur, runs the worker's cached model in batches and writes one Parquet
 part atomically; it returns only a small summary. Pixels never pass through the
 client or the scheduler, the model is loaded once per worker process (keyed by
-its sha256), and a rerun skips the parts that are already whole.
+its sha256; on a distributed cluster preloaded by a
+:class:`workers.model_cache.ModelPlugin` before the first task), and a rerun
+skips the parts that are already whole.
 
 On a whole-exposure store (``attrs["item"] == "exposure"``, written by
 :mod:`pipeline.ingest.whole_exposure`) each row is an exposure/CCD, and its blur score
@@ -26,19 +28,18 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__, catalogue, config
-
+from pipeline import __version__, bundled, config
+from pipeline.catalogue import part_files
+from pipeline.catalogue.layout import (FLAG_EMPTY, PART_GLOB, REJECTS_FILE, RUN_FILE,
+                                       SUMMARY_FILE, healpix_order_doc, part_path)
 from pipeline.classify import run_lock
-from pipeline import bundled
+from pipeline.files import write_json
 from pipeline.imaging.stamp_stats import STAMP_STATS
 from pipeline.store import read_rows
 from workers.checkpoint import ModelCard, load_card, load_checkpoint
 
 __all__ = ["classify", "RunSummary", "classify_chunk"]
 
-RUN_FILE = "_run.json"
-SUMMARY_FILE = "_summary.json"
-REJECTS_FILE = "_rejects.parquet"
 _COORDS = ("source_id", "exposure", "ccd", "ra", "dec", "x", "y", "psf_fwhm", "flags")
 
 
@@ -145,7 +146,7 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
         ref = float(np.percentile(finite, 10)) if finite.size else 1.0
     blur = (fwhm / np.float32(ref)).astype(np.float32)
 
-    flags = cols["flags"].astype(np.int32) | np.where(np.isfinite(blur), 0, catalogue.FLAG_EMPTY).astype(np.int32)
+    flags = cols["flags"].astype(np.int32) | np.where(np.isfinite(blur), 0, FLAG_EMPTY).astype(np.int32)
     ra = cols["ra"].astype(np.float64)
     dec = cols["dec"].astype(np.float64)
     healpix = np.full(ra.shape, -1, dtype=np.int64)
@@ -175,8 +176,8 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     if labels is not None:
         data["true_label"] = pa.array(labels, pa.string())
     table = pa.table(data)
-    catalogue.write_part(table, Path(part), metadata={**metadata, "blur_reference_fwhm": ref},
-                         row_group_size=row_group_size)
+    part_files.write_part(table, Path(part), metadata={**metadata, "blur_reference_fwhm": ref},
+                          row_group_size=row_group_size)
     return {"part": Path(part).name, "rows": table.num_rows, "seconds": time.perf_counter() - t0}
 
 
@@ -203,7 +204,7 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> Non
     run_file = out / RUN_FILE
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: exists and is not a directory; choose another --out")
-    is_catalogue = run_file.exists() or any(out.glob(catalogue.PART_GLOB))
+    is_catalogue = run_file.exists() or any(out.glob(PART_GLOB))
     if out.exists() and not is_catalogue and any(out.iterdir()):
         raise FileExistsError(f"{out}: is a non-empty directory that is not a skysieve "
                               "catalogue; choose another --out")
@@ -216,12 +217,10 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> Non
             raise FileExistsError(f"{out}: holds a catalogue from a different run (differs in "
                                   f"{', '.join(changed)}); pass --overwrite to start over or "
                                   "choose another --out")
-    elif out.exists() and out.is_dir() and any(out.glob(catalogue.PART_GLOB)):
+    elif out.exists() and out.is_dir() and any(out.glob(PART_GLOB)):
         raise FileExistsError(f"{out}: holds catalogue parts but no {RUN_FILE}; pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = run_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
-    tmp.replace(run_file)
+    write_json(run_file, fingerprint)
     for stale in out.glob(".part-*.tmp"):  # leftovers of a run killed mid-write
         stale.unlink(missing_ok=True)
 
@@ -281,7 +280,7 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
                            "overwrite": overwrite},
         }
         reference = _reference_fwhm(group) if "psf_fwhm" in group else None
-        todo = [(catalogue.part_path(out, i), start, stop) for i, (start, stop) in enumerate(bounds)]
+        todo = [(part_path(out, i), start, stop) for i, (start, stop) in enumerate(bounds)]
         skipped = sum(part.exists() for part, _, _ in todo)
         todo = [job for job in todo if not job[0].exists()]
 
@@ -293,7 +292,8 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
                 row_group_size=row_group_size, metadata=metadata,
                 dask_key_name=f"classify-{part.stem}-{uuid.uuid4().hex[:8]}")
 
-        results, failed = _run_tasks(todo, make_task, progress=progress)
+        model_plugin = {"path": str(checkpoint), "sha256": card.sha256, "batch_size": batch_size}
+        results, failed = _run_tasks(todo, make_task, progress=progress, preload=model_plugin)
         for stale in out.glob(".part-*.tmp"):  # written by a task whose worker died
             stale.unlink(missing_ok=True)
         _copy_rejects(ds, out)
@@ -303,19 +303,22 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
             parts_skipped=skipped, rejects=len(ds.attrs.get("rejects", [])),
             seconds=time.perf_counter() - t0, model=model_name, model_sha256=card.sha256,
             failed=failed, rows_this_run=sum(r["rows"] for r in results))
-        (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
+        write_json(out / SUMMARY_FILE, summary.to_dict())
     return summary
 
 
-def healpix_order_doc(order: int) -> dict[str, Any]:
-    """Metadata describing the ``healpix`` column."""
-    return {"order": order, "nside": 2**order, "scheme": "nested",
-            "frame": "ICRS (ra, dec)", "missing": -1}
-
-
 def _run_tasks(todo: list[tuple[Path, int, int]], make_task: Callable[..., Any], *,
-               progress: bool, attempts: int = 3) -> tuple[list[dict], list[dict]]:
+               progress: bool, attempts: int = 3,
+               preload: dict[str, Any] | None = None) -> tuple[list[dict], list[dict]]:
     """Run one task per ``(part, start, stop)`` on the current distributed client (or threads).
+
+    On a distributed client, ``preload`` (the ``path``, ``sha256`` and ``batch_size``
+    the tasks pass to :func:`workers.model_cache.get_predictor`) is registered first
+    as a :class:`workers.model_cache.ModelPlugin`: every worker, and every worker
+    that joins or restarts later, loads the model once before its first task, and
+    the tasks find it in the worker's cache.  Registering it replaces the plugin of
+    an earlier run (and drops that run's model); a worker that cannot load the
+    checkpoint fails the run here with its error, before any task.
 
     A task whose future ends neither finished nor erred (cancelled or lost when the
     scheduler dropped it with a dead worker) is submitted again, up to ``attempts``
@@ -341,6 +344,10 @@ def _run_tasks(todo: list[tuple[Path, int, int]], make_task: Callable[..., Any],
         return list(dask.compute(*(make_task(*job) for job in todo), scheduler="threads")), []
     from distributed import KilledWorker
 
+    if preload is not None:
+        from workers.model_cache import ModelPlugin
+
+        client.register_plugin(ModelPlugin(**preload))
     results, failed = [], []
     for attempt in range(1, attempts + 1):
         futures = client.compute([make_task(*job) for job in todo])
@@ -376,7 +383,7 @@ def _run_tasks(todo: list[tuple[Path, int, int]], make_task: Callable[..., Any],
 def _part_rows(out: Path) -> list[int]:
     import pyarrow.parquet as pq
 
-    return [pq.read_metadata(p).num_rows for p in sorted(out.glob(catalogue.PART_GLOB))]
+    return [pq.read_metadata(p).num_rows for p in sorted(out.glob(PART_GLOB))]
 
 
 def _copy_rejects(ds, out: Path) -> None:
@@ -386,6 +393,4 @@ def _copy_rejects(ds, out: Path) -> None:
         "hdu": pa.array([str(r.get("hdu", "")) for r in rejects], pa.string()),
         "reason": pa.array([str(r.get("reason", "")) for r in rejects], pa.string()),
     })
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, out / REJECTS_FILE)
+    part_files.write_table(table, out / REJECTS_FILE)

@@ -1,45 +1,26 @@
-"""The ``skysieve`` command line: each command parses its options and calls a plain function."""
+"""The ``skysieve`` command line: the click group and the registration of every command.
+
+Commands live in one module per family, each importing only :mod:`pipeline.cli.base`:
+
+- :mod:`pipeline.cli.stages`: ``synth``, ``ingest``, ``import-images``, ``info``,
+  ``classify``, ``run``, ``demo``, ``query``, ``plan``;
+- :mod:`pipeline.cli.models`: ``train``, ``evaluate``, ``compare``;
+- :mod:`pipeline.cli.catalogue`: ``catalogue to-hats``, ``report``;
+- :mod:`pipeline.cli.cluster`: ``cluster job-script``, ``submit``.
+"""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-from typing import Any, Callable
 
 import click
 
 from pipeline import __version__
-from pipeline.cli.base import CONTEXT, one_line_errors
+from pipeline.cli.base import CONTEXT
+from pipeline.cli.catalogue import catalogue_group, report
+from pipeline.cli.cluster import cluster_group, submit
+from pipeline.cli.models import compare, evaluate, train
+from pipeline.cli.stages import COMMANDS as STAGE_COMMANDS
 
-_EXISTING = click.Path(exists=True, path_type=Path)
-_NEW = click.Path(path_type=Path)
-
-
-_user_errors = one_line_errors()
-
-
-def _cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the options that choose where a computing command runs."""
-    func = click.option("--threads", "threads_per_worker", type=int, default=None,
-                        help="Threads per worker (default: chosen from the cores).")(func)
-    func = click.option("--workers", "n_workers", type=int, default=None,
-                        help="Worker processes (default: chosen from the cores).")(func)
-    func = click.option("--profile", type=_EXISTING, default=None,
-                        help="YAML cluster profile (read with yaml.safe_load).")(func)
-    func = click.option("--cluster", "cluster_kind", default=None,
-                        help="auto | local | cuda | slurm | pbs | lsf | tcp://host:port | scheduler.json "
-                             "(default: auto = cuda when GPUs are visible, else local).")(func)
-    return func
-
-
-def _connect(cluster_kind: str | None, profile: Path | None, n_workers: int | None,
-             threads_per_worker: int | None):
-    from cluster import connect
-
-    from pipeline import config
-
-    return connect(config.resolve("cluster.kind", cluster_kind), profile=profile,
-                   n_workers=n_workers, threads_per_worker=threads_per_worker)
+__all__ = ["cli", "main"]
 
 
 @click.group(context_settings=CONTEXT)
@@ -48,211 +29,12 @@ def cli() -> None:
     """skysieve: FITS exposures -> Zarr cutouts -> Dask + batched model -> Parquet catalogue."""
 
 
-@cli.command()
-@click.argument("out_dir", type=_NEW)
-@click.option("--exposures", default=4, show_default=True, help="Number of exposures.")
-@click.option("--size", default=2048, show_default=True, help="Exposure side in pixels.")
-@click.option("--sources", default=None, type=int, help="Sources per exposure (default: from the size).")
-@click.option("--ccds", default=1, show_default=True, help="CCDs (image extensions) per exposure.")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the survey is deterministic for it.")
-@click.option("--pointed", is_flag=True,
-              help="Pointed exposures: one large target (galaxy or nebula/star cluster) per "
-                   "exposure, for whole-exposure classification.")
-@_user_errors
-def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: int, seed: int,
-          pointed: bool) -> None:
-    """Render a synthetic survey (GalSim FITS exposures + truth.parquet) into OUT_DIR."""
-    from pipeline.simulation import survey as synthesis
-
-    if pointed:
-        summary = synthesis.synthesize_pointed(out_dir, exposures=exposures, size=size, seed=seed)
-    else:
-        summary = synthesis.synthesize(out_dir, exposures=exposures, size=size,
-                                       sources=sources, ccds=ccds, seed=seed)
-    click.echo(summary.describe())
-
-
-@cli.command()
-@click.argument("exposures", nargs=-1, required=True, type=_EXISTING)
-@click.option("--out", required=True, type=_NEW, help="Cutout store to write (STORE.zarr).")
-@click.option("--sources", "source_table", type=_EXISTING, default=None,
-              help="Source table (Parquet, CSV or FITS; ra/dec or x/y) for forced cutouts.")
-@click.option("--truth", type=_EXISTING, default=None, help="Truth table; labels matched by position.")
-@click.option("--stamp", type=int, default=None, help="Cutout side in pixels (default: config, 64).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--whole-exposure", is_flag=True,
-              help="Store each exposure/CCD whole (one item per image) instead of cutouts.")
-@click.option("--downsample", default=1, show_default=True,
-              help="With --whole-exposure: block-average by this factor.")
-@_cluster_options
-@_user_errors
-def ingest(exposures: tuple[Path, ...], out: Path, source_table: Path | None, truth: Path | None,
-           stamp: int | None, overwrite: bool, whole_exposure: bool, downsample: int,
-           cluster_kind: str | None, profile: Path | None, n_workers: int | None,
-           threads_per_worker: int | None) -> None:
-    """Detect sources in EXPOSURES (FITS) and write their cutouts to a Zarr store."""
-    from pipeline.ingest.exposures import ingest as run_ingest
-
-    if whole_exposure and (source_table is not None or stamp is not None):
-        raise click.UsageError("--whole-exposure stores whole images: drop --sources/--stamp")
-    if downsample != 1 and not whole_exposure:
-        raise click.UsageError("--downsample applies to --whole-exposure only")
-    with _connect(cluster_kind, profile, n_workers, threads_per_worker):
-        if whole_exposure:
-            from pipeline.ingest.whole_exposure import ingest_whole
-
-            summary = ingest_whole(list(exposures), out, downsample=downsample, truth=truth,
-                                   overwrite=overwrite)
-        else:
-            summary = run_ingest(list(exposures), out, sources=source_table, truth=truth,
-                                 stamp=stamp, overwrite=overwrite)
-    click.echo(summary.describe())
-    if summary.n_sources == 0:
-        sys.exit(1)
-
-
-@cli.command("import-images")
-@click.argument("directory", type=_EXISTING)
-@click.option("--labels", required=True, type=_EXISTING, help="CSV with path,label[,frame,x,y].")
-@click.option("--out", required=True, type=_NEW, help="Cutout store to write (STORE.zarr).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@_user_errors
-def import_images(directory: Path, labels: Path, out: Path, overwrite: bool) -> None:
-    """Turn a labelled folder of PNG/JPEG cutouts into a cutout store."""
-    from pipeline.ingest.images import import_images as run_import
-
-    summary = run_import(directory, labels, out, overwrite=overwrite)
-    click.echo(summary.describe())
-
-
-@cli.command()
-@click.argument("store", type=_EXISTING)
-@_user_errors
-def info(store: Path) -> None:
-    """Print a summary of a cutout STORE: sources, chunks, classes, provenance."""
-    from pipeline.store import describe
-
-    click.echo(describe(store))
-
-
-@cli.command()
-@click.argument("store", type=_EXISTING)
-@click.option("--out", required=True, type=_NEW, help="Catalogue directory to write.")
-@click.option("--model", default=None, help="Bundled model name or checkpoint path (default: 'default').")
-@click.option("--batch-size", type=int, default=None, help="Images per forward pass (default: config).")
-@click.option("--overwrite", is_flag=True, help="Start over instead of resuming.")
-@_cluster_options
-@_user_errors
-def classify(store: Path, out: Path, model: str | None, batch_size: int | None, overwrite: bool,
-             cluster_kind: str | None, profile: Path | None, n_workers: int | None,
-             threads_per_worker: int | None) -> None:
-    """Classify every cutout in STORE and write the Parquet catalogue (resumable)."""
-    from pipeline.classify.graph import classify as run_classify
-
-    with _connect(cluster_kind, profile, n_workers, threads_per_worker) as client:
-        click.echo(f"dashboard: {client.dashboard_link}", err=True)
-        summary = run_classify(store, out, model=model, batch_size=batch_size, overwrite=overwrite)
-    click.echo(summary.describe())
-    if summary.failed:
-        sys.exit(1)
-
-
-@cli.command()
-@click.argument("exposures", nargs=-1, required=True, type=_EXISTING)
-@click.option("--out", required=True, type=_NEW, help="Output directory (cutouts.zarr, catalogue/).")
-@click.option("--truth", type=_EXISTING, default=None, help="Truth table; labels matched by position.")
-@click.option("--sources", "source_table", type=_EXISTING, default=None,
-              help="Source table for forced cutouts instead of detection.")
-@click.option("--model", default=None, help="Bundled model name or checkpoint path.")
-@click.option("--batch-size", type=int, default=None, help="Images per forward pass.")
-@click.option("--overwrite", is_flag=True, help="Redo the ingest and the classification.")
-@_cluster_options
-@_user_errors
-def run(exposures: tuple[Path, ...], out: Path, truth: Path | None, source_table: Path | None,
-        model: str | None, batch_size: int | None, overwrite: bool, cluster_kind: str | None,
-        profile: Path | None, n_workers: int | None, threads_per_worker: int | None) -> None:
-    """The whole night: ingest EXPOSURES, then classify them, into OUT."""
-    from pipeline.classify.night import run_night
-
-    with _connect(cluster_kind, profile, n_workers, threads_per_worker) as client:
-        click.echo(f"dashboard: {client.dashboard_link}", err=True)
-        result = run_night(list(exposures), out, truth=truth, sources=source_table, model=model,
-                           batch_size=batch_size, overwrite=overwrite)
-    click.echo(result.describe())
-    if result.classify.failed:
-        sys.exit(1)
-
-
-@cli.command()
-@click.option("--out", default="demo-out", show_default=True, type=_NEW, help="Output directory.")
-@click.option("--exposures", default=4, show_default=True, help="Synthetic exposures.")
-@click.option("--size", default=2048, show_default=True, help="Exposure side in pixels.")
-@click.option("--seed", default=2026, show_default=True, help="Survey seed.")
-@click.option("--model", default=None, help="Bundled model name or checkpoint path.")
-@_cluster_options
-@_user_errors
-def demo(out: Path, exposures: int, size: int, seed: int, model: str | None,
-         cluster_kind: str | None, profile: Path | None, n_workers: int | None,
-         threads_per_worker: int | None) -> None:
-    """Synthesise a survey, run the whole night on a local cluster, and score it against truth."""
-    from pipeline.classify.night import run_demo
-
-    with _connect(cluster_kind, profile, n_workers, threads_per_worker) as client:
-        click.echo(f"dashboard: {client.dashboard_link}", err=True)
-        report = run_demo(out, exposures=exposures, size=size, seed=seed, model=model)
-    click.echo(report)
-
-
-@cli.command()
-@click.argument("catalogue", type=_EXISTING)
-@click.argument("sql")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV instead of a table.")
-@_user_errors
-def query(catalogue: Path, sql: str, as_csv: bool) -> None:
-    """Run DuckDB SQL over CATALOGUE, exposed as the table `catalogue`."""
-    import duckdb
-
-    from pipeline.catalogue import query as run_query
-
-    try:
-        df = run_query(catalogue, sql)
-    except duckdb.Error as exc:
-        raise click.ClickException(f"query failed: {exc}") from exc
-    click.echo(df.to_csv(index=False) if as_csv else df.to_string(index=False))
-
-
-@cli.command()
-@click.option("--sources", required=True, type=float, help="Sources in the release (e.g. 1e9).")
-@click.option("--model", default="default", show_default=True, help="Model whose throughput counts.")
-@click.option("--gpus-per-node", default=0, show_default=True, help="GPUs per node (0: CPU nodes).")
-@click.option("--cores-per-node", type=int, default=None, help="CPU cores per node (default: this machine's).")
-@click.option("--hours", default=8.0, show_default=True, help="Length of the night.")
-@click.option("--measurements", type=_EXISTING, default=None,
-              help="Benchmark results directory (default: benchmarks/results of this installation).")
-@_user_errors
-def plan(sources: float, model: str, gpus_per_node: int, cores_per_node: int | None, hours: float,
-         measurements: Path | None) -> None:
-    """Estimate the nodes and node-hours a whole release needs, from measured throughputs."""
-    from pipeline.hpc.plan import plan as run_plan
-
-    result = run_plan(sources=sources, model=model, gpus_per_node=gpus_per_node,
-                      cores_per_node=cores_per_node, hours=hours, measurements=measurements)
-    click.echo(result.get("markdown", result))
-
-
-def _register_command_groups() -> None:
-    from pipeline.cli.catalogue import catalogue_group, report
-    from pipeline.cli.cluster import cluster_group, submit
-    from pipeline.cli.models import compare, evaluate, train
-
-    for command in (train, evaluate, compare, cluster_group, submit, catalogue_group, report):
-        cli.add_command(command)
-
-
-_register_command_groups()
+for _command in (*STAGE_COMMANDS, train, evaluate, compare, catalogue_group, report,
+                 cluster_group, submit):
+    cli.add_command(_command)
+del _command
 
 
 def main() -> None:
     """Entry point of the ``skysieve`` console script."""
     cli()
-

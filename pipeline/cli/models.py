@@ -19,7 +19,7 @@ __all__ = ["compare", "evaluate", "parse_floats", "train"]
 _EXISTING = click.Path(exists=True, path_type=Path)
 _NEW = click.Path(path_type=Path)
 
-_user_errors = one_line_errors(ValueError)
+_user_errors = one_line_errors()  # TrainingError, EvaluationError, CompareError, StoreError, ...
 
 
 def parse_floats(text: str, *, option: str) -> tuple[float, ...]:

@@ -35,13 +35,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PlanError, SkysieveError
+from pipeline.checks import positive_int, positive_number
+from pipeline.errors import PlanError
 
 __all__ = ["plan", "describe", "measurements_dir", "PlanError"]
 
 _STAGES = ("I/O read", "preprocessing+blur", "model", "catalogue write")
 _ALIASES = {"hr_celestialnet": "hr_celestialnet_cutout"}
 _RUN_RAW = "run `python -m benchmarks raw_model` first"
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # pipeline/hpc/plan.py -> the source tree
 
 
 def measurements_dir(measurements: Path | None = None) -> Path:
@@ -60,7 +62,7 @@ def measurements_dir(measurements: Path | None = None) -> Path:
     elif os.environ.get("SKYSIEVE_BENCHMARKS"):
         where, how = Path(os.environ["SKYSIEVE_BENCHMARKS"]), "$SKYSIEVE_BENCHMARKS"
     else:
-        where, how = Path(__file__).resolve().parents[1] / "benchmarks" / "results", "default"
+        where, how = _SOURCE_ROOT / "benchmarks" / "results", "default"
     if not where.is_dir():
         raise PlanError(f"{where}: no benchmark results folder ({how}); {_RUN_RAW} in the source "
                         "tree, or pass --measurements DIR / set $SKYSIEVE_BENCHMARKS")
@@ -81,17 +83,12 @@ def _load(folder: Path, name: str, *, required: bool) -> dict[str, Any] | None:
 
 
 def _check(sources: float, gpus_per_node: int, cores_per_node: int | None, hours: float) -> None:
-    if isinstance(sources, bool) or not isinstance(sources, (int, float)) or not (
-            math.isfinite(sources) and sources > 0):
-        raise PlanError(f"sources must be a positive number (e.g. 1e9), got {sources!r}")
+    positive_number("sources", sources, error=PlanError, hint=" (e.g. 1e9)")
     if isinstance(gpus_per_node, bool) or not isinstance(gpus_per_node, int) or gpus_per_node < 0:
         raise PlanError(f"gpus_per_node must be an integer >= 0, got {gpus_per_node!r}")
-    if cores_per_node is not None and (isinstance(cores_per_node, bool) or not isinstance(
-            cores_per_node, int) or cores_per_node < 1):
-        raise PlanError(f"cores_per_node must be an integer >= 1, got {cores_per_node!r}")
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not (
-            math.isfinite(hours) and hours > 0):
-        raise PlanError(f"hours must be a positive number, got {hours!r}")
+    if cores_per_node is not None:
+        positive_int("cores_per_node", cores_per_node, error=PlanError)
+    positive_number("hours", hours, error=PlanError, hint=" (e.g. 8)")
 
 
 def _model_row(raw: dict[str, Any], model: str, path: Path) -> dict[str, Any]:

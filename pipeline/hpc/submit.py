@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.files import atomic_write
+
 __all__ = ["Submission", "driver_command", "driver_script", "submit"]
 
 _JOB_NAME = "skysieve-night"
@@ -122,12 +124,12 @@ def submit(args: Sequence[str], *, profile: Path, kind: str = "slurm",
     Raises
     ------
     cluster.ClusterError
-        A bad profile, or the submit command failed (its stderr is in the message).
+        No ``args``, a bad profile, or the submit command failed (its stderr is in the message).
     """
-    from cluster import jobqueue
+    from cluster import ClusterError, jobqueue
 
     if not args:
-        raise ValueError("nothing to submit: give the skysieve command after --, "
+        raise ClusterError("nothing to submit: give the skysieve command after --, "
                          "e.g. skysieve submit --profile p.yaml -- run a.fits --out night")
     script_text, settings = driver_script(args, profile=profile, kind=kind,
                                           add_cluster_options=add_cluster_options)
@@ -138,7 +140,7 @@ def submit(args: Sequence[str], *, profile: Path, kind: str = "slurm",
     job_id = None
     if not dry_run:
         log_dir.mkdir(parents=True, exist_ok=True)
-        script.write_text(script_text)
+        atomic_write(script, script_text)
         job_id = jobqueue.submit_script(kind, script)
     return Submission(job_id=job_id, script=script, log=_log_path(kind, log_dir, job_id),
                       command=command, text=script_text)

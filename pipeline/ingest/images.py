@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,23 +25,20 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config
+from pipeline.errors import ImageFolderError, SourceTableError
 from pipeline.ingest.detect import FLAG_EDGE
-from pipeline.errors import SkysieveError, SourceTableError
 from pipeline.ingest.fits_io import file_sha256
+from pipeline.ingest.scan import reject_row, validate_int
 from pipeline.store import (
+    building,
     check_unique_ids,
-    commit_store,
     create_store,
-    discard,
     path_source_id,
     prepare_output,
-    temporary_sibling,
     write_chunk,
 )
 
 __all__ = ["ImportSummary", "import_images"]
-
-_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass
@@ -100,13 +98,10 @@ def _ring_stats(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ring = np.ones(stamps.shape[1:], bool)
     ring[2:-2, 2:-2] = False
     values = stamps[:, ring]
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            sky = np.nanmedian(values, axis=1)
-            rms = 1.4826 * np.nanmedian(np.abs(values - sky[:, None]), axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rings -> NaN
+        sky = np.nanmedian(values, axis=1)
+        rms = 1.4826 * np.nanmedian(np.abs(values - sky[:, None]), axis=1)
     return sky.astype(np.float32), rms.astype(np.float32)
 
 
@@ -138,6 +133,8 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
 
     Raises
     ------
+    ImageFolderError
+        ``directory`` is not a directory, or a bad ``stamp`` or ``chunk_sources``.
     SourceTableError
         The CSV is unreadable or lacks ``path``/``label``.
     StoreError
@@ -146,10 +143,12 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
     t0 = time.perf_counter()
     directory, labels_csv, out = Path(directory), Path(labels_csv), Path(out)
     if not directory.is_dir():
-        raise SkysieveError(f"{directory}: not a directory of images")
-    chunk_sources = int(config.resolve("ingest.chunk-sources", chunk_sources))
-    if stamp is not None and (not isinstance(stamp, int) or not 4 <= stamp <= 1024):
-        raise SkysieveError(f"stamp must be an integer from 4 to 1024; got {stamp!r}")
+        raise ImageFolderError(f"{directory}: not a directory of images")
+    chunk_sources = validate_int("chunk_sources",
+                                 config.resolve("ingest.chunk-sources", chunk_sources), 1,
+                                 1 << 20, error=ImageFolderError)
+    if stamp is not None:
+        stamp = validate_int("stamp", stamp, 4, 1024, error=ImageFolderError)
     try:
         table = pd.read_csv(labels_csv, dtype={"path": str, "label": str, "frame": str,
                                                "md5": str})
@@ -159,7 +158,7 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
     if missing:
         raise SourceTableError(f"{labels_csv}: missing columns {missing!r}; the labels CSV "
                                f"needs path,label[,frame,x,y,md5]; it has {list(table.columns)!r}")
-    out = prepare_output(out, overwrite=overwrite)
+    out = prepare_output(out, overwrite=overwrite)  # refuse before any work
 
     rejects: list[dict[str, Any]] = []
     images, keep, seen = [], [], set()
@@ -167,39 +166,41 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
     total_bytes = 0
     digest = hashlib.sha256()
     for i, row in enumerate(table.itertuples(index=False)):
-        rel = str(getattr(row, "path"))
+        rel = str(row.path)
         path = (directory / rel).resolve()
         where = str(directory / rel)
         if not path.is_relative_to(root):
-            rejects.append({"file": where, "hdu": -1, "reason": f"row {i}: path {rel!r} is "
-                            "outside the image folder"})
+            rejects.append(reject_row(where, -1, f"row {i}: path {rel!r} is outside the "
+                                      "image folder"))
             continue
         if rel in seen:
-            rejects.append({"file": where, "hdu": -1, "reason": f"row {i}: duplicate path"})
+            rejects.append(reject_row(where, -1, f"row {i}: duplicate path"))
             continue
-        label = getattr(row, "label")
+        label = row.label
         if not isinstance(label, str) or not label.strip():
-            rejects.append({"file": where, "hdu": -1, "reason": f"row {i}: empty label"})
+            rejects.append(reject_row(where, -1, f"row {i}: empty label"))
             continue
         try:
             data = path.read_bytes()
         except OSError as exc:
-            rejects.append({"file": where, "hdu": -1, "reason": f"row {i}: cannot read ({exc})"})
+            rejects.append(reject_row(where, -1, f"row {i}: cannot read ({exc})"))
             continue
-        md5 = getattr(row, "md5", None) if "md5" in table.columns else None
-        if isinstance(md5, str) and md5.strip() and hashlib.md5(data).hexdigest() != md5.strip():
-            rejects.append({"file": where, "hdu": -1, "reason": f"row {i}: MD5 mismatch "
-                            f"(expected {md5.strip()!r}, got {hashlib.md5(data).hexdigest()!r})"})
-            continue
+        md5 = getattr(row, "md5", None)
+        if isinstance(md5, str) and md5.strip():
+            got = hashlib.md5(data).hexdigest()
+            if got != md5.strip():
+                rejects.append(reject_row(where, -1, f"row {i}: MD5 mismatch (expected "
+                                          f"{md5.strip()!r}, got {got!r})"))
+                continue
         try:
             image = _read_image(path)
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
-            rejects.append({"file": where, "hdu": -1,
-                            "reason": f"row {i}: not a readable image ({type(exc).__name__}: {exc})"})
+            rejects.append(reject_row(where, -1, f"row {i}: not a readable image "
+                                      f"({type(exc).__name__}: {exc})"))
             continue
         if image.ndim != 2 or min(image.shape) < 1:
-            rejects.append({"file": where, "hdu": -1,
-                            "reason": f"row {i}: image of shape {image.shape!r} is not 2-D"})
+            rejects.append(reject_row(where, -1, f"row {i}: image of shape {image.shape!r} "
+                                      "is not 2-D"))
             continue
         seen.add(rel)
         total_bytes += len(data)
@@ -250,17 +251,12 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
     inputs = [{"path": str(labels_csv.resolve()), "sha256": csv_sha, "bytes": csv_bytes},
               {"path": str(root), "sha256": digest.hexdigest(), "bytes": total_bytes,
                "files": n, "note": "sha256 over 'relpath NUL sha256(file)' lines in CSV order"}]
-    tmp = temporary_sibling(out)
-    try:
+    with building(out, overwrite=overwrite) as tmp:
         create_store(tmp, coords, stamp=stamp, bands=["grey"], chunk_sources=chunk_sources,
                      pixel_scale=math.nan, inputs=inputs, rejects=rejects,
                      extra_attrs={"source": "import-images"})
         for start in range(0, n, chunk_sources):
             write_chunk(tmp, start, stamps[start:start + chunk_sources, None])
-        commit_store(tmp, out, overwrite=overwrite)
-    except BaseException:
-        discard(tmp)
-        raise
     summary.store = out
     summary.n_sources = n
     summary.n_exposures = int(pd.Series(exposure).nunique())

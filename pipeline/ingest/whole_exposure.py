@@ -54,6 +54,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import config
+from pipeline.checks import positive_int
+from pipeline.errors import BadExposure, SkysieveError, SourceTableError
 from pipeline.ingest.detect import (
     FLAG_EDGE,
     FLAG_SATURATED,
@@ -61,24 +63,21 @@ from pipeline.ingest.detect import (
     estimate_psf_fwhm,
     header_psf_fwhm,
 )
-from pipeline.errors import BadExposure, SkysieveError, SourceTableError
 from pipeline.ingest.fits_io import read_ccd
-from pipeline.ingest.exposures import (
+from pipeline.ingest.scan import (
     compute_tasks,
     reject_row,
     scan_inputs,
     validate_int,
     validate_paths,
-    read_table,
 )
+from pipeline.ingest.source_table import read_table
 from pipeline.store import (
+    building,
     check_unique_ids,
-    commit_store,
     create_store,
-    discard,
     pack_source_id,
     prepare_output,
-    temporary_sibling,
     write_chunk,
 )
 
@@ -174,8 +173,8 @@ def block_average(image: np.ndarray, factor: int) -> tuple[np.ndarray, tuple[int
     array([[ 3.,  5.],
            [13., 15.]], dtype=float32)
     """
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
-        raise ValueError(f"downsample factor must be a positive integer, got {factor!r}")
+    factor = positive_int("downsample factor",
+                          int(factor) if isinstance(factor, np.integer) else factor)
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise ValueError(f"block_average needs a 2-D image, got shape {image.shape!r}")
@@ -348,7 +347,7 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
     settings = {"threshold": float(config.resolve("ingest.detect-threshold", None)),
                 "min_area": int(config.resolve("ingest.min-area", None)),
                 "deblend_cont": float(config.resolve("ingest.deblend-cont", None))}
-    out = prepare_output(out, overwrite=overwrite)
+    out = prepare_output(out, overwrite=overwrite)  # refuse before any work
     labels, by_ccd = _truth_labels(truth) if truth is not None else ({}, False)
 
     # Phase 0: checksums and CCD lists, one task per file.
@@ -407,8 +406,7 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
     scales = scales[np.isfinite(scales)]
     dropped = (int(table["dropped_y"].max()), int(table["dropped_x"].max()))
 
-    tmp = temporary_sibling(out)
-    try:
+    with building(out, overwrite=overwrite) as tmp:
         create_store(tmp, table, stamp=side, bands=bands if len(bands) == 1 else ["mixed"],
                      chunk_sources=chunk,
                      pixel_scale=float(np.median(scales)) if scales.size else math.nan,
@@ -425,10 +423,6 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
         written = sum(compute_tasks(tasks))
         if written != len(table):
             raise SkysieveError(f"{out}: wrote {written} images, expected {len(table)}")
-        commit_store(tmp, out, overwrite=overwrite)
-    except BaseException:
-        discard(tmp)
-        raise
     summary.store = out
     summary.n_sources = len(table)
     summary.n_exposures = int(table["exposure"].nunique())

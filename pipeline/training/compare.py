@@ -26,20 +26,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.errors import StoreError
+from pipeline.checks import positive_int
+from pipeline.errors import CompareError
+from pipeline.files import atomic_write, to_jsonable, write_json
+from pipeline.store import open_store
+from pipeline.training.machine import machine_info
+from pipeline.training.statistics import paired_study, summarize
+from pipeline.training.tables import compare_markdown
 from workers.checkpoint import CheckpointError, file_sha256, load_card
 from workers.models import is_model, list_models
 
@@ -48,10 +49,8 @@ __all__ = [
     "KD_SUFFIX",
     "MARKDOWN_NAME",
     "compare",
-    "paired_study",
     "parse_token",
     "resolve_arch",
-    "summarize",
 ]
 
 KD_SUFFIX = "+kd"
@@ -81,13 +80,13 @@ def resolve_arch(name: str, *, image_size: int) -> str:
 
     Raises
     ------
-    ValueError
+    pipeline.errors.CompareError
         ``name`` is not registered (the message lists the registry).
     """
     if not isinstance(name, str) or not is_model(name):
-        raise ValueError(f"compare: unknown architecture {name!r}; registered models: "
-                         f"{', '.join(list_models())} (append {KD_SUFFIX!r} to distil one from "
-                         "the teacher, e.g. 'mobilenetv3_small+kd')")
+        raise CompareError(f"compare: unknown architecture {name!r}; registered models: "
+                           f"{', '.join(list_models())} (append {KD_SUFFIX!r} to distil one from "
+                           "the teacher, e.g. 'mobilenetv3_small+kd')")
     if name in _CUTOUT_VARIANTS:
         from workers.models.hr_celestialnet import min_input_side
 
@@ -114,7 +113,7 @@ def parse_token(token: str, *, image_size: int) -> dict[str, Any]:
 
     Raises
     ------
-    ValueError
+    pipeline.errors.CompareError
         Not a string, empty, or an unknown name (the registry is listed).
 
     Examples
@@ -125,7 +124,7 @@ def parse_token(token: str, *, image_size: int) -> dict[str, Any]:
     'hr_celestialnet_cutout'
     """
     if not isinstance(token, str) or not token.strip():
-        raise ValueError(f"compare: an architecture token must be a model name, got {token!r}")
+        raise CompareError(f"compare: an architecture token must be a model name, got {token!r}")
     token = token.strip()
     kd = token.endswith(KD_SUFFIX)
     name = token[: -len(KD_SUFFIX)] if kd else token
@@ -133,97 +132,10 @@ def parse_token(token: str, *, image_size: int) -> dict[str, Any]:
             "kd": kd}
 
 
-# --------------------------------------------------------------------------- statistics
-def _finite(values: Sequence[float | None]) -> np.ndarray:
-    arr = np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-    return arr[np.isfinite(arr)]
-
-
-def summarize(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean and sample standard deviation (``ddof=1``) of per-seed values.
-
-    ``None``/NaN values are left out; ``std`` is ``None`` with fewer than two values,
-    ``mean`` is ``None`` with none.
-    """
-    arr = _finite(values)
-    return {"mean": float(arr.mean()) if arr.size else None,
-            "std": float(arr.std(ddof=1)) if arr.size >= 2 else None,
-            "n": int(arr.size), "values": [None if v is None else float(v) for v in values]}
-
-
-def _p(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def paired_study(baseline: Sequence[float], treated: Sequence[float]) -> dict[str, Any]:
-    """Compare per-seed results of two variants: mean difference, paired and Welch t-tests.
-
-    Parameters
-    ----------
-    baseline, treated : sequence of float
-        One value per seed, in the same seed order (seed ``i`` of both share the
-        initialisation seed and the validation split).
-
-    Returns
-    -------
-    dict
-        ``baseline`` and ``treated`` (:func:`summarize`), ``differences``
-        (treated - baseline, per seed), ``mean_difference``, ``std_difference``,
-        ``paired_t`` / ``paired_p`` (``scipy.stats.ttest_rel``, two-sided) and
-        ``welch_t`` / ``welch_p`` (``scipy.stats.ttest_ind(equal_var=False)``).
-        A statistic that is undefined (fewer than two seeds, zero variance) is ``None``.
-
-    Raises
-    ------
-    ValueError
-        The two sequences differ in length.
-    """
-    from scipy import stats
-
-    a = np.asarray(baseline, dtype=np.float64)
-    b = np.asarray(treated, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired_study: need one value per seed for both variants, got "
-                         f"{a.size} and {b.size}")
-    diff = b - a
-    out: dict[str, Any] = {
-        "baseline": summarize(a.tolist()), "treated": summarize(b.tolist()),
-        "differences": diff.tolist(),
-        "mean_difference": float(diff.mean()) if diff.size else None,
-        "std_difference": float(diff.std(ddof=1)) if diff.size >= 2 else None,
-        "n": int(diff.size), "paired_t": None, "paired_p": None, "welch_t": None,
-        "welch_p": None,
-    }
-    if diff.size >= 2:
-        import warnings
-
-        with warnings.catch_warnings():  # zero variance: scipy warns and returns NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            rel = stats.ttest_rel(b, a)
-            welch = stats.ttest_ind(b, a, equal_var=False)
-        out.update({"paired_t": _p(rel.statistic), "paired_p": _p(rel.pvalue),
-                    "welch_t": _p(welch.statistic), "welch_p": _p(welch.pvalue)})
-    return out
-
-
 # --------------------------------------------------------------------------- checks
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"compare: {name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _stamp_size(store: Path) -> int:
-    import xarray as xr
-
-    try:
-        ds = xr.open_zarr(store)
-        image = ds["image"]
-    except Exception as exc:
-        raise StoreError(f"{store}: not a readable cutout store with an 'image' variable "
-                         f"({type(exc).__name__}: {exc}); write one with `skysieve ingest`"
-                         ) from exc
-    return int(image.shape[-1])
+    """The stamp side of a cutout store (opened and checked by :func:`pipeline.store.open_store`)."""
+    return int(open_store(store)["image"].shape[-1])
 
 
 # --------------------------------------------------------------------------- runs
@@ -255,8 +167,8 @@ def _reusable(pt: Path, eval_dir: Path, want: dict[str, Any]) -> dict[str, Any] 
     diff = {k: (have[k], v) for k, v in want.items() if v is not None and have.get(k) != v}
     if diff:
         what = ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in diff.items())
-        raise ValueError(f"{pt}: an earlier compare trained this run with other settings: "
-                         f"{what}; use a new --out folder or delete {pt.parent} to start over")
+        raise CompareError(f"{pt}: an earlier compare trained this run with other settings: "
+                           f"{what}; use a new --out folder or delete {pt.parent} to start over")
     ev_path = eval_dir / "evaluation.json"
     if not ev_path.is_file():
         return {}
@@ -348,60 +260,7 @@ def _study(base: list[dict[str, Any]], treated: list[dict[str, Any]]) -> dict[st
     }
 
 
-# --------------------------------------------------------------------------- environment
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _machine() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    versions = {}
-    for pkg in ("skysieve", "torch", "numpy", "scipy", "xarray", "zarr"):
-        try:
-            versions[pkg] = version(pkg)
-        except PackageNotFoundError:
-            versions[pkg] = None
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "python": platform.python_version(), "platform": platform.platform(),
-            "versions": versions}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: a table is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+# --------------------------------------------------------------------------- the record
 def _command_line(store: Path, out: Path, tokens: list[str], **kw: Any) -> str:
     """The command line that ran: ``sys.argv`` under ``skysieve compare``, else its equivalent."""
     argv = list(sys.argv)
@@ -415,111 +274,6 @@ def _command_line(store: Path, out: Path, tokens: list[str], **kw: Any) -> str:
             value = ",".join(f"{v:g}" for v in value)
         args += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(args) + "  # equivalent of the Python call compare(...)"
-
-
-# --------------------------------------------------------------------------- markdown
-def _pm(s: dict[str, Any], digits: int = 3) -> str:
-    if s.get("mean") is None:
-        return "n/a"
-    if s.get("std") is None:
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
-def _num(v: Any, fmt: str) -> str:
-    return "n/a" if v is None else format(v, fmt)
-
-
-def _pval(v: Any) -> str:
-    return "n/a" if v is None else (f"{v:.3g}" if v >= 1e-3 else f"{v:.1e}")
-
-
-def _study_md(title: str, study: dict[str, Any], base_name: str, treated_name: str) -> list[str]:
-    lines = [(f"| seed | {base_name} acc. | {treated_name} acc. | {base_name} bal. acc. | "
-             f"{treated_name} bal. acc. |"), "|---|---|---|---|---|"]
-    acc, bacc = study["accuracy"], study["balanced_accuracy"]
-    for i, seed in enumerate(study["seeds"]):
-        lines.append(f"| {seed} | {acc['baseline']['values'][i]:.4f} | "
-                     f"{acc['treated']['values'][i]:.4f} | {bacc['baseline']['values'][i]:.4f} | "
-                     f"{bacc['treated']['values'][i]:.4f} |")
-    lines += ["", ("| metric | mean difference (treated − baseline) | paired t-test p | "
-                  "Welch t-test p |"), "|---|---|---|---|"]
-    for key, label in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy")):
-        s = study[key]
-        sd = "" if s["std_difference"] is None else f" (sd {s['std_difference']:.4f})"
-        lines.append(f"| {label} | {_num(s['mean_difference'], '+.4f')}{sd} | "
-                     f"{_pval(s['paired_p'])} | {_pval(s['welch_p'])} |")
-    return [f"### {title}", ""] + lines + [""]
-
-
-_CAVEAT = (
-    "What these tests can and cannot show: the seeds vary only the initialisation and the "
-    "augmentation; every run holds out the same validation exposures (split seed 0). With "
-    "{n} seeds the paired t-test has {df} degree(s) of freedom, so only a large and "
-    "consistent difference reaches p < 0.05, and a large p means 'not resolved with this "
-    "many seeds', not 'no effect'. The p-values describe seed-to-seed variation on this one "
-    "validation set; they do not include the sampling noise of the validation set itself or "
-    "of the training data (a different survey could rank the models differently), and no "
-    "correction is made for testing two metrics.")
-
-
-def _markdown(result: dict[str, Any]) -> str:
-    s, mach = result["settings"], result["machine"]
-    v = mach["versions"]
-    bs = s["batch_size"]
-    lines = [
-        "# skysieve compare", "",
-        f"Command: `{result['command']}`", "",
-        (f"Machine: {mach['cpu']}, {mach['cores']} cores, torch {mach['torch_threads']} "
-        f"thread(s){', GPU ' + mach['gpu'] if mach['gpu'] else ', no GPU'}; python "
-        f"{mach['python']}, skysieve {v.get('skysieve')}, torch {v.get('torch')}, numpy "
-        f"{v.get('numpy')}, scipy {v.get('scipy')}. Written {result['created']}; wall time "
-        f"{result['wall_s'] / 60:.1f} min ({result['runs_trained']} model(s) trained in this "
-        f"invocation)."), "",
-        (f"Store: `{result['store']['path']}`: {result['store']['n_train']} training and "
-        f"{result['store']['n_val']} validation sources; validation exposures (split seed "
-        f"{_SPLIT_SEED}, the same for every model): "
-        f"{', '.join(result['store']['val_exposures']) or 'n/a'}."), "",
-        (f"Settings: {s['seeds']} seed(s) (0-{s['seeds'] - 1}), {s['epochs']} epochs (early "
-        f"stopping on validation balanced accuracy), batch {bs}, input {s['image_size']} px, "
-        f"blur sweep {s['blur_sweep']} x PSF FWHM."), "",
-        (f"| arch | params | accuracy | balanced acc. | ECE (calibrated) | ms/sample (batch 1) | "
-        f"cutouts/s (batch {bs}) | acc. at +1 PSF FWHM blur |"),
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['token']} | {r['params']:,} | {_pm(r['accuracy'])} | "
-            f"{_pm(r['balanced_accuracy'])} | {_pm(r['ece_calibrated'])} | "
-            f"{_num(r['ms_per_sample_batch1'], '.3f')} | {_num(r['cutouts_per_s'], ',.0f')} | "
-            f"{_pm(r['blur_accuracy'])} |")
-    lines += ["", "Notes: " + " ".join(result["notes"]), ""]
-    lines += [("Figures: `blur_curves.png` (accuracy against added blur, seed 0 of each "
-              "architecture), `reliability.png` (reliability diagrams, seed 0)."), ""]
-    if result.get("distillation"):
-        lines += ["## Distillation", ""]
-        for d in result["distillation"]:
-            t = d["teacher"]
-            lines += [(f"Teacher: {t['arch']} ({t['params']:,} parameters, seed 0, "
-                      f"{t['epochs']} epochs, same store and validation split): accuracy "
-                      f"{t['accuracy']:.4f}, balanced accuracy {t['balanced_accuracy']:.4f}. "
-                      f"Student: {d['base']} trained alone (baseline) against {d['kd']} "
-                      f"(treated; loss {d['loss']})."), ""]
-            lines += _study_md(f"{d['base']} vs {d['kd']}", d, d["base"], d["kd"])
-    if result.get("pretraining"):
-        p = result["pretraining"]
-        pre = p["pretrain"]
-        lines += ["## Pretraining", "",
-                  (f"{p['arch']} pretrained once (seed 0, {pre['epochs']} epoch(s)) on "
-                  f"`{pre['store']}` ({pre['n_train']} training sources; its own validation "
-                  f"accuracy {pre['accuracy']:.4f}), then fine-tuned on the store above with "
-                  f"the same epochs and seeds as the models trained from scratch there "
-                  f"(baseline: scratch; treated: init from the pretrained checkpoint)."), ""]
-        lines += _study_md(f"{p['arch']}: scratch vs pretrained + fine-tuned", p, "scratch",
-                           "pretrained")
-    if result.get("distillation") or result.get("pretraining"):
-        lines += [_CAVEAT.format(n=s["seeds"], df=max(s["seeds"] - 1, 0)), ""]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
@@ -574,9 +328,11 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
 
     Raises
     ------
-    ValueError
+    pipeline.errors.CompareError
         An unknown architecture token (the registry is listed), a repeated token, bad
         numbers, or an ``out`` folder holding runs trained with other settings.
+    pipeline.errors.EvaluationError
+        A bad blur sweep.
     pipeline.errors.StoreError
         A store that cannot be read or trained on.
     """
@@ -585,26 +341,27 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
 
     store = Path(store)
     out = Path(out)
-    seeds = _positive_int("seeds", seeds)
-    epochs = _positive_int("epochs", epochs)
-    batch_size = _positive_int("batch_size", batch_size)
-    teacher_epochs = _positive_int("teacher_epochs",
-                                   epochs if teacher_epochs is None else teacher_epochs)
-    pretrain_epochs = _positive_int("pretrain_epochs",
-                                    epochs if pretrain_epochs is None else pretrain_epochs)
+    check = {"where": "compare", "error": CompareError}
+    seeds = positive_int("seeds", seeds, **check)
+    epochs = positive_int("epochs", epochs, **check)
+    batch_size = positive_int("batch_size", batch_size, **check)
+    teacher_epochs = positive_int("teacher_epochs",
+                                  epochs if teacher_epochs is None else teacher_epochs, **check)
+    pretrain_epochs = positive_int("pretrain_epochs",
+                                   epochs if pretrain_epochs is None else pretrain_epochs, **check)
     if image_size is not None:
-        image_size = _positive_int("image_size", image_size)
+        image_size = positive_int("image_size", image_size, **check)
     sweep = validate_blur_sweep(blur_sweep)
     if isinstance(archs, str) or not isinstance(archs, Sequence) or not archs:
-        raise ValueError(f"compare: archs must be a non-empty list of tokens like "
-                         f"['lenet5', 'mobilenetv3_small+kd'], got {archs!r}")
+        raise CompareError(f"compare: archs must be a non-empty list of tokens like "
+                           f"['lenet5', 'mobilenetv3_small+kd'], got {archs!r}")
     stamp = _stamp_size(store)
     size = image_size or stamp
     parsed = [parse_token(a, image_size=size) for a in archs]
     tokens = [p["token"] for p in parsed]
     repeated = sorted({t for t in tokens if tokens.count(t) > 1})
     if repeated:
-        raise ValueError(f"compare: token(s) {repeated!r} given twice in archs {tokens!r}")
+        raise CompareError(f"compare: token(s) {repeated!r} given twice in archs {tokens!r}")
     need_teacher = any(p["kd"] for p in parsed)
     teacher_resolved = resolve_arch(teacher_arch, image_size=size)
     study_arch = None
@@ -614,17 +371,17 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
         if pretrain_arch is None:
             plain = [p for p in parsed if not p["kd"]]
             if not plain:
-                raise ValueError("compare: the pretraining study needs pretrain_arch or a token "
-                                 f"without {KD_SUFFIX!r} among archs {tokens!r}")
+                raise CompareError("compare: the pretraining study needs pretrain_arch or a token "
+                                   f"without {KD_SUFFIX!r} among archs {tokens!r}")
             study = plain[0]
         else:
             study = parse_token(pretrain_arch, image_size=size)
             if study["kd"]:
-                raise ValueError(f"compare: pretrain_arch {pretrain_arch!r} cannot be a "
-                                 f"{KD_SUFFIX!r} token; give a registered name")
+                raise CompareError(f"compare: pretrain_arch {pretrain_arch!r} cannot be a "
+                                   f"{KD_SUFFIX!r} token; give a registered name")
         study_arch = study
 
-    from pipeline.training.fit import load_labelled
+    from pipeline.training.data import load_labelled
 
     data_sha = load_labelled(store)["data_sha256"]
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -751,7 +508,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
         all_recs.append(teacher)
     if pretraining:
         all_recs += [pre]
-    result = _jsonable({
+    result = to_jsonable({
         "command": _command_line(store, out, tokens, seeds=seeds, epochs=epochs,
                                  batch_size=batch_size, image_size=image_size,
                                  teacher_arch=teacher_arch, teacher_epochs=teacher_epochs,
@@ -764,7 +521,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
                  "pretrain_arch": pretrain_arch, "pretrain_epochs": pretrain_epochs,
                  "blur_sweep": sweep},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine_info(),
         "settings": {"seeds": seeds, "epochs": epochs, "batch_size": batch_size,
                      "image_size": size, "stamp": stamp, "blur_sweep": sweep,
                      "split_seed": _SPLIT_SEED, "blur_reference_factor": _BLUR_REFERENCE,
@@ -781,8 +538,8 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
                   "figures": ["blur_curves.png", "reliability.png"]},
     })
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    _write_text(out / MARKDOWN_NAME, _markdown(result))
-    _write_text(out / JSON_NAME, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    atomic_write(out / MARKDOWN_NAME, compare_markdown(result))
+    write_json(out / JSON_NAME, result)
     _say(progress, f"wrote {out / MARKDOWN_NAME} and {out / JSON_NAME} "
                    f"({result['wall_s'] / 60:.1f} min)")
     return result

@@ -18,12 +18,9 @@ compact 10% of the store's labelled sources stands in, and the JSON says so.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -33,14 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import __version__
-from pipeline import bundled
+from pipeline import __version__, bundled
+from pipeline.checks import positive_int
+from pipeline.errors import EvaluationError, StoreError
+from pipeline.files import to_jsonable, write_json
 from pipeline.imaging.blur_score import apparent_fwhm
-from pipeline.errors import StoreError
-from pipeline.training.metrics import (classification_metrics, expected_calibration_error, nll,
-                              reliability_bins, roc_auc_ovr, softmax)
 from pipeline.imaging.preprocess import background_noise, prepare
-from pipeline.training.fit import load_labelled, split_validation
+from pipeline.training.data import load_labelled
+from pipeline.training.metrics import (classification_metrics, expected_calibration_error, nll,
+                                       reliability_bins, roc_auc_ovr, softmax)
+from pipeline.training.splits import WHOLE, split_validation
 from workers.blur import fwhm_to_sigma, gaussian_blur, noise_std_factor
 from workers.checkpoint import load_checkpoint
 from workers.inference import Predictor, pick_device
@@ -74,7 +73,7 @@ def validate_blur_sweep(blur_sweep: Sequence[float] | str) -> list[float]:
 
     Raises
     ------
-    ValueError
+    pipeline.errors.EvaluationError
         A value that is not a finite number >= 0, a repeat, or an empty sweep.
     """
     if isinstance(blur_sweep, str):
@@ -82,33 +81,32 @@ def validate_blur_sweep(blur_sweep: Sequence[float] | str) -> list[float]:
         try:
             values = [float(p) for p in parts]
         except ValueError:
-            raise ValueError(f"blur sweep {blur_sweep!r} is not a comma-separated list of "
-                             "numbers; e.g. '0,0.5,1,2,4'") from None
+            raise EvaluationError(f"blur sweep {blur_sweep!r} is not a comma-separated list of "
+                                  "numbers; e.g. '0,0.5,1,2,4'") from None
     else:
         try:
             values = list(blur_sweep)
         except TypeError:
-            raise ValueError(f"blur sweep must be a list of numbers like [0, 0.5, 1, 2, 4], got "
-                             f"{blur_sweep!r}") from None
+            raise EvaluationError(f"blur sweep must be a list of numbers like [0, 0.5, 1, 2, 4], "
+                                  f"got {blur_sweep!r}") from None
     if not values:
-        raise ValueError("blur sweep is empty; give at least one factor, e.g. [0, 1, 2]")
+        raise EvaluationError("blur sweep is empty; give at least one factor, e.g. [0, 1, 2]")
     out = []
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (
                 math.isfinite(float(v)) and float(v) >= 0):
-            raise ValueError(f"blur sweep factors must be finite numbers >= 0 (added FWHM in units "
-                             f"of the PSF FWHM), got {v!r} in {values!r}")
+            raise EvaluationError(f"blur sweep factors must be finite numbers >= 0 (added FWHM in "
+                                  f"units of the PSF FWHM), got {v!r} in {values!r}")
         out.append(float(v))
     if len(set(out)) != len(out):
-        raise ValueError(f"blur sweep {out!r} repeats a factor; give each once")
+        raise EvaluationError(f"blur sweep {out!r} repeats a factor; give each once")
     return out
 
 
 def _check_args(subset: str, batch_size: int) -> None:
     if subset not in SUBSETS:
-        raise ValueError(f"unknown subset {subset!r}; valid: {', '.join(SUBSETS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise EvaluationError(f"unknown subset {subset!r}; valid: {', '.join(SUBSETS)}")
+    positive_int("batch_size", batch_size, error=EvaluationError)
 
 
 # --------------------------------------------------------------------------- data
@@ -133,7 +131,7 @@ def _select(data: dict[str, Any], card, subset: str, store: Path) -> tuple[np.nd
                          f"{str(training.get('data_sha256'))[:12]}… / "
                          f"{str(training.get('pixels_sha256'))[:12]}…); use subset='all'")
     split = training.get("split") or {}
-    if split.get("by", "exposure") in ("exposure", "frame", "field"):
+    if split.get("by", "exposure") in WHOLE:
         val_exp = [str(e) for e in split.get("val_exposures", [])]
         idx = np.flatnonzero(np.isin(data["exposures"], val_exp))
         why = (f"the model's validation exposures ({len(val_exp)}: "
@@ -260,34 +258,6 @@ def _prepare_rate(images: np.ndarray, card) -> float:
 
 
 # --------------------------------------------------------------------------- output
-def _jsonable(obj: Any) -> Any:
-    """Strict JSON: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a result file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _say(progress: bool, text: str) -> None:
     if progress:
         print(text, file=sys.stderr, flush=True)
@@ -345,13 +315,16 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
         not match the model, ``subset="val"`` on another store.
     workers.checkpoint.CheckpointError
         A checkpoint that cannot be loaded (sha256 mismatch, bad card...).
-    ValueError
+    pipeline.errors.EvaluationError
         Bad arguments (blur sweep, subset, batch size, device).
     """
     sweep = validate_blur_sweep(blur_sweep)
     _check_args(subset, batch_size)
     store, out = Path(store), Path(out)
-    dev = pick_device(device)
+    try:
+        dev = pick_device(device)
+    except ValueError as exc:  # an unknown device, or CUDA asked for and absent
+        raise EvaluationError(str(exc)) from exc
     path = bundled.resolve(model)
     net, card = load_checkpoint(path)
     _say(progress, f"model {path} ({card.arch}, sha256 {card.sha256[:12]}…) on {dev}")
@@ -429,7 +402,7 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
                        f"{batch_size}")
 
     name = str(model) if str(model) in bundled.names() else path.stem
-    result = _jsonable({
+    result = to_jsonable({
         "model": {"name": name, "path": str(path.resolve()), "sha256": card.sha256,
                   "arch": card.arch, "params": card.params, "classes": list(card.classes),
                   "in_chans": card.in_chans, "image_size": card.image_size,
@@ -456,6 +429,6 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
     plots.plot_confusion(result, out / "confusion.png")
     plots.plot_blur_curves([result], out / "blur_curve.png")
     plots.plot_reliability([result], out / "reliability.png")
-    _write_json(out / JSON_NAME, result)
+    write_json(out / JSON_NAME, result)
     _say(progress, f"wrote {out / JSON_NAME} and {', '.join(FIGURES)}")
     return result

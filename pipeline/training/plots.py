@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import EvaluationError
+
 __all__ = ["plot_confusion", "plot_blur_curves", "plot_reliability", "load_evaluation"]
 
 _DPI = 110
@@ -35,7 +37,7 @@ def load_evaluation(ev: Mapping[str, Any] | str | Path) -> dict[str, Any]:
 
     Raises
     ------
-    ValueError
+    pipeline.errors.EvaluationError
         The dict or file does not look like the output of ``skysieve evaluate``.
     """
     if isinstance(ev, Mapping):
@@ -48,13 +50,13 @@ def load_evaluation(ev: Mapping[str, Any] | str | Path) -> dict[str, Any]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a readable evaluation.json ({exc}); write one with "
-                             "`skysieve evaluate`") from exc
+            raise EvaluationError(f"{path}: not a readable evaluation.json ({exc}); write one "
+                                  "with `skysieve evaluate`") from exc
         where = str(path)
     missing = [k for k in ("model", "metrics", "blur") if k not in data]
     if missing:
-        raise ValueError(f"{where}: lacks {', '.join(missing)}; expected the output of "
-                         "`skysieve evaluate`")
+        raise EvaluationError(f"{where}: lacks {', '.join(missing)}; expected the output of "
+                              "`skysieve evaluate`")
     return data
 
 
@@ -85,7 +87,7 @@ def _as_list(evals) -> list[dict[str, Any]]:
         evals = [evals]
     out = [load_evaluation(ev) for ev in evals]
     if not out:
-        raise ValueError("no evaluation to plot")
+        raise EvaluationError("no evaluation to plot")
     return out
 
 

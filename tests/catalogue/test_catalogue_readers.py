@@ -1,6 +1,6 @@
 """The catalogue read five ways (pandas, pyarrow.dataset, DuckDB, Dask, skysieve's API) agrees.
 
-The catalogue here is written with ``pipeline.catalogue.write_part`` (random positions on a
+The catalogue here is written with ``pipeline.catalogue.part_files.write_part`` (random positions on a
 small sky patch, Dirichlet probabilities), so these tests do not depend on a trained model.
 ``write_fake_catalogue`` is also used by tests/test_hats.py and tests/test_report.py.
 """
@@ -18,7 +18,10 @@ import pytest
 from astropy_healpix import lonlat_to_healpix
 
 from pipeline import catalogue
-from pipeline.classify.graph import REJECTS_FILE, RUN_FILE, SUMMARY_FILE, healpix_order_doc
+from pipeline.catalogue import api as catalogue_api
+from pipeline.catalogue.layout import (REJECTS_FILE, RUN_FILE, SUMMARY_FILE, healpix_order_doc,
+                                       part_path)
+from pipeline.catalogue.part_files import write_part
 from pipeline.errors import SourceTableError
 
 CLASSES = ("star", "elliptical", "spiral")
@@ -75,7 +78,7 @@ def write_fake_catalogue(out: Path, *, parts: int = 3, rows: int = 300, seed: in
             "flags": pa.array(rng.choice([0, 0, 0, 1, 4], rows).astype(np.int32)),
             "true_label": pa.array(np.asarray(CLASSES, dtype=object)[truth], pa.string()),
         })
-        catalogue.write_part(pa.table(data), catalogue.part_path(out, p), metadata=meta)
+        write_part(pa.table(data), part_path(out, p), metadata=meta)
         next_id += rows
     (out / RUN_FILE).write_text(json.dumps({"store": meta["store"], "model_sha256": "f" * 64}))
     (out / SUMMARY_FILE).write_text(json.dumps({
@@ -163,7 +166,7 @@ def test_cone_equals_brute_force(cat: Path, radius_deg: float) -> None:
     centres += [tuple(full[["ra", "dec"]].iloc[i]) for i in (10, 400)]
     for ra, dec in centres:
         got = catalogue.cone(cat, ra, dec, radius_deg)
-        sep = catalogue._separation_deg(ra, dec, full["ra"].to_numpy(), full["dec"].to_numpy())
+        sep = catalogue_api._separation_deg(ra, dec, full["ra"].to_numpy(), full["dec"].to_numpy())
         want = np.sort(full["source_id"].to_numpy()[sep <= radius_deg])
         np.testing.assert_array_equal(got["source_id"].to_numpy(), want)
         assert (got["separation_arcsec"] <= radius_deg * 3600 + 1e-9).all()

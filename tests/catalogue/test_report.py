@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline import catalogue
-from pipeline.classify.graph import healpix_order_doc
+from pipeline.catalogue.layout import healpix_order_doc, part_path
+from pipeline.catalogue.part_files import write_part
 from pipeline.catalogue.report import REPORT_PLOTS, write_report
 from test_catalogue_readers import write_fake_catalogue
 
@@ -69,7 +70,7 @@ def _catalogue_for_store(store: Path, out: Path, *, seed: int = 0) -> Path:
             "skysieve_version": "0.1.0", "healpix_order": healpix_order_doc(10),
             "store": str(store.resolve()), "run_config": {}, "blur_reference_fwhm": 3.0}
     out.mkdir(parents=True)
-    catalogue.write_part(pa.table(data), catalogue.part_path(out, 0), metadata=meta)
+    write_part(pa.table(data), part_path(out, 0), metadata=meta)
     return out
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dask
@@ -20,6 +17,9 @@ from cluster import connect
 from pipeline import catalogue
 from pipeline.classify.graph import classify
 from pipeline.classify.night import score_against_truth
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
+from _reliability import compare_catalogues, kill_group, start_driver, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 BIN = Path(sys.executable).with_name("skysieve")
@@ -85,6 +85,33 @@ def test_catalogue_contract(store: Path, client, tmp_path: Path) -> None:
     assert written["rows"] == n and written["cutouts_per_s"] > 0
 
 
+def test_each_worker_preloads_the_model_once(store: Path, client, tmp_path: Path) -> None:
+    """classify registers a ModelPlugin: every worker loads the model once, every task reuses it."""
+    import os
+
+    from workers.model_cache import ModelPlugin, cache_info
+
+    before = client.run(cache_info)
+    out = tmp_path / "cat"
+    summary = classify(store, out, model="default", batch_size=32, progress=False)
+    after = client.run(cache_info)
+    assert len(after) == 2 and summary.parts_written == summary.parts > 2
+    for address, info in after.items():
+        assert info["pid"] != os.getpid()
+        # the run's model (sha256, batch size 32) is in this worker's cache, loaded once
+        held = [k for k in info["keys"] if k[0] == summary.model_sha256 and k[2] == 32]
+        assert len(held) == 1, info
+        assert info["loads"] - before[address]["loads"] == 1, (before[address], info)
+    # every task found the preloaded model instead of loading it
+    assert sum(after[a]["hits"] - before[a]["hits"] for a in after) == summary.parts_written
+    plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    assert all(ModelPlugin.name in names for names in plugins.values())
+    # the run records were written whole (strict JSON) and no temporary was left behind
+    for name in ("_run.json", "_summary.json"):
+        json.loads((out / name).read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
 def test_rerun_resumes_and_refuses_another_model(store: Path, client, tmp_path: Path) -> None:
     out = tmp_path / "cat"
     first = classify(store, out, model="default", progress=False)
@@ -140,28 +167,33 @@ def test_accuracy_against_truth(store: Path, client, tmp_path: Path) -> None:
 
 
 def test_sigkill_mid_run_then_rerun_equals_clean_run(store: Path, tmp_path: Path) -> None:
-    """Kill the whole classify process group with SIGKILL after some parts exist; rerun."""
+    """SIGKILL the whole classify process group right after its first part is whole; rerun.
+
+    The run is the reliability suite's marker-file driver: it stops at that exact
+    point and says so with a marker file, so the kill always lands mid-run.
+    """
     args = [str(BIN), "classify", str(store), "--workers", "1", "--threads", "1",
             "--batch-size", "16"]
     clean = tmp_path / "clean"
     subprocess.run(args + ["--out", str(clean)], check=True, capture_output=True, timeout=300)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["--out", str(killed)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list(killed.glob("part-*.parquet")) and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    marker = tmp_path / "stopped"
+    proc = start_driver("classify-after-part", str(killed), str(marker), str(store),
+                        env={"DASK_SKYSIEVE__CLASSIFY__BATCH_SIZE": "16"})
+    try:
+        wait_for(marker, proc, timeout=240)
+    finally:
+        kill_group(proc)
     n_parts = len(list(clean.glob("part-*.parquet")))
-    written = len(list(killed.glob("part-*.parquet")))
-    assert 0 < written < n_parts, f"kill landed outside the run ({written}/{n_parts} parts)"
+    kept = sorted(killed.glob("part-*.parquet"))
+    assert len(kept) == 1 < n_parts, f"kill landed outside the run ({len(kept)}/{n_parts} parts)"
+    kept_file = (kept[0].stat().st_ino, kept[0].stat().st_mtime_ns, kept[0].read_bytes())
     subprocess.run(args + ["--out", str(killed)], check=True, capture_output=True, timeout=300)
     assert not list(killed.glob(".part-*")), "temporary part files left behind"
-    pd.testing.assert_frame_equal(_sorted(catalogue.read_catalogue(clean)),
-                                  _sorted(catalogue.read_catalogue(killed)))
+    assert (kept[0].stat().st_ino, kept[0].stat().st_mtime_ns, kept[0].read_bytes()) == kept_file, \
+        "the rerun rewrote a part that was whole"
+    assert len(list(killed.glob("part-*.parquet"))) == n_parts
+    compare_catalogues(catalogue.read_catalogue(clean), catalogue.read_catalogue(killed))
 
 
 def test_query_cli(store: Path, client, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -14,7 +15,7 @@ from distributed import Client, LocalCluster
 
 import cluster
 from cluster import ClusterError, choose_kind, connect
-from cluster import cuda
+from cluster import cuda, jobqueue
 from cluster.local import default_shape
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +115,27 @@ def test_gpu_check_creates_no_cuda_context() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def _documented_kinds() -> set[str]:
+    """Backticked names in the first column of every ``| `--cluster` | ... |`` table of the docs."""
+    kinds: set[str] = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        in_table = False
+        for line in doc.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") \
+                else []
+            if not cells:
+                in_table = False
+            elif cells[0] == "`--cluster`":
+                in_table = True
+            elif in_table and not set(cells[0]) <= set("-: "):
+                kinds.update(re.findall(r"`([^`]+)`", cells[0]))
+    return kinds
+
+
 def test_kinds_are_documented() -> None:
-    for kind in ("auto", "local", "cuda", "slurm", "pbs", "lsf"):
-        assert kind in cluster.KINDS
+    """Every kind of ``cluster.KINDS`` has a row in a `--cluster` table of README.md/docs, and back."""
+    documented = _documented_kinds()
+    assert documented, "no `--cluster` table found in README.md or docs/*.md"
+    assert set(cluster.KINDS) - documented == set(), "kinds missing from the docs"
+    assert documented - set(cluster.KINDS) == set(), "the docs name kinds cluster.KINDS lacks"
+    assert {"auto", "local", "cuda"} | set(jobqueue.KINDS) <= set(cluster.KINDS)

@@ -187,8 +187,9 @@ def test_job_ids_from_submit_output() -> None:
     assert slurm.job_id("1234;cluster\n") == "1234"
     assert pbs.job_id("5678.pbs01.example.org\n") == "5678.pbs01.example.org"
     assert lsf.job_id("Job <91011> is submitted to queue <normal>.\n") == "91011"
-    with pytest.raises(ValueError, match="no job id"):
-        slurm.job_id("sbatch: error: Batch job submission failed")
+    for backend in (slurm, pbs, lsf):
+        with pytest.raises(ClusterError, match="no job id"):
+            backend.job_id("error: Batch job submission failed")
 
 
 def test_submit_without_the_scheduler_command(tmp_path: Path) -> None:
@@ -217,6 +218,7 @@ def test_cli_job_script_matches_library(tmp_path: Path) -> None:
 
 
 def test_submit_dry_run_quotes_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.cli import cli
     from pipeline.cli.cluster import submit
 
     monkeypatch.chdir(tmp_path)
@@ -224,7 +226,7 @@ def test_submit_dry_run_quotes_the_command(tmp_path: Path, monkeypatch: pytest.M
     profile = _profile(tmp_path, cores=2, memory="4GB", **{"log-directory": str(logs),
                                                            "driver-walltime": "10:00:00"})
     args = ["run", "a b.fits", "$(touch x).fits", "--out", "night;1"]
-    result = CliRunner().invoke(submit, ["--profile", str(profile), "--dry-run", "--", *args])
+    result = CliRunner().invoke(cli, ["submit", "--profile", str(profile), "--dry-run", "--", *args])
     assert result.exit_code == 0, result.output
     script = result.output.split("dry run: nothing submitted")[0]
     _bash_n(script, tmp_path)
@@ -238,5 +240,8 @@ def test_submit_dry_run_quotes_the_command(tmp_path: Path, monkeypatch: pytest.M
     result = CliRunner().invoke(submit, ["--profile", str(profile), "--dry-run", "--", "--version"])
     assert result.exit_code == 0, result.output
     assert shlex.split(result.output.split("dry run:")[0].splitlines()[-1])[3:] == ["--version"]
-    result = CliRunner().invoke(submit, ["--profile", str(profile), "--", "no-such-command"])
+    result = CliRunner().invoke(cli, ["submit", "--profile", str(profile), "--", "no-such-command"])
     assert result.exit_code != 0 and "unknown skysieve command 'no-such-command'" in result.output
+    # `submit` alone (not under the skysieve group) cannot look a command up: it says so
+    result = CliRunner().invoke(submit, ["--profile", str(profile), "--dry-run", "--", *args])
+    assert result.exit_code == 2 and "run it as `skysieve submit" in result.output

@@ -19,13 +19,13 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ["quickstart", "analyst", "models"]
 
 
-def _model_or_skip() -> None:
-    from pipeline import config, bundled
+def test_the_bundled_model_ships() -> None:
+    """The notebooks run the configured bundled model: it ships in the package (never a skip)."""
+    from pipeline import bundled, config
 
-    try:
-        bundled.resolve(config.get("classify.model"))
-    except FileNotFoundError as exc:
-        pytest.skip(f"the notebooks run the bundled model, which is missing: {exc}")
+    checkpoint = bundled.resolve(config.get("classify.model"))
+    assert checkpoint.is_file() and checkpoint.stat().st_size > 0
+    assert checkpoint.with_suffix(".json").is_file(), "the bundled model has no card"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,6 @@ def test_outputs_stripped(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_executes(name: str, demo_out: Path, tmp_path: Path,
                            monkeypatch: pytest.MonkeyPatch) -> None:
-    _model_or_skip()
     monkeypatch.setenv("SKYSIEVE_DEMO_OUT", str(demo_out))
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",

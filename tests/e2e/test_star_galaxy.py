@@ -1,10 +1,11 @@
 """The bundled ``star-galaxy`` model on real cutouts it never saw in training.
 
-The model was trained by ``skysieve train --split-by field`` on
-``../shared/data/star_galaxy`` with whole fields held out for validation (frames that
-image the same field, found by a constant pixel offset between their sources, are
-joined: the card's ``split.groups``; ``val_exposures`` lists the held-out frames).  Here ~200 cutouts
-of those validation fields go through the real CLI: ``import-images`` ->
+The model was trained by ``skysieve train --split-by field`` on the real
+``star_galaxy`` cutouts of the team's test data (the ``shared_data`` fixture) with
+whole fields held out for validation (frames that image the same field, found by a
+constant pixel offset between their sources, are joined: the card's ``split.groups``;
+``val_exposures`` lists the held-out frames).  Here ~200 cutouts of those validation
+fields go through the real CLI: ``import-images`` ->
 ``classify --model star-galaxy`` on a LocalCluster -> Parquet.
 """
 
@@ -44,7 +45,7 @@ def star_galaxy(shared_data: Path) -> Path:
     folder = shared_data / "star_galaxy"
     if not (folder / "labels.csv").is_file():
         pytest.skip(f"real star/galaxy cutouts not found at {folder} (only CI and the team's "
-                    "machines have ../shared/data)")
+                    "machines have the real test data)")
     return folder
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -157,12 +158,23 @@ def test_missing_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     ({"sources": float("nan")}, "sources must be a positive number"),
     ({"sources": 1e9, "hours": -1}, "hours must be a positive number"),
     ({"sources": 1e9, "gpus_per_node": -2}, "gpus_per_node must be an integer"),
-    ({"sources": 1e9, "cores_per_node": 0}, "cores_per_node must be an integer"),
+    ({"sources": 1e9, "cores_per_node": 0}, "cores_per_node must be a positive integer"),
+    ({"sources": "1e9"}, r"sources must be a positive number \(e.g. 1e9\), got '1e9'"),
 ])
 def test_bad_parameters(meas: Path, kw: dict, match: str) -> None:
     with pytest.raises(PlanError, match=match):
         plan(measurements=meas, **kw)
     assert issubclass(PlanError, ValueError)
+
+
+def test_default_measurements_are_the_source_trees(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SKYSIEVE_BENCHMARKS", raising=False)
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    if results.is_dir():
+        assert measurements_dir() == results
+    else:
+        with pytest.raises(PlanError, match=re.escape(f"{results}: no benchmark results folder")):
+            measurements_dir()
 
 
 def test_cli_plan(meas: Path) -> None:

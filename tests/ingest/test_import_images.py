@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.ingest.detect import FLAG_EDGE
-from pipeline.errors import SourceTableError, StoreError
+from pipeline.errors import ImageFolderError, SourceTableError, StoreError
 from pipeline.ingest.images import import_images
 from pipeline.store import describe, open_store, path_source_id, read_rejects
 
@@ -82,6 +82,39 @@ def test_bad_labels_csv(tmp_path: Path) -> None:
     with pytest.raises(SourceTableError, match=r"missing columns \['path'\]"):
         import_images(tmp_path, csv, tmp_path / "s.zarr")
     assert not (tmp_path / "s.zarr").exists()
+    with pytest.raises(ImageFolderError, match="not a directory of images"):
+        import_images(tmp_path / "nowhere", csv, tmp_path / "s.zarr")
+    with pytest.raises(ImageFolderError, match="stamp must be an integer from 4 to 1024"):
+        import_images(tmp_path, csv, tmp_path / "s.zarr", stamp=2)
+    with pytest.raises(ImageFolderError, match="chunk_sources must be an integer"):
+        import_images(tmp_path, csv, tmp_path / "s.zarr", chunk_sources=0)
+
+
+def test_killed_run_is_swept_and_a_failed_one_leaves_nothing(tmp_path: Path, stale_temporary,
+                                                             fail_after_first_chunk) -> None:
+    import pipeline.ingest.images as images
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "imgs"
+    rows = [(f"star/{k}.png", "star", _png(folder / f"star/{k}.png",
+                                           rng.integers(0, 255, (16, 16, 3))))
+            for k in range(3)]
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=["path", "label", "md5"]).to_csv(csv, index=False)
+
+    out = tmp_path / "s.zarr"
+    stale = stale_temporary(out)
+    summary = import_images(folder, csv, out, chunk_sources=1)
+    assert summary.n_sources == 3 and open_store(out)["image"].chunks[0] == (1, 1, 1)
+    assert not stale.exists() and not list(tmp_path.glob(".s.zarr.*"))
+
+    failed = tmp_path / "f.zarr"
+    stale = stale_temporary(failed)
+    fail_after_first_chunk(images)
+    with pytest.raises(RuntimeError, match="part-way"):
+        import_images(folder, csv, failed, chunk_sources=1)
+    assert not failed.exists() and not stale.exists()
+    assert not list(tmp_path.glob(".f.zarr.*"))  # neither the killed run's nor its own
 
 
 def test_real_star_galaxy_subset(shared_data: Path, tmp_path: Path) -> None:

@@ -189,6 +189,26 @@ def test_nothing_usable_writes_nothing(survey: dict, tmp_path: Path) -> None:
     assert "no sources ingested" in summary.describe()
 
 
+def test_killed_run_is_swept_and_a_failed_one_leaves_nothing(survey: dict, tmp_path: Path,
+                                                             stale_temporary,
+                                                             fail_after_first_chunk) -> None:
+    import pipeline.ingest.exposures as exposures
+
+    out = tmp_path / "s.zarr"
+    stale = stale_temporary(out)
+    summary = ingest(survey["good"][:1], out, stamp=16, chunk_sources=8)
+    assert summary.n_chunks >= 2 and open_store(out).sizes["source"] == summary.n_sources
+    assert not stale.exists() and not list(tmp_path.glob(".s.zarr.*"))
+
+    failed = tmp_path / "f.zarr"
+    stale = stale_temporary(failed)
+    fail_after_first_chunk(exposures)
+    with pytest.raises(RuntimeError, match="part-way"):
+        ingest(survey["good"][:1], failed, stamp=16, chunk_sources=8)
+    assert not failed.exists() and not stale.exists()
+    assert not list(tmp_path.glob(".f.zarr.*"))  # neither the killed run's nor its own
+
+
 def test_overwrite_rules(survey: dict, tmp_path: Path) -> None:
     out = tmp_path / "s.zarr"
     first = ingest(survey["good"][:1], out, stamp=16)
@@ -307,7 +327,8 @@ def test_dss_plates_central_galaxy(shared_data: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def synth_survey(tmp_path_factory: pytest.TempPathFactory):
-    synth = pytest.importorskip("pipeline.simulation.survey", reason="pipeline/simulation/survey.py not available")
+    import pipeline.simulation.survey as synth
+
     root = tmp_path_factory.mktemp("synth")
     summary = synth.synthesize(root, exposures=2, size=512, sources=100, ccds=1, seed=7)
     return summary

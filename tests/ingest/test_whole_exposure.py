@@ -18,7 +18,7 @@ from astropy.wcs import WCS
 from pipeline.ingest.detect import FLAG_EDGE
 from pipeline.errors import SkysieveError, SourceTableError, StoreError
 from pipeline.store import open_store, pack_source_id, read_rejects
-from pipeline.simulation.survey import (
+from pipeline.simulation.pointed import (
     TARGET_CLASSES,
     TARGET_MORPHOLOGIES,
     PointedSummary,
@@ -177,6 +177,26 @@ def test_non_square_images_are_centred_in_a_nan_frame(tmp_path: Path) -> None:
     assert np.isnan(ds["ra"].values).all()  # no WCS
     assert (ds["x"].values == 99.5).all() and (ds["y"].values == 63.5).all()
     assert "label" not in ds.coords
+
+
+def test_killed_run_is_swept_and_a_failed_one_leaves_nothing(pointed: PointedSummary,
+                                                             tmp_path: Path, stale_temporary,
+                                                             fail_after_first_chunk) -> None:
+    import pipeline.ingest.whole_exposure as whole_exposure
+
+    out = tmp_path / "w.zarr"
+    stale = stale_temporary(out)
+    summary = ingest_whole(pointed.files[:2], out, downsample=4, chunk_sources=1)
+    assert summary.n_chunks == 2 and open_store(out).sizes["source"] == 2
+    assert not stale.exists() and not list(tmp_path.glob(".w.zarr.*"))
+
+    failed = tmp_path / "f.zarr"
+    stale = stale_temporary(failed)
+    fail_after_first_chunk(whole_exposure)
+    with pytest.raises(RuntimeError, match="part-way"):
+        ingest_whole(pointed.files[:2], failed, downsample=4, chunk_sources=1)
+    assert not failed.exists() and not stale.exists()
+    assert not list(tmp_path.glob(".f.zarr.*"))  # neither the killed run's nor its own
 
 
 def test_bad_truth_and_arguments(pointed: PointedSummary, tmp_path: Path) -> None:

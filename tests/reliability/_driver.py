@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
         run_night([Path(p) for p in fits], out_path, truth=Path(truth), progress=False)
         return 0
     if mode == "classify-after-part":
-        import pipeline.catalogue as cat_mod
+        import pipeline.catalogue.part_files as cat_mod
 
         real_part = cat_mod.write_part
 

@@ -1,6 +1,7 @@
 """Shared helpers of the reliability suite: the results table, catalogue comparison, kill helpers.
 
-Every case records one row (``record``); ``conftest.py`` writes them to
+Every case records one row (``record``, or ``recorded`` around a check, which
+records whether the check held or failed); ``conftest.py`` writes them to
 ``reliability_results.json`` / ``reliability_results.md`` in pytest's base temp
 directory (and ``$SKYSIEVE_RELIABILITY_RESULTS`` when set) and prints the table
 at the end of the run.
@@ -13,13 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["RESULTS", "record", "compare_catalogues", "sorted_catalogue", "start_driver",
+__all__ = ["RESULTS", "record", "recorded", "compare_catalogues", "sorted_catalogue", "start_driver",
            "wait_for", "kill_group", "DRIVER", "markdown_table"]
 
 HERE = Path(__file__).resolve().parent
@@ -29,20 +32,41 @@ RESULTS: list[dict[str, Any]] = []
 
 
 def record(case: str, category: str, outcome: str, *, lost: int | None = 0,
-           doubled: int | None = 0) -> None:
-    """Add a row to the results table (``lost``/``doubled`` None: not a row-producing case)."""
-    RESULTS.append({"case": case, "category": category, "outcome": outcome,
+           doubled: int | None = 0, held: bool = True) -> None:
+    """Add a row to the results table (``lost``/``doubled`` None: not a row-producing case).
+
+    ``held`` is False for a case whose check failed (``outcome`` then says how).
+    """
+    RESULTS.append({"case": case, "category": category, "outcome": outcome, "held": held,
                     "rows_lost": lost, "rows_doubled": doubled})
+
+
+@contextmanager
+def recorded(case: str, category: str, outcome: str, *, lost: int | None = None,
+             doubled: int | None = None) -> Iterator[None]:
+    """Run the block as the check of ``case``: record ``outcome`` if it passes, the failure if not.
+
+    The exception is re-raised, so the test fails and the table says the case did not hold.
+    """
+    try:
+        yield
+    except Exception as exc:  # a skip or an interrupt (BaseException) records nothing
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        record(case, category, f"FAILED: {type(exc).__name__}: {first}", lost=lost,
+               doubled=doubled, held=False)
+        raise
+    record(case, category, outcome, lost=lost, doubled=doubled, held=True)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
-    lines = ["| category | case | outcome | rows lost | rows doubled |",
-             "|---|---|---|---|---|"]
+    lines = ["| category | case | held | outcome | rows lost | rows doubled |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         def cell(v: Any) -> str:
             return "-" if v is None else str(v)
-        lines.append(f"| {r['category']} | {r['case']} | {r['outcome'].replace('|', '/')} | "
+        held = "yes" if r.get("held", True) else "NO"
+        lines.append(f"| {r['category']} | {r['case']} | {held} | {r['outcome'].replace('|', '/')} | "
                      f"{cell(r['rows_lost'])} | {cell(r['rows_doubled'])} |")
     return "\n".join(lines)
 

@@ -9,7 +9,6 @@ written to ``reliability_results.json`` / ``.md`` in pytest's base temp dir
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -73,9 +72,11 @@ def chunk_config():
 
 
 def _write_results(directory: Path) -> None:
+    from pipeline.files import atomic_write, write_json
+
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "reliability_results.json").write_text(json.dumps(RESULTS, indent=2))
-    (directory / "reliability_results.md").write_text(markdown_table(RESULTS) + "\n")
+    write_json(directory / "reliability_results.json", RESULTS)
+    atomic_write(directory / "reliability_results.md", markdown_table(RESULTS) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
@@ -91,7 +92,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         _write_results(Path(target))
     lost = sum(r["rows_lost"] or 0 for r in RESULTS)
     doubled = sum(r["rows_doubled"] or 0 for r in RESULTS)
+    failed = sum(not r.get("held", True) for r in RESULTS)
     terminalreporter.section("skysieve reliability results")
     terminalreporter.write_line(markdown_table(RESULTS))
-    terminalreporter.write_line(f"{len(RESULTS)} cases; rows lost {lost}, rows doubled {doubled}"
+    terminalreporter.write_line(f"{len(RESULTS)} cases, {failed} did not hold; rows lost {lost}, "
+                                f"rows doubled {doubled}"
                                 + (f"; written to {targets[0]}" if targets else ""))

@@ -12,7 +12,6 @@ import json
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from astropy.io import fits
 from click.testing import CliRunner
 
 from _reliability import record
-from pipeline import catalogue
 from pipeline.classify.graph import classify
 from pipeline.errors import SourceTableError, StoreError
 from pipeline.ingest.exposures import ingest

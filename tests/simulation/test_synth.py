@@ -12,8 +12,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from pipeline.errors import SkysieveError
-from pipeline.simulation.survey import CLASSES, SynthError, SynthSummary, synthesize
+from pipeline.errors import SkysieveError, SynthError
+from pipeline.simulation.survey import CLASSES, SynthSummary, synthesize
 
 HEADER_KEYS = ("PIXSCALE", "PSF_FWHM", "SEEING", "GAIN", "RDNOISE", "SATURATE", "SKYLEVEL",
                "EXPTIME", "MAGZP", "FILTER", "BLURRED", "OBJECT", "SEED")
@@ -257,15 +257,19 @@ def test_stale_exposures_are_removed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"exposures": 0}, "exposures=0"),
+    ({"exposures": 0}, "exposures must be a positive integer, got 0"),
+    ({"exposures": 10000}, "exposures=10000 is out of range"),
     ({"size": 64}, "size=64"),
     ({"size": 256.0}, "size=256.0"),
-    ({"ccds": 0}, "ccds=0"),
+    ({"ccds": 0}, "ccds must be a positive integer, got 0"),
+    ({"ccds": 65}, "ccds=65 is out of range"),
     ({"sources": 0}, "sources=0"),
     ({"sources": 10**9}, "sources=1000000000"),
     ({"seed": -1}, "seed=-1"),
-    ({"blurred_fraction": 1.5}, "blurred_fraction=1.5"),
-    ({"processes": 0}, "processes=0"),
+    ({"blurred_fraction": 1.5}, "blurred_fraction must be between 0 and 1, got 1.5"),
+    ({"blurred_fraction": float("nan")}, "blurred_fraction must be between 0 and 1"),
+    ({"processes": 0}, "processes must be a positive integer, got 0"),
+    ({"processes": 2.0}, "processes must be a positive integer, got 2.0"),
 ])
 def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(SynthError, match=match) as info:

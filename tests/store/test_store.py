@@ -14,6 +14,7 @@ import pipeline
 from pipeline.errors import StoreError
 from pipeline.store import (
     COORDS,
+    building,
     check_unique_ids,
     commit_store,
     create_store,
@@ -153,6 +154,26 @@ def test_prepare_output_and_commit(tmp_path: Path) -> None:
     _write(new, 6)
     commit_store(new, out, overwrite=True)
     assert open_store(out).sizes["source"] == 6 and not new.exists()
+
+
+def test_building_commits_whole_or_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "s.zarr"
+    with building(out) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".s.zarr.tmp-") and not out.exists()
+        _write(tmp, 4)
+    assert open_store(out).sizes["source"] == 4 and not tmp.exists()
+    with pytest.raises(StoreError, match="--overwrite"):
+        with building(out):
+            pass
+    with pytest.raises(KeyboardInterrupt):  # an interrupt part-way: old store kept, no temporary
+        with building(out, overwrite=True) as tmp:
+            _write(tmp, 6)
+            raise KeyboardInterrupt
+    assert open_store(out).sizes["source"] == 4 and not tmp.exists()
+    with building(out, overwrite=True) as tmp:
+        _write(tmp, 6)
+    assert open_store(out).sizes["source"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
 
 
 def _rewrite(path: Path, ds: xr.Dataset) -> None:

@@ -10,7 +10,9 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats
 
-from pipeline.training.compare import compare, paired_study, parse_token, resolve_arch, summarize
+from pipeline.errors import CompareError, StoreError
+from pipeline.training.compare import compare, parse_token, resolve_arch
+from pipeline.training.statistics import paired_study, summarize
 from _blob_stores import make_store as blob_store  # tests/ is on sys.path
 
 ARCHS = ["lenet5", "smallcnn", "smallcnn+kd"]
@@ -126,20 +128,26 @@ def test_resume_does_not_retrain(run):
     assert again["runs_trained"] == 0 and gone.is_file()
     assert [r["accuracy"] for r in again["rows"]] == [r["accuracy"]
                                                      for r in run["result"]["rows"]]
-    with pytest.raises(ValueError, match=r"lenet5_s0\.pt: an earlier compare trained this run "
-                                         r"with other settings: epochs=1 \(asked 2\)"):
+    with pytest.raises(CompareError, match=r"lenet5_s0\.pt: an earlier compare trained this "
+                                           r"run with other settings: epochs=1 \(asked 2\)"):
         compare(run["store"], out=out, **{**KW, "epochs": 2})
 
 
 def test_bad_tokens_are_refused_before_anything_is_written(run, tmp_path):
     out = tmp_path / "never"
-    with pytest.raises(ValueError, match=r"unknown architecture 'lenet6'; registered models: "
-                                         r".*lenet5, .*smallcnn"):
+    with pytest.raises(CompareError, match=r"unknown architecture 'lenet6'; registered models: "
+                                           r".*lenet5, .*smallcnn"):
         compare(run["store"], out=out, **{**KW, "archs": ["lenet5", "lenet6+kd"]})
-    with pytest.raises(ValueError, match=r"token\(s\) \['lenet5'\] given twice"):
+    with pytest.raises(CompareError, match=r"token\(s\) \['lenet5'\] given twice"):
         compare(run["store"], out=out, **{**KW, "archs": ["lenet5", "lenet5"]})
-    with pytest.raises(ValueError, match="seeds must be a positive integer"):
+    with pytest.raises(CompareError, match="compare: seeds must be a positive integer"):
         compare(run["store"], out=out, **{**KW, "seeds": 0})
+    with pytest.raises(CompareError, match="compare: teacher_epochs must be a positive integer"):
+        compare(run["store"], out=out, **{**KW, "teacher_epochs": -1})
+    with pytest.raises(StoreError, match=r"gone\.zarr: no such cutout store"):
+        compare(out.parent / "gone.zarr", out=out, **KW)
+    with pytest.raises(StoreError, match=r"gone\.zarr: no such cutout store"):
+        compare(run["store"], out=out, pretrain_store=out.parent / "gone.zarr", **KW)
     assert not out.exists()
 
 
@@ -165,7 +173,7 @@ def test_tokens_and_statistics_helpers():
         "arch": "mobilenetv3_small", "kd": True}
     assert resolve_arch("hr_celestialnet", image_size=64) == "hr_celestialnet_cutout"
     assert resolve_arch("hr_celestialnet", image_size=4096) == "hr_celestialnet"
-    with pytest.raises(ValueError, match="unknown architecture 'resnet19'"):
+    with pytest.raises(CompareError, match="unknown architecture 'resnet19'"):
         parse_token("resnet19+kd", image_size=64)
     s = summarize([0.5, 0.7, None])
     assert s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(np.std([0.5, 0.7],

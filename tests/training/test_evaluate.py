@@ -12,7 +12,7 @@ import xarray as xr
 from PIL import Image
 
 from pipeline.imaging.blur_score import apparent_fwhm
-from pipeline.errors import StoreError
+from pipeline.errors import EvaluationError, StoreError
 from pipeline.training.plots import load_evaluation, plot_blur_curves, plot_reliability
 from pipeline.training.evaluate import FIGURES, JSON_NAME, _blur, evaluate, validate_blur_sweep
 from pipeline.training.metrics import (classification_metrics, expected_calibration_error,
@@ -207,7 +207,7 @@ def test_pngs_are_valid_and_not_blank(evaluated):
     for name in ("both_blur.png", "both_rel.png"):
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.size[0] >= 300
-    with pytest.raises(ValueError, match="evaluation.json"):
+    with pytest.raises(EvaluationError, match="evaluation.json"):
         load_evaluation(out / "nothing_here.json")
 
 
@@ -251,7 +251,7 @@ def test_blur_widens_sources_and_keeps_the_noise_level():
 ])
 def test_bad_sweep_is_refused(trained, tmp_path, sweep, match):
     store, model, _ = trained
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(EvaluationError, match=match):
         evaluate(model, store, out=tmp_path, blur_sweep=sweep)
     assert not (tmp_path / JSON_NAME).exists()
 
@@ -262,10 +262,14 @@ def test_validate_sweep_parses_text():
 
 def test_bad_arguments_and_unknown_labels(trained, tmp_path):
     store, model, _ = trained
-    with pytest.raises(ValueError, match="unknown subset 'some'; valid: auto, val, all"):
+    with pytest.raises(EvaluationError, match="unknown subset 'some'; valid: auto, val, all"):
         evaluate(model, store, out=tmp_path, subset="some")
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(EvaluationError, match="batch_size must be a positive integer"):
         evaluate(model, store, out=tmp_path, batch_size=0)
+    with pytest.raises(EvaluationError, match="unknown device 'tpu'"):
+        evaluate(model, store, out=tmp_path, device="tpu")
+    with pytest.raises(StoreError, match=r"gone\.zarr: no such cutout store"):
+        evaluate(model, tmp_path / "gone.zarr", out=tmp_path, speed=False)
     labels = ["quasar" if i == 4 else CLASSES[i % 3] for i in range(30)]
     odd = make_store(tmp_path / "odd.zarr", n=30, labels=labels)
     with pytest.raises(StoreError, match=r"labels \['quasar'\] are not classes of the model"):

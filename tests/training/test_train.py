@@ -12,14 +12,16 @@ import xarray as xr
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.errors import StoreError
-from pipeline.training.metrics import classification_metrics, expected_calibration_error, fit_temperature
+from pipeline.errors import StoreError, TrainingError
 from pipeline.imaging.preprocess import prepare
-from pipeline.training.fit import (_augment, group_fields, load_labelled, split_validation,
-                            train)
+from pipeline.training.augment import augment
+from pipeline.training.data import load_labelled
+from pipeline.training.fit import train
+from pipeline.training.metrics import classification_metrics, expected_calibration_error, fit_temperature
+from pipeline.training.splits import group_fields, split_validation
 from workers.checkpoint import file_sha256, load_checkpoint
 from workers.inference import Predictor
-from _blob_stores import CLASSES, make_store as blob_store  # tests/ is on sys.path
+from _blob_stores import CLASSES, image_encoding, make_store as blob_store  # tests/ on sys.path
 
 
 
@@ -116,10 +118,10 @@ def test_the_split_holds_out_whole_exposures(smallcnn, store):
     assert len(others | {tuple(names)}) > 1  # the seed chooses the exposures
     tr_s, va_s, none = split_validation(groups, labels, by="source", val_fraction=0.2, seed=0)
     assert none == [] and set(labels[va_s]) == set(labels) and va_s.size == 60
-    with pytest.raises(ValueError, match="split_by='source'"):
+    with pytest.raises(TrainingError, match="split_by='source'"):
         split_validation(np.zeros(10), np.tile(["a", "b"], 5))
-    with pytest.raises(ValueError, match="unknown split_by 'frames'; valid: exposure, frame, "
-                                         "field, source"):
+    with pytest.raises(TrainingError, match="unknown split_by 'frames'; valid: exposure, "
+                                            "frame, field, source"):
         split_validation(groups, labels, by="frames")
     assert all(np.array_equal(x, y) for x, y in
                zip(split_validation(groups, labels, by="frame", val_fraction=0.3, seed=3),
@@ -134,8 +136,8 @@ def test_split_by_source(store, tmp_path):
 
 
 def test_unknown_arch_lists_the_models(store, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown model 'smallcn'.*'smallcnn'.*registered "
-                                         r"models: .*lenet5, .*smallcnn"):
+    with pytest.raises(TrainingError, match=r"unknown model 'smallcn'.*'smallcnn'.*registered "
+                                            r"models: .*lenet5, .*smallcnn"):
         train(store, arch="smallcn", out=tmp_path / "x.pt")
     assert not any(tmp_path.iterdir())
 
@@ -161,15 +163,18 @@ def test_load_labelled_reads_the_labelled_sources_and_fingerprints_them(store, s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.assign(image=(ds["image"].dims, images)).to_zarr(
-            tmp_path / "repainted.zarr", zarr_format=3, mode="w")
+            tmp_path / "repainted.zarr", zarr_format=3, mode="w", encoding=image_encoding(ds))
     repainted = load_labelled(tmp_path / "repainted.zarr")
     assert repainted["data_sha256"] == data["data_sha256"]  # labels, exposures, ids: the same
     assert repainted["pixels_sha256"] != data["pixels_sha256"]
 
 
 def test_bad_stores(tmp_path):
-    with pytest.raises(StoreError, match="not a readable cutout store"):
+    with pytest.raises(StoreError, match="missing.zarr: no such cutout store"):
         train(tmp_path / "missing.zarr", arch="smallcnn", out=tmp_path / "x.pt")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(StoreError, match="empty.zarr: not a readable Zarr v3 cutout store"):
+        train(tmp_path / "empty.zarr", arch="smallcnn", out=tmp_path / "x.pt")
     one = make_store(tmp_path / "one.zarr", n=30, n_exp=1)
     with pytest.raises(StoreError, match=r"one\.zarr: .*use split_by='source'"):
         train(one, arch="smallcnn", out=tmp_path / "x.pt")
@@ -179,6 +184,61 @@ def test_bad_stores(tmp_path):
         ds.to_zarr(tmp_path / "nolabel.zarr", zarr_format=3, mode="w")
     with pytest.raises(StoreError, match=r"no per-source 'label'"):
         train(tmp_path / "nolabel.zarr", arch="smallcnn", out=tmp_path / "x.pt")
+    ds = xr.open_zarr(one)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != "kind"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(tmp_path / "nokind.zarr", zarr_format=3, mode="w")
+    with pytest.raises(StoreError, match=r"nokind\.zarr: attribute 'kind' is None, not 'cutouts'"):
+        load_labelled(tmp_path / "nokind.zarr")  # the store contract is checked
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"epochs": 0}, "train: epochs must be a positive integer, got 0"),
+    ({"batch_size": True}, "train: batch_size must be a positive integer, got True"),
+    ({"batch_size": 1}, r"train: batch_size must be >= 2 \(BatchNorm\), got 1"),
+    ({"patience": 2.5}, "train: patience must be a positive integer, got 2.5"),
+    ({"lr": 0.0}, "train: lr must be a positive number, got 0.0"),
+    ({"image_size": 0}, "train: image_size must be a positive integer, got 0"),
+    ({"split_by": "pixel"}, "train: unknown split_by 'pixel'"),
+    ({"val_fraction": 1.0}, r"train: val_fraction must be between 0 and 1 \(both excluded\)"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"stretch": {"name": "log"}}, "unknown stretch 'log'"),
+])
+def test_bad_settings_are_training_errors(tmp_path, kw, match):
+    # refused before the store is read: the store need not exist
+    with pytest.raises(TrainingError, match=match):
+        train(tmp_path / "never.zarr", arch="smallcnn", out=tmp_path / "x.pt", **kw)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_an_arch_that_cannot_take_the_input_size_is_a_training_error(tmp_path):
+    store = make_store(tmp_path / "s.zarr", n=60)
+    with pytest.raises(TrainingError, match="LeNet5 needs image_size >= 16, got 8"):
+        train(store, arch="lenet5", out=tmp_path / "x.pt", image_size=8, progress=False)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_cli_train_reports_bad_settings_in_one_line_but_bugs_with_a_traceback(tmp_path,
+                                                                             monkeypatch):
+    store = make_store(tmp_path / "s.zarr", n=60)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", str(store), "--out", str(tmp_path / "x.pt"),
+                              "--epochs", "0"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    assert res.output == "skysieve: error: train: epochs must be a positive integer, got 0\n"
+    res = runner.invoke(cli, ["train", str(store), "--out", str(tmp_path / "x.pt"),
+                              "--softening", "-1"])
+    assert res.exit_code == 1 and "skysieve: error: stretch 'softening'" in res.output
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr("pipeline.training.fit.load_labelled", broken)
+    res = runner.invoke(cli, ["train", str(store), "--out", str(tmp_path / "x.pt")])
+    assert isinstance(res.exception, ValueError)  # not turned into a one-line user error
+    assert "skysieve: error" not in res.output
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -202,8 +262,8 @@ def test_metrics_helpers():
 # --------------------------------------------------------------------------- augment, stretch, field split
 def test_geometric_augmentation_only_moves_pixels():
     z = torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    geo = _augment(z, torch.Generator().manual_seed(1), p_blur=0.0, p_dim=0.0)
-    full = _augment(z, torch.Generator().manual_seed(1))
+    geo = augment(z, torch.Generator().manual_seed(1), p_blur=0.0, p_dim=0.0)
+    full = augment(z, torch.Generator().manual_seed(1))
     # flips, rotations and wrapped shifts permute the pixels of each stamp ...
     assert torch.equal(geo.flatten(1).sort(dim=1).values, z.flatten(1).sort(dim=1).values)
     assert not torch.equal(geo, z)
@@ -226,9 +286,9 @@ def test_augment_and_stretch_are_recorded_and_applied(store, tmp_path):
         prepare(images, stretch=card2.stretch, image_size=card2.image_size))
     assert classification_metrics(y, proba.argmax(1), card.classes)["confusion"] == \
         card.metrics["confusion"]
-    with pytest.raises(ValueError, match="unknown augment 'blur'; valid: full, geometric"):
+    with pytest.raises(TrainingError, match="unknown augment 'blur'; valid: full, geometric"):
         train(store, arch="smallcnn", out=tmp_path / "x.pt", augment="blur")
-    with pytest.raises(ValueError, match="stretch 'softening' must be a finite number > 0"):
+    with pytest.raises(TrainingError, match="stretch 'softening' must be a finite number > 0"):
         train(store, arch="smallcnn", out=tmp_path / "x.pt", stretch={"softening": -1})
     assert not (tmp_path / "x.pt").exists()
 

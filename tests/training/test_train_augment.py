@@ -1,4 +1,4 @@
-"""Training augmentation presets (``pipeline.training.fit.AUGMENTS``), the blur-robust one above all."""
+"""Training augmentation presets (``pipeline.training.augment.AUGMENTS``), the blur-robust one above all."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from test_train import make_store  # tests/ is on sys.path (pytest's rootdir import mode)
 
 from pipeline.cli import cli
-from pipeline.training.fit import _AUGMENT_KW, AUGMENTS, _augment, train
+from pipeline.training.augment import AUGMENT_KW, AUGMENTS, augment
+from pipeline.training.fit import train
 from workers.checkpoint import load_card
 
 N, SIZE, STAR_SIGMA, PEAK = 256, 64, 1.5, 1e8
@@ -43,17 +44,17 @@ def _radial_variance(img: torch.Tensor) -> torch.Tensor:
 def _added_sigma(preset: str, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-stamp added blur sigma (px, from the growth of the star's second moment) and noise std."""
     z = _stars_and_noise()
-    out = _augment(z, torch.Generator().manual_seed(seed), **_AUGMENT_KW[preset])
+    out = augment(z, torch.Generator().manual_seed(seed), **AUGMENT_KW[preset])
     grown = _radial_variance(out[:, 0]) - STAR_SIGMA ** 2  # sigma^2 added per axis
     return grown.clamp_min(0).sqrt(), out[:, 1].std(dim=(1, 2))
 
 
 def test_presets_are_named_and_full_is_unchanged():
     assert list(AUGMENTS)[:2] == ["full", "geometric"]
-    assert set(_AUGMENT_KW) == set(AUGMENTS)
+    assert set(AUGMENT_KW) == set(AUGMENTS)
     # `skysieve compare` results depend on "full": its definition stays as it was
     assert AUGMENTS["full"] == "dihedral8, shift<=2px, blur p=0.3 sigma 0.3-1.5px, dim p=0.5 a>=0.6"
-    assert _AUGMENT_KW["full"] == {} and _AUGMENT_KW["geometric"] == {"p_blur": 0.0, "p_dim": 0.0}
+    assert AUGMENT_KW["full"] == {} and AUGMENT_KW["geometric"] == {"p_blur": 0.0, "p_dim": 0.0}
     assert "robust" in AUGMENTS and "sigma 0.3-4px" in AUGMENTS["robust"]
 
 
@@ -92,9 +93,9 @@ def test_robust_restores_unit_noise():
 
 def test_robust_is_deterministic_for_a_seed():
     z = _stars_and_noise()
-    a = _augment(z, torch.Generator().manual_seed(5), **_AUGMENT_KW["robust"])
-    b = _augment(z, torch.Generator().manual_seed(5), **_AUGMENT_KW["robust"])
-    c = _augment(z, torch.Generator().manual_seed(6), **_AUGMENT_KW["robust"])
+    a = augment(z, torch.Generator().manual_seed(5), **AUGMENT_KW["robust"])
+    b = augment(z, torch.Generator().manual_seed(5), **AUGMENT_KW["robust"])
+    c = augment(z, torch.Generator().manual_seed(6), **AUGMENT_KW["robust"])
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 

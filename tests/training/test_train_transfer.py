@@ -20,8 +20,11 @@ from click.testing import CliRunner
 from test_train import make_store  # tests/ is on sys.path (pytest's rootdir import mode)
 
 from pipeline.cli import cli
-from pipeline.training.fit import (_amp_settings, _kd_loss, read_weights, split_validation, train,
-                            transfer_weights)
+from pipeline.errors import TrainingError
+from pipeline.training.distill import kd_loss
+from pipeline.training.fit import _amp_settings, train
+from pipeline.training.splits import split_validation
+from pipeline.training.transfer import read_weights, transfer_weights
 from workers.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from workers.models import create_model
 
@@ -131,7 +134,7 @@ def test_refused_init_files_name_the_file(data, tmp_path):
         train(data["three"], out=tmp_path / "x.pt", init=pickled, **FAST)
     with pytest.raises(CheckpointError, match=r"nope\.pth: weights file not found"):
         train(data["three"], out=tmp_path / "x.pt", init=tmp_path / "nope.pth", **FAST)
-    with pytest.raises(ValueError, match="init_sha256 given without init"):
+    with pytest.raises(TrainingError, match="init_sha256 given without init"):
         train(data["three"], out=tmp_path / "x.pt", init_sha256="0" * 64, **FAST)
     assert not (tmp_path / "x.pt").exists()
 
@@ -189,7 +192,7 @@ def test_bad_teachers_and_settings_are_refused(data, tmp_path):
     for kw, match in (({"kd_alpha": 1.5}, "kd_alpha must be between 0 and 1, got 1.5"),
                       ({"kd_alpha": -0.1}, "kd_alpha must be between 0 and 1"),
                       ({"kd_temperature": 0.0}, "kd_temperature must be a positive number")):
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(TrainingError, match=match):
             train(data["three"], out=tmp_path / "x.pt", teacher=data["base"], **kw, **FAST)
     assert not (tmp_path / "x.pt").exists()
 
@@ -198,11 +201,11 @@ def test_kd_loss_and_amp_settings():
     torch.manual_seed(0)
     s, t = torch.randn(8, 3), torch.randn(8, 3)
     ce = torch.tensor(0.7)
-    assert torch.equal(_kd_loss(s, t, ce, alpha=0.0, temperature=4.0), ce)
-    assert _kd_loss(s, s, ce, alpha=0.5, temperature=4.0).item() == pytest.approx(0.35, abs=1e-6)
+    assert torch.equal(kd_loss(s, t, ce, alpha=0.0, temperature=4.0), ce)
+    assert kd_loss(s, s, ce, alpha=0.5, temperature=4.0).item() == pytest.approx(0.35, abs=1e-6)
     p_t = torch.softmax(t / 2, 1)
     kl = (p_t * (p_t.log() - torch.log_softmax(s / 2, 1))).sum(1).mean()
-    assert _kd_loss(s, t, ce, alpha=1.0, temperature=2.0).item() == pytest.approx(
+    assert kd_loss(s, t, ce, alpha=1.0, temperature=2.0).item() == pytest.approx(
         4 * kl.item(), rel=1e-5)
     assert _amp_settings(torch.device("cpu")) == (False, torch.float32)
     cuda = torch.device("cuda", 0)

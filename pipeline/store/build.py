@@ -1,0 +1,317 @@
+"""Writing a cutout store: the output-folder transaction, then the store's arrays chunk by chunk.
+
+A store is built in a hidden sibling directory and renamed into place only when
+whole, so ``out`` always holds the old store, the new one or nothing; every
+ingest path goes through :func:`building`::
+
+    out = prepare_output(out, overwrite=overwrite)      # refuse early, before any work
+    ...
+    with building(out, overwrite=overwrite) as tmp:     # sweeps dead runs' temporaries
+        create_store(tmp, table, ...)
+        write_chunk(tmp, 0, stamps)
+    # committed by rename here; on any error the temporary is removed instead
+
+The temporary's name, ``.<name>.tmp-<host>-<pid>-<random>``, says which process
+builds it, so a later run can remove the half-built stores of runs that were
+killed (SIGKILL, a lost node) without touching a live run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xarray as xr
+
+from pipeline import __version__
+from pipeline.errors import StoreError
+from pipeline.files import to_jsonable
+from pipeline.store.contract import COORDS, IMAGE_COMPRESSIONS, IMAGE_DIMS
+
+__all__ = ["building", "commit_store", "create_store", "discard", "prepare_output",
+           "sweep_stale_temporaries", "temporary_sibling", "write_chunk"]
+
+
+# ---------------------------------------------------------------------------- output dir
+def _is_cutout_store(path: Path) -> bool:
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+    return attrs.get("kind") == "cutouts"
+
+
+def prepare_output(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Validate the output path before any work; return it as a Path.
+
+    Parameters
+    ----------
+    out : str or Path
+        The store directory to write; its parent is created when missing.
+    overwrite : bool, default: False
+        Whether an existing cutout store (or empty directory) may be replaced.
+
+    Raises
+    ------
+    StoreError
+        ``out`` exists and ``overwrite`` is False, or it exists and is not a
+        cutout store (never replaced, to protect unrelated files).
+    """
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise StoreError(f"{out}: already exists; pass --overwrite (overwrite=True) to "
+                             "replace it, or choose another --out")
+        if not out.is_dir() or not (_is_cutout_store(out) or not any(out.iterdir())):
+            raise StoreError(f"{out}: exists and is not a skysieve cutout store; refusing to "
+                             "replace it (remove it yourself or choose another --out)")
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _host_tag() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+
+
+def temporary_sibling(out: Path) -> Path:
+    """A fresh hidden directory name next to ``out`` to build the store in.
+
+    Its name, ``.<name>.tmp-<host>-<pid>-<random>``, says which process builds
+    it, so that :func:`sweep_stale_temporaries` can remove it after that
+    process died (SIGKILL, a lost node) without touching a live run's.
+    """
+    return out.with_name(f".{out.name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def sweep_stale_temporaries(out: str | Path) -> list[Path]:
+    """Remove the half-built stores of dead ingests of ``out`` (same host, pid gone).
+
+    Returns
+    -------
+    list of Path
+        The directories removed.
+    """
+    out = Path(out)
+    host, removed = _host_tag(), []
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        tail = tmp.name[len(f".{out.name}.tmp-"):]
+        parts = tail.rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue  # another host's (or an unknown) build: never ours to remove
+        pid = int(parts[1])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def commit_store(tmp: Path, out: Path, *, overwrite: bool) -> Path:
+    """Rename the finished store ``tmp`` to ``out`` (replacing an old store if allowed)."""
+    old = None
+    if out.exists():
+        prepare_output(out, overwrite=overwrite)  # re-check: it may have appeared meanwhile
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def discard(tmp: Path | None) -> None:
+    """Remove a half-built store directory, if any."""
+    if tmp is not None and tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def building(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a store at ``out`` as one transaction: whole on success, absent on error.
+
+    Checks ``out`` (:func:`prepare_output`), removes the temporaries of earlier
+    runs of ``out`` that were killed (:func:`sweep_stale_temporaries`), and
+    yields a fresh hidden sibling path for the body to create the store in.
+    When the body returns, the store is renamed into place
+    (:func:`commit_store`); when it raises (``KeyboardInterrupt`` included),
+    the temporary is removed and the error propagates.
+
+    Parameters
+    ----------
+    out : str or Path
+        The store directory to write.
+    overwrite : bool, default: False
+        Replace an existing store at ``out``.
+
+    Yields
+    ------
+    Path
+        The temporary directory path (not yet created).
+
+    Raises
+    ------
+    StoreError
+        ``out`` exists and may not be replaced (see :func:`prepare_output`).
+    """
+    out = prepare_output(out, overwrite=overwrite)
+    sweep_stale_temporaries(out)
+    tmp = temporary_sibling(out)
+    try:
+        yield tmp
+        commit_store(tmp, out, overwrite=overwrite)
+    except BaseException:
+        discard(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------- writing
+def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Sequence[str],
+                 chunk_sources: int, pixel_scale: float, inputs: list[dict[str, Any]],
+                 rejects: list[dict[str, Any]], extra_attrs: dict[str, Any] | None = None,
+                 image_compression: str | None = None) -> None:
+    """Create a store at ``path``: all coordinates and attrs, an empty ``image`` and statistics.
+
+    ``image`` and the per-stamp statistics are created NaN-filled (Zarr fill
+    value) and written chunk by chunk afterwards with :func:`write_chunk`; the
+    rejects table is written as ``rejects.parquet``.
+
+    Parameters
+    ----------
+    path : str or Path
+        New directory (must not exist).
+    table : pandas.DataFrame
+        One row per source, in store order, with every column of
+        :data:`COORDS` (and optionally ``label``).
+    stamp, chunk_sources : int
+        Stamp side (px) and sources per chunk.
+    bands : sequence of str
+        Band names (length = the ``band`` dimension).
+    pixel_scale : float
+        Arcsec per pixel (NaN if unknown).
+    inputs, rejects : list of dict
+        Provenance ``{path, sha256, bytes}`` and ``{file, hdu, reason}``.
+    image_compression : {"none", "zstd"}, optional
+        Codec of ``image`` (default: config ``ingest.image-compression``).
+    """
+    import dask.array as da
+    from zarr.codecs import ZstdCodec
+
+    from pipeline import config
+    from pipeline.imaging.stamp_stats import STAMP_STATS
+
+    path = Path(path)
+    image_compression = config.resolve("ingest.image-compression", image_compression)
+    if image_compression not in IMAGE_COMPRESSIONS:
+        raise StoreError(f"ingest.image-compression is {image_compression!r}; use one of "
+                         f"{', '.join(IMAGE_COMPRESSIONS)}")
+    missing = [c for c in COORDS if c not in table.columns]
+    if missing:
+        raise StoreError(f"{path}: cannot create a store without coordinates {missing!r}")
+    n = len(table)
+    nb = len(bands)
+    coords: dict[str, Any] = {}
+    for name, dtype in COORDS.items():
+        values = table[name].to_numpy()
+        values = values.astype(object if dtype == "str" else dtype)
+        coords[name] = ("source", values)
+    if "label" in table.columns:
+        coords["label"] = ("source", table["label"].astype(str).to_numpy().astype(object))
+    image = da.full((n, nb, stamp, stamp), np.nan, dtype=np.float32,
+                    chunks=(chunk_sources, nb, stamp, stamp))
+    sizes = {"source": n, "band": nb}
+    stats = {name: (dims, da.full(tuple(sizes[d] for d in dims), np.nan, dtype=np.float32,
+                                  chunks=tuple(chunk_sources if d == "source" else nb
+                                               for d in dims)))
+             for name, dims in STAMP_STATS.items()}
+    ds = xr.Dataset({"image": (IMAGE_DIMS, image), **stats}, coords=coords)
+    attrs: dict[str, Any] = {
+        "skysieve_version": __version__, "kind": "cutouts", "stamp": int(stamp),
+        "bands": [str(b) for b in bands], "pixel_scale": float(pixel_scale),
+        "chunk_sources": int(chunk_sources), "inputs": inputs, "rejects": rejects,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if "label" in table.columns:
+        attrs["classes"] = sorted({str(v) for v in table["label"] if str(v)})
+    attrs.update(extra_attrs or {})
+    attrs = to_jsonable(attrs)
+    # An unknown pixel scale stays NaN (Zarr v3 writes it as "NaN" and reads it back);
+    # to_jsonable would have made it None.
+    attrs["pixel_scale"] = float(pixel_scale)
+    ds.attrs = attrs
+    zstd = [ZstdCodec(level=3)]
+    encoding: dict[str, Any] = {"image": {
+        "chunks": (chunk_sources, nb, stamp, stamp),
+        "compressors": zstd if image_compression == "zstd" else None}}
+    for name, (dims, values) in stats.items():
+        encoding[name] = {"chunks": values.chunksize, "compressors": None}
+    for name in coords:
+        encoding[name] = {"chunks": (max(1, min(chunk_sources, n)),), "compressors": zstd}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+        ds.to_zarr(path, mode="w-", zarr_format=3, compute=False, encoding=encoding)
+    _write_rejects(path, rejects)
+
+
+def _write_rejects(path: Path, rejects: list[dict[str, Any]]) -> None:
+    table = pa.table({
+        "file": pa.array([str(r["file"]) for r in rejects], pa.string()),
+        "hdu": pa.array([int(r["hdu"]) for r in rejects], pa.int32()),
+        "reason": pa.array([str(r["reason"]) for r in rejects], pa.string()),
+    })
+    pq.write_table(table, Path(path) / "rejects.parquet")
+
+
+def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
+    """Write ``stamps`` (n, band, y, x) to ``image[start:start + n]``: one whole chunk.
+
+    The per-stamp statistics (:mod:`pipeline.imaging.stamp_stats`) are measured here and
+    written first, where the store has them.
+
+    Raises
+    ------
+    StoreError
+        ``start`` not on a chunk boundary, or a partial chunk other than the last.
+    """
+    import zarr
+
+    array = zarr.open_array(Path(path) / "image", mode="r+")
+    cs = array.chunks[0]
+    stop = start + stamps.shape[0]
+    if start % cs or (stop % cs and stop != array.shape[0]) or stamps.shape[1:] != array.shape[1:]:
+        raise StoreError(f"{path}: rows {start}:{stop} of shape {stamps.shape!r} are not one "
+                         f"whole chunk of 'image' {array.shape!r} chunked {array.chunks!r}")
+    stamps = stamps.astype(np.float32, copy=False)
+    if (Path(path) / "stamp_fwhm").is_dir():
+        from pipeline.imaging.stamp_stats import stamp_statistics
+
+        for name, values in stamp_statistics(stamps).items():
+            zarr.open_array(Path(path) / name, mode="r+")[start:stop] = values
+    array[start:stop] = stamps

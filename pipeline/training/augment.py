@@ -1,0 +1,97 @@
+"""Training augmentation of S/N stamps in torch: flips, shifts, PSF blur, dimming, at unit noise."""
+
+from __future__ import annotations
+
+import torch
+
+from workers.blur import gaussian_blur, noise_std_factor
+
+__all__ = ["AUGMENTS", "AUGMENT_KW", "augment"]
+
+AUGMENTS: dict[str, str] = {
+    "full": "dihedral8, shift<=2px, blur p=0.3 sigma 0.3-1.5px, dim p=0.5 a>=0.6",
+    "geometric": "dihedral8, shift<=2px",
+    "robust": "dihedral8, shift<=2px, blur p=0.4 sigma 0.3-4px, dim p=0.5 a>=0.6",
+}
+"""Training augmentations by name, as a card records them (``training.augment``).
+
+``"full"``: dihedral flips/rotations, shifts up to 2 px, a PSF blur of 30% of
+the stamps (sigma 0.3-1.5 px) and a dimming of half of them (to >= 0.6 of the
+flux) at fixed noise; ``"geometric"``: the flips and shifts only; ``"robust"``:
+``"full"`` with the blur on 40% of the stamps and sigmas up to 4 px, which
+covers an added blur of 2 PSF FWHM (sigma ``2 x FWHM / 2.355``) for a PSF of
+about 4 px, the range of ``skysieve evaluate --blur-sweep``.  Blur is in
+pixels, the same for every PSF.  :data:`AUGMENT_KW` gives each preset's
+keywords of :func:`augment`.
+"""
+AUGMENT_KW: dict[str, dict[str, float]] = {
+    "full": {}, "geometric": {"p_blur": 0.0, "p_dim": 0.0},
+    "robust": {"p_blur": 0.4, "max_blur_sigma": 4.0},
+}
+"""Keywords of :func:`augment` for each preset of :data:`AUGMENTS` (``{}``: its defaults)."""
+
+
+def augment(z: torch.Tensor, gen: torch.Generator, *, max_shift: int = 2, p_blur: float = 0.3,
+            max_blur_sigma: float = 1.5, p_dim: float = 0.5, min_dim: float = 0.6) -> torch.Tensor:
+    """Augment S/N images ``(N, C, y, x)`` (unit noise), keeping unit noise.
+
+    Dihedral flips/rotations (8, or 4 flips when not square), integer shifts up
+    to ``max_shift`` px (wrapping, as ``torch.roll``), a Gaussian PSF blur of a
+    share ``p_blur`` of the stamps with sigma uniform in ``[0.3, max_blur_sigma]``
+    px, white noise added back to unit variance, and a dimming of a share ``p_dim``
+    of the source by ``a`` in ``[min_dim, 1]`` at fixed noise (``a z + sqrt(1 - a^2)
+    n``: flux scaling plus Gaussian noise).  Deterministic for the state of ``gen``.
+    The presets of :data:`AUGMENTS` set these keywords (:data:`AUGMENT_KW`).
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        S/N stamps ``(N, C, y, x)``, float.
+    gen : torch.Generator
+        The source of every random draw.
+    max_shift, p_blur, max_blur_sigma, p_dim, min_dim
+        As above.
+
+    Returns
+    -------
+    torch.Tensor
+        The augmented stamps, same shape; ``z`` is left unchanged.
+    """
+    n, _, h, w = z.shape
+    out = torch.empty_like(z)
+    k = torch.randint(0, 8 if h == w else 4, (n,), generator=gen)
+    for g in range(8):
+        sel = torch.nonzero(k == g).reshape(-1)
+        if sel.numel() == 0:
+            continue
+        sub = z.index_select(0, sel)
+        if h == w:
+            sub = torch.rot90(sub, g % 4, dims=(2, 3))
+            if g >= 4:
+                sub = sub.flip(3)
+        else:
+            sub = sub.flip([d for d, bit in ((2, 1), (3, 2)) if g & bit])
+        out[sel] = sub
+    if max_shift > 0:
+        dy = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=gen)
+        dx = torch.randint(-max_shift, max_shift + 1, (n, 1), generator=gen)
+        iy = (torch.arange(h)[None, :] - dy) % h
+        ix = (torch.arange(w)[None, :] - dx) % w
+        out = out[torch.arange(n)[:, None, None], :, iy[:, :, None], ix[:, None, :]]
+        out = out.permute(0, 3, 1, 2).contiguous()  # advanced indexing put C last
+    blur = torch.rand(n, generator=gen) < p_blur
+    if bool(blur.any()):
+        idx = torch.nonzero(blur).reshape(-1)
+        sigma = 0.3 + (max_blur_sigma - 0.3) * torch.rand(idx.numel(), generator=gen)
+        sub = gaussian_blur(out.index_select(0, idx), sigma)
+        top_up = (1.0 - noise_std_factor(sigma) ** 2).clamp_min(0.0).sqrt()
+        sub += top_up[:, None, None, None] * torch.randn(sub.shape, generator=gen)
+        out[idx] = sub
+    dim = torch.rand(n, generator=gen) < p_dim
+    if bool(dim.any()):
+        idx = torch.nonzero(dim).reshape(-1)
+        a = min_dim + (1.0 - min_dim) * torch.rand(idx.numel(), generator=gen)
+        sub = out.index_select(0, idx) * a[:, None, None, None]
+        sub += (1.0 - a * a).sqrt()[:, None, None, None] * torch.randn(sub.shape, generator=gen)
+        out[idx] = sub
+    return out

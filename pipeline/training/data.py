@@ -1,0 +1,75 @@
+"""The labelled sources of a cutout store, read into memory for training and evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import StoreError
+from pipeline.store import open_store
+
+__all__ = ["load_labelled"]
+
+
+def load_labelled(store: Path) -> dict[str, Any]:
+    """Read the labelled sources of a cutout store into memory.
+
+    Parameters
+    ----------
+    store : Path
+        Cutout store (Zarr, opened and checked by :func:`pipeline.store.open_store`)
+        with per-source ``label`` (``""`` = unknown, skipped).
+
+    Returns
+    -------
+    dict
+        ``images`` (float32 ``(N, band, y, x)``, labelled sources only),
+        ``labels`` and ``exposures`` (str arrays), ``bands`` (list of str),
+        ``data_sha256`` (hash of every label, exposure and source id: identifies
+        the labelled data a card was trained on), ``pixels_sha256`` (hash of the
+        labelled stamps' float32 pixels), ``n_unlabelled``, and ``x``,
+        ``y`` (0-based pixel position on the exposure, x = column), ``ra``,
+        ``dec`` (deg), ``psf_fwhm`` (px) of each labelled source (float64, NaN where
+        the store has none).
+
+    Raises
+    ------
+    pipeline.errors.StoreError
+        Missing or unreadable store, one that breaks the store contract, no
+        ``label`` or no labelled source.
+    """
+    ds = open_store(store)
+    for name in ("label", "exposure"):
+        if name not in ds.variables:
+            raise StoreError(f"{store}: no per-source {name!r}; training needs labels and the "
+                             "exposure of each source (ingest with --truth)")
+    labels = np.asarray(ds["label"].values, dtype=object).astype(str)
+    exposures = np.asarray(ds["exposure"].values, dtype=object).astype(str)
+    known = np.flatnonzero(labels != "")
+    if known.size == 0:
+        raise StoreError(f"{store}: no labelled sources (every 'label' is empty)")
+    image = ds["image"]
+    images = (image.values if known.size == labels.size
+              else image.isel(source=known).values).astype(np.float32, copy=False)
+    n_band = images.shape[1]
+    bands = ds.attrs.get("bands")
+    if not isinstance(bands, (list, tuple)) or len(bands) != n_band:
+        bands = ([str(b) for b in ds["band"].values] if "band" in ds.coords
+                 else [f"band{i}" for i in range(n_band)])
+    h = hashlib.sha256()
+    h.update("\x00".join(labels.tolist()).encode("utf-8"))
+    h.update("\x00".join(exposures.tolist()).encode("utf-8"))
+    if "source_id" in ds.variables:
+        h.update(np.ascontiguousarray(ds["source_id"].values.astype("<i8")).tobytes())
+    positions = {}
+    for name in ("x", "y", "ra", "dec", "psf_fwhm"):
+        v = (np.asarray(ds[name].values, dtype=np.float64) if name in ds.variables
+             else np.full(labels.size, np.nan))
+        positions[name] = v[known]
+    return {"images": images, "labels": labels[known], "exposures": exposures[known],
+            "bands": [str(b) for b in bands], "data_sha256": h.hexdigest(),
+            "pixels_sha256": hashlib.sha256(np.ascontiguousarray(images, "<f4").data).hexdigest(),
+            "n_unlabelled": int(labels.size - known.size), **positions}

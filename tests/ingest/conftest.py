@@ -1,0 +1,57 @@
+"""Fixtures of the ingest tests: a killed earlier run's temporary, and a write that dies part-way."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import dask
+import pytest
+
+from pipeline.store import temporary_sibling
+
+
+@pytest.fixture
+def stale_temporary() -> Callable[[Path], Path]:
+    """Plant next to ``out`` the half-built store of an earlier run of this host that was killed."""
+    def plant(out: Path) -> Path:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        mine = temporary_sibling(out)
+        stale = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-"))
+        stale.mkdir(parents=True)
+        (stale / "zarr.json").write_text('{"attributes": {"kind": "cutouts"}}')
+        return stale
+    return plant
+
+
+@pytest.fixture
+def fail_after_first_chunk(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModuleType], None]:
+    """Make ``module.write_chunk`` write the first chunk, then raise on the next one.
+
+    Tasks run in this process meanwhile, one at a time (Dask's threaded scheduler
+    with one worker, even while another test's distributed client is current), so
+    the patch applies and no task is still writing when the failure surfaces.
+    """
+    import distributed
+
+    def no_client():
+        raise ValueError("no client in this test")
+
+    monkeypatch.setattr(distributed, "get_client", no_client)
+    monkeypatch.setitem(dask.config.config, "num_workers", 1)
+
+    def apply(module: ModuleType) -> None:
+        real = module.write_chunk
+
+        def write_chunk(path, start, stamps):
+            if start > 0:
+                raise RuntimeError("disk died part-way")
+            real(path, start, stamps)
+
+        monkeypatch.setattr(module, "write_chunk", write_chunk)
+    return apply
