@@ -134,7 +134,7 @@ def parse_token(token: str, *, image_size: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- checks
 def _stamp_size(store: Path) -> int:
-    """The stamp side of a cutout store (opened and checked by :func:`pipeline.store.open_store`)."""
+    """The stamp side of a cutout store, opened and checked by :func:`pipeline.store.open_store`."""
     return int(open_store(store)["image"].shape[-1])
 
 

@@ -1,4 +1,4 @@
-"""The machine a comparison ran on: CPU, cores, torch threads, GPU, platform and package versions."""
+"""The machine a comparison ran on: CPU, cores, torch threads, GPU, platform, package versions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation splits (whole exposures, frames, fields, or sources) and the fields that join exposures."""
+"""Validation splits (whole exposures, frames, fields, or sources); fields that join exposures."""
 
 from __future__ import annotations
 
