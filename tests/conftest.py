@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data in ../shared/data and a real Dask cluster."""
+"""Shared fixtures: the team's real labelled data (beside the checkout) and a real Dask cluster."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Path of ../shared/data; skips when a user's clone has none."""
+    """Path of the real data folder beside the checkout; skips when a user's clone has none."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (only CI and the team's "
-                    "machines have ../shared/data)")
+                    "machines have the real data folder)")
     return SHARED_DATA

@@ -3,8 +3,8 @@
 In eval mode ``BatchNorm2d(Conv2d(x))`` is one affine map per output channel, so
 the pair is exactly one convolution with rescaled weights and a bias
 (``torch.nn.utils.fuse_conv_bn_eval``).  On the CPU this saves a pass over every
-activation tensor: the default model runs 1.7x faster per sample (see the README's
-Performance section).  Outputs agree with the unfused model to float32 rounding.
+activation tensor: the default model runs 1.7x faster per sample (see
+docs/performance.md).  Outputs agree with the unfused model to float32 rounding.
 
 Pairs are found on the model's ``torch.fx`` graph: a ``Conv2d`` whose output goes
 only into a ``BatchNorm2d``, each module called once.  Models that ``fx`` cannot

@@ -8,7 +8,7 @@ class probabilities, ``batch_size`` stamps per forward pass under
 - Every ``Conv2d -> BatchNorm2d`` pair is folded into one convolution
   (:func:`workers.fuse.fuse_conv_bn`; 1.7x faster for the default model on the CPU).
 - CPU: float32, ``channels_last`` (1.3-1.9x faster for the conv nets on this
-  project's AVX2 machines, see DESIGN.md), no autocast (bf16 was 4-50x slower).
+  project's AVX2 machines, see docs/architecture.md), no autocast (bf16 was 4-50x slower).
 - CUDA: pinned host memory and ``non_blocking`` copies, ``channels_last``,
   autocast in bf16 where supported (else fp16), ``cudnn.benchmark``; the logits
   stay on the device until the whole chunk is done (one synchronisation).

@@ -1,7 +1,7 @@
 """Models bundled with skysieve, and the resolution of ``--model NAME|PATH``.
 
 Each bundled model is ``<name>.pt`` (weights) + ``<name>.json`` (its card) in
-this folder; the README gives the exact ``skysieve train`` command that made it.
+this folder; docs/models.md gives the exact ``skysieve train`` command that made it.
 """
 
 from __future__ import annotations

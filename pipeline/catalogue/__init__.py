@@ -30,7 +30,7 @@ Other formats: :func:`pipeline.catalogue.export.to_table_file` (FITS or VOTable,
 for TOPCAT), :func:`pipeline.catalogue.hats.to_hats` (HATS, for LSDB), and the HTML
 report :func:`pipeline.catalogue.report.write_report`.
 
-Columns (see README "Catalogue schema"): ``source_id`` int64, ``exposure``
+Columns (see docs/schema.md): ``source_id`` int64, ``exposure``
 string, ``ccd`` int16, ``ra``/``dec`` float64 deg, ``x``/``y`` float64 px
 (0-based), ``label`` string, ``p_<class>`` float32 (sum to 1), ``confidence``
 float32, ``blur_score`` float32, ``psf_fwhm`` float32 px, ``healpix`` int64

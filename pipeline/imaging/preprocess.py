@@ -1,7 +1,7 @@
 """Turn cutouts (ADU, background-subtracted, NaN outside the image) into model inputs.
 
 Everything is vectorised in torch over a whole chunk of stamps (an asinh in
-numpy costs as much as a small model, see DESIGN.md).  The steps, per stamp and
+numpy costs as much as a small model, see docs/architecture.md, "Measured facts").  The steps, per stamp and
 band:
 
 1. residual background = NaN-ignoring median of the border pixels (a frame

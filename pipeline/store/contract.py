@@ -5,7 +5,8 @@ The contract itself is described in :mod:`pipeline.store` and ``docs/architectur
 
 from __future__ import annotations
 
-__all__ = ["COORDS", "IMAGE_COMPRESSIONS", "IMAGE_DIMS", "REJECT_COLUMNS", "REQUIRED_ATTRS"]
+__all__ = ["COORDS", "IMAGE_COMPRESSIONS", "IMAGE_DIMS", "OPTIONAL_COORDS", "REJECT_COLUMNS",
+           "REQUIRED_ATTRS"]
 
 IMAGE_DIMS: tuple[str, ...] = ("source", "band", "y", "x")
 #: Codecs ``create_store`` offers for ``image`` (config ``ingest.image-compression``).
@@ -19,6 +20,9 @@ COORDS: dict[str, str] = {
     "fwhm": "float32", "psf_fwhm": "float32", "sky": "float32", "sky_rms": "float32",
     "snr": "float32", "flags": "int32",
 }
+#: Per-source coordinates newer stores carry; checked when present, older stores lack them.
+#: ``radius``: the source's half-light radius in px (:mod:`pipeline.imaging.radius`).
+OPTIONAL_COORDS: dict[str, str] = {"radius": "float32"}
 #: Columns of ``rejects.parquet``.
 REJECT_COLUMNS: tuple[str, ...] = ("file", "hdu", "reason")
 #: Attributes every store carries.
