@@ -45,21 +45,31 @@ from pipeline.store.build import (
     create_store,
     discard,
     prepare_output,
+    sources_per_chunk,
     sweep_stale_temporaries,
     temporary_sibling,
     write_chunk,
+    write_coords,
 )
-from pipeline.store.contract import COORDS, IMAGE_COMPRESSIONS, IMAGE_DIMS, REJECT_COLUMNS
+from pipeline.store.contract import (
+    COORDS,
+    IMAGE_COMPRESSIONS,
+    IMAGE_DIMS,
+    OPTIONAL_COORDS,
+    REJECT_COLUMNS,
+)
 from pipeline.store.ids import check_unique_ids, pack_source_id, path_source_id, unpack_source_id
 from pipeline.store.read import describe, open_store, read_rejects, read_rows
-from pipeline.store.validate import validate_store
+from pipeline.store.validate import check_model_bands, validate_store
 
 __all__ = [
     "COORDS",
     "IMAGE_COMPRESSIONS",
     "IMAGE_DIMS",
+    "OPTIONAL_COORDS",
     "REJECT_COLUMNS",
     "building",
+    "check_model_bands",
     "check_unique_ids",
     "commit_store",
     "create_store",
@@ -71,9 +81,11 @@ __all__ = [
     "prepare_output",
     "read_rejects",
     "read_rows",
+    "sources_per_chunk",
     "sweep_stale_temporaries",
     "temporary_sibling",
     "unpack_source_id",
     "validate_store",
     "write_chunk",
+    "write_coords",
 ]

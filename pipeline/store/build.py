@@ -37,10 +37,11 @@ import xarray as xr
 from pipeline import __version__
 from pipeline.errors import StoreError
 from pipeline.files import to_jsonable
-from pipeline.store.contract import COORDS, IMAGE_COMPRESSIONS, IMAGE_DIMS
+from pipeline.store.contract import COORDS, IMAGE_COMPRESSIONS, IMAGE_DIMS, OPTIONAL_COORDS
 
 __all__ = ["building", "commit_store", "create_store", "discard", "prepare_output",
-           "sweep_stale_temporaries", "temporary_sibling", "write_chunk"]
+           "sources_per_chunk", "sweep_stale_temporaries", "temporary_sibling", "write_chunk",
+           "write_coords"]
 
 
 # ---------------------------------------------------------------------------- output dir
@@ -192,6 +193,54 @@ def building(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 # ---------------------------------------------------------------------------- writing
+def sources_per_chunk(stamp: int, n_bands: int = 1, *, chunk_sources: int | None = None,
+                      chunk_bytes: int | str | None = None, error: type[Exception] = StoreError,
+                      ) -> int:
+    """Sources per chunk of ``image``: from a byte budget unless a count is set.
+
+    Precedence: ``chunk_sources``, then config ``ingest.chunk-sources`` when it
+    is not null, then ``chunk_bytes`` (else config ``ingest.chunk-bytes``)
+    divided by the bytes of one source, ``stamp * stamp * n_bands * 4``
+    (float32), at least 1.
+
+    Parameters
+    ----------
+    stamp, n_bands : int
+        Stamp side (px) and bands of each source.
+    chunk_sources : int, optional
+        An explicit count (wins over everything).
+    chunk_bytes : int or str, optional
+        Bytes of ``image`` per chunk: a number or a size such as ``"16 MiB"``.
+    error : type of Exception, default: StoreError
+        What a bad value raises.
+
+    Returns
+    -------
+    int
+        From 1 to 2**20.
+    """
+    from dask.utils import parse_bytes
+
+    from pipeline import config
+    from pipeline.checks import positive_int
+
+    count = config.resolve("ingest.chunk-sources", chunk_sources)
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not (
+                1 <= count <= 1 << 20):
+            raise error(f"chunk_sources must be an integer from 1 to {1 << 20}, got {count!r}")
+        return int(count)
+    budget = config.resolve("ingest.chunk-bytes", chunk_bytes)
+    try:
+        budget = parse_bytes(budget) if isinstance(budget, str) else budget
+    except ValueError as exc:
+        raise error(f"ingest.chunk-bytes is {budget!r}; give bytes, e.g. 16777216 or "
+                    "'16 MiB'") from exc
+    budget = positive_int("ingest.chunk-bytes", budget, error=error)
+    per_source = 4 * int(stamp) * int(stamp) * max(1, int(n_bands))
+    return int(min(1 << 20, max(1, budget // per_source)))
+
+
 def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Sequence[str],
                  chunk_sources: int, pixel_scale: float, inputs: list[dict[str, Any]],
                  rejects: list[dict[str, Any]], extra_attrs: dict[str, Any] | None = None,
@@ -208,7 +257,7 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
         New directory (must not exist).
     table : pandas.DataFrame
         One row per source, in store order, with every column of
-        :data:`COORDS` (and optionally ``label``).
+        :data:`COORDS` (and optionally ``label`` and those of :data:`OPTIONAL_COORDS`).
     stamp, chunk_sources : int
         Stamp side (px) and sources per chunk.
     bands : sequence of str
@@ -241,6 +290,9 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
         values = table[name].to_numpy()
         values = values.astype(object if dtype == "str" else dtype)
         coords[name] = ("source", values)
+    for name, dtype in OPTIONAL_COORDS.items():
+        if name in table.columns:
+            coords[name] = ("source", table[name].to_numpy().astype(dtype))
     if "label" in table.columns:
         coords["label"] = ("source", table["label"].astype(str).to_numpy().astype(object))
     image = da.full((n, nb, stamp, stamp), np.nan, dtype=np.float32,
@@ -315,3 +367,32 @@ def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
         for name, values in stamp_statistics(stamps).items():
             zarr.open_array(Path(path) / name, mode="r+")[start:stop] = values
     array[start:stop] = stamps
+
+
+def write_coords(path: str | Path, values: dict[str, np.ndarray]) -> None:
+    """Overwrite whole per-source coordinates of a store being built (measured after its chunks).
+
+    Parameters
+    ----------
+    path : str or Path
+        The store (its temporary directory while building).
+    values : dict of str to numpy.ndarray
+        Coordinate name -> one value per source; cast to the coordinate's dtype.
+
+    Raises
+    ------
+    StoreError
+        A name the store lacks, or a length other than the number of sources.
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r+")
+    for name, data in values.items():
+        if name not in group or name not in {**COORDS, **OPTIONAL_COORDS}:
+            raise StoreError(f"{path}: no per-source coordinate {name!r} to write")
+        array = group[name]
+        data = np.asarray(data)
+        if data.shape != array.shape:
+            raise StoreError(f"{path}: {name!r} has shape {array.shape!r}, got values of shape "
+                             f"{data.shape!r}")
+        array[:] = data.astype(array.dtype, copy=False)

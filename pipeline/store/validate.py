@@ -6,9 +6,11 @@ import numpy as np
 import xarray as xr
 
 from pipeline.errors import StoreError
-from pipeline.store.contract import COORDS, IMAGE_DIMS, REQUIRED_ATTRS
+from typing import Sequence
 
-__all__ = ["validate_store"]
+from pipeline.store.contract import COORDS, IMAGE_DIMS, OPTIONAL_COORDS, REQUIRED_ATTRS
+
+__all__ = ["check_model_bands", "validate_store"]
 
 _FIX = "re-create it with `skysieve ingest` (or import-images) of this version"
 
@@ -72,7 +74,8 @@ def _validate_coords(ds: xr.Dataset, path: str) -> None:
     missing = [c for c in COORDS if c not in ds.coords]
     if missing:
         raise StoreError(f"{path}: missing coordinates {missing!r}; {_FIX}")
-    for name, want in {**COORDS, **({"label": "str"} if "label" in ds.coords else {})}.items():
+    optional = {n: t for n, t in {**OPTIONAL_COORDS, "label": "str"}.items() if n in ds.coords}
+    for name, want in {**COORDS, **optional}.items():
         coord = ds.coords[name]
         if coord.dims != ("source",):
             raise StoreError(f"{path}: coordinate {name!r} has dims {coord.dims!r}, expected "
@@ -93,3 +96,39 @@ def _validate_chunks(image: xr.DataArray, path: str) -> None:
     if len(src) > 1 and (len(set(src[:-1])) > 1 or src[-1] > src[0]):
         raise StoreError(f"{path}: 'image' chunks along 'source' are uneven ({src!r}); "
                          "call ds.chunk(source=n) and rewrite the store")
+
+
+def check_model_bands(store_bands: Sequence[str], *, in_chans: int,
+                      model_bands: Sequence[str] = (), store: str = "store",
+                      model: str = "the model") -> None:
+    """Check that a model takes the store's bands; raise naming both and the fix otherwise.
+
+    Only the number of bands must match (a model's band names are advisory: a
+    model trained on ``["grey"]`` classifies an ``["r"]`` store).
+
+    Parameters
+    ----------
+    store_bands : sequence of str
+        ``attrs["bands"]`` of the store.
+    in_chans : int
+        Input bands the model takes (``ModelCard.in_chans``).
+    model_bands : sequence of str, optional
+        The bands it was trained on (``ModelCard.bands``), for the message.
+    store, model : str
+        Names for the message (the store's path, the model's name or checkpoint).
+
+    Raises
+    ------
+    StoreError
+        ``len(store_bands) != in_chans``.
+    """
+    store_bands = [str(b) for b in store_bands]
+    if len(store_bands) == int(in_chans):
+        return
+    trained = f" {list(model_bands)!r}" if model_bands else ""
+    fix = (f"re-import the images as one band (`skysieve import-images ... --bands grey`)"
+           if int(in_chans) == 1 else
+           f"use a store of {int(in_chans)} band(s)")
+    raise StoreError(f"{store}: the store has {len(store_bands)} band(s) {store_bands!r} but "
+                     f"{model} takes {int(in_chans)} band(s){trained}; train a model on this "
+                     f"store (`skysieve train {store} --out MODEL.pt`) or {fix}")
