@@ -20,7 +20,7 @@ __all__ = ["BENCHMARKS", "EXTRA", "main", "goals"]
 
 BENCHMARKS = ["raw_model", "classify_throughput", "naive", "dataloader", "ingest_cutouts",
               "memory", "gpu"]
-EXTRA = ["profile_classify"]  # run only when named
+EXTRA = ["profile_classify", "real_skies"]  # run only when named (real_skies: own options)
 
 
 def goals() -> list[dict]:
@@ -68,18 +68,20 @@ def main(argv: list[str] | None = None) -> int:
                              f"also, only when named: {', '.join(EXTRA)}")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--only", nargs="*", default=None, help="same as NAME ...")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # the rest goes to the benchmarks named
     names = list(args.names) + list(args.only or [])
     unknown = [n for n in names if n not in BENCHMARKS + EXTRA]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown!r}; choose from "
                      f"{', '.join(BENCHMARKS + EXTRA)}")
+    if extra and names != ["real_skies"]:  # only real_skies takes options of its own
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     failed = 0
     for name in names or BENCHMARKS:
         print(f"\n## {name}\n", flush=True)
         module = importlib.import_module(f"benchmarks.{name}")
         try:
-            module.main(["--quick"] if args.quick else [])
+            module.main((["--quick"] if args.quick else []) + extra)
         except Exception as exc:  # one broken benchmark must not hide the others
             failed += 1
             traceback.print_exc()

@@ -1,22 +1,28 @@
-"""Shared helpers: machine description, timing, synthetic stores, worker RSS, the JSON result file."""
+"""Shared helpers: arguments, scratch folders, machine description, timing, synthetic stores,
+worker RSS, the JSON result file and the printed report."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from pipeline.files import write_json
 
-__all__ = ["RESULTS", "results_dir", "machine", "median_time", "write_result", "markdown_table",
-           "make_store", "PeakRSS", "worker_peaks", "reset_worker_peaks"]
+__all__ = ["RESULTS", "results_dir", "parse_args", "scratch", "machine", "median_time",
+           "write_result", "markdown_table", "report", "make_store", "PeakRSS", "worker_peaks",
+           "reset_worker_peaks"]
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -24,6 +30,43 @@ RESULTS = Path(__file__).with_name("results")
 def results_dir() -> Path:
     """Where results go: ``$SKYSIEVE_BENCHMARKS_OUT`` if set (tests use it), else ``benchmarks/results``."""
     return Path(os.environ.get("SKYSIEVE_BENCHMARKS_OUT") or RESULTS)
+
+
+def parse_args(doc: str, argv: list[str] | None, *, quick_help: str | None = None,
+               model: bool = True,
+               options: dict[str, dict[str, Any]] | None = None) -> argparse.Namespace:
+    """Parse a benchmark's command line: ``--quick``, ``--model`` (if ``model``), ``options``.
+
+    Parameters
+    ----------
+    doc : str
+        The benchmark's module docstring; its first line is the ``--help`` description.
+    argv : list of str or None
+        The arguments (``None``: ``sys.argv[1:]``).
+    quick_help : str, optional
+        The ``--help`` text of ``--quick``.
+    model : bool
+        Whether to take ``--model`` (default ``"default"``).
+    options : dict, optional
+        More options, flag -> ``add_argument`` keywords, added in order.
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    if model:
+        parser.add_argument("--model", default="default")
+    for flag, kwargs in (options or {}).items():
+        parser.add_argument(flag, **kwargs)
+    return parser.parse_args(argv)
+
+
+@contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A fresh temporary folder named ``<prefix>...``, removed (errors ignored) on exit."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def machine() -> dict[str, Any]:
@@ -88,6 +131,19 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         out.append("| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |")
     return "\n".join(out)
+
+
+def report(name: str, payload: dict[str, Any], rows: list[dict[str, Any]],
+           summary: str | None = None) -> dict[str, Any]:
+    """Write ``payload`` (:func:`write_result`), print ``rows`` as a table and a last line.
+
+    The last line is ``<summary>; wrote <path>`` (``wrote <path>`` without a summary),
+    after a blank line.  Returns ``payload``, as every benchmark's ``main`` does.
+    """
+    path = write_result(name, payload)
+    print(markdown_table(rows))
+    print(f"\n{summary}; wrote {path}" if summary else f"\nwrote {path}")
+    return payload
 
 
 def _fmt(value: Any) -> str:

@@ -18,15 +18,13 @@ Medians over repeats. Writes ``benchmarks/results/classify_throughput.json``
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import make_store, markdown_table, median_time, write_result
+from benchmarks._common import (make_store, markdown_table, median_time, parse_args, scratch,
+                                write_result)
 from pipeline import config
 
 __all__ = ["make_store", "raw_throughput", "stage_profile", "end_to_end", "main"]
@@ -78,8 +76,7 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
     arr = zarr.open_array(str(store / "image"), mode="r")
     n, chunk = arr.shape[0], arr.chunks[0]
     per: dict[str, list[float]] = {k: [] for k in ("read", "preprocess", "blur", "model", "task")}
-    out = Path(tempfile.mkdtemp(prefix="skysieve-bench-parts-"))
-    try:
+    with scratch("skysieve-bench-parts-") as out:
         for i, start in enumerate(range(0, n, chunk)):
             stop = min(n, start + chunk)
             m = stop - start
@@ -107,8 +104,6 @@ def stage_profile(store: Path, model: str, batch_size: int, threads: int) -> dic
             for key, dt in zip(("read", "preprocess", "blur", "model", "task"),
                                (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 per[key].append(dt / m)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
     med = {k: float(np.median(v[1:] if len(v) > 2 else v)) for k, v in per.items()}  # skip 1st
     med["other"] = max(0.0, med["task"] - med["read"] - med["preprocess"] - med["blur"]
                        - med["model"])
@@ -123,30 +118,23 @@ def end_to_end(store: Path, model: str, batch_size: int, workers: int, threads: 
 
     rates = []
     with connect("local", n_workers=workers, threads_per_worker=threads):
-        out = Path(tempfile.mkdtemp(prefix="skysieve-bench-"))
-        try:
+        with scratch("skysieve-bench-") as out:
             classify(store, out / "warm", model=model, batch_size=batch_size, progress=False)
             for i in range(repeats):
                 s = classify(store, out / f"r{i}", model=model, batch_size=batch_size, progress=False)
                 rates.append(s.cutouts_per_s)
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
     return float(np.median(rates))
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and write its JSON; return the payload."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small store, one repeat")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--batch-size", type=int, default=256)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, quick_help="small store, one repeat",
+                      options={"--batch-size": {"type": int, "default": 256}})
     n = 4096 if args.quick else 16384
     chunk = int(config.get("ingest.chunk-sources"))  # the chunk `skysieve ingest` writes
     repeats = 1 if args.quick else 3
     shapes = ((1, 2), (2, 1)) if args.quick else ((1, 2), (2, 1), (1, 1))
-    tmp = Path(tempfile.mkdtemp(prefix="skysieve-bench-store-"))
-    try:
+    with scratch("skysieve-bench-store-") as tmp:
         store = make_store(tmp / "bench.zarr", n, 64, chunk)
         import zarr
         images = np.asarray(zarr.open_group(str(store), mode="r")["image"][:min(n, 8192)])
@@ -164,8 +152,6 @@ def main(argv: list[str] | None = None) -> dict:
         rows.insert(0, {"what": "raw model, 1 process x 2 threads (in memory), median",
                         "cutouts_per_s": float(np.median(raws)), "ratio_to_raw": 1.0,
                         "raw_just_before": float("nan")})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     task = stages["task"]
     stage_rows = [{"stage": k, "ms_per_1000": 1e6 * stages[k], "share_of_task": stages[k] / task,
                    "cutouts_per_s": 1.0 / stages[k] if stages[k] > 0 else float("inf")}

@@ -15,10 +15,7 @@ the same cutouts in the same run.  Writes ``benchmarks/results/dataloader.json``
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks._common import make_store, markdown_table, write_result
+from benchmarks._common import make_store, parse_args, report, scratch
 
 __all__ = ["StampFiles", "write_files", "dataloader_rate", "main"]
 
@@ -93,23 +90,17 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and write its JSON; return the payload."""
     from benchmarks.classify_throughput import end_to_end
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small store, one repeat")
-    parser.add_argument("--model", default="default")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, quick_help="small store, one repeat")
     n, chunk = (2048, 512) if args.quick else (8192, 2048)
     repeats = 1 if args.quick else 3
     cores = len(os.sched_getaffinity(0))
-    tmp = Path(tempfile.mkdtemp(prefix="skysieve-bench-dl-"))
-    try:
+    with scratch("skysieve-bench-dl-") as tmp:
         store = make_store(tmp / "bench.zarr", n, 64, chunk)
         paths = write_files(store, tmp / "stamps")
         dataloader_rate(paths[:512], args.model, csv=tmp / "warm.csv")  # page cache, imports
         dl = float(np.median([dataloader_rate(paths, args.model, csv=tmp / f"dl{i}.csv")
                               for i in range(repeats)]))
         ours = end_to_end(store, args.model, 256, 1, 2, repeats=repeats)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     rows = [
         {"method": "skysieve classify, LocalCluster 1x2 (Zarr -> Parquet)", "cutouts": n,
          "cutouts_per_s": ours, "skysieve_speedup": 1.0},
@@ -121,10 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
                             "file_format": "npy (float32)", "repeats": repeats},
                "rows": rows, "goal": "skysieve >= 2x the DataLoader way",
                "speedup": ours / dl, "goal_met": ours / dl >= 2}
-    path = write_result("dataloader", payload)
-    print(markdown_table(rows))
-    print(f"\nskysieve / DataLoader = {ours / dl:.1f}x (goal >= 2x); wrote {path}")
-    return payload
+    return report("dataloader", payload, rows,
+                  f"skysieve / DataLoader = {ours / dl:.1f}x (goal >= 2x)")
 
 
 if __name__ == "__main__":

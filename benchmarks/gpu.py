@@ -13,16 +13,12 @@ Writes ``benchmarks/results/gpu.json`` (``pipeline.hpc.plan`` uses its rates).
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import subprocess
-import tempfile
 import threading
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import make_store, markdown_table, write_result
+from benchmarks._common import make_store, parse_args, report, scratch, write_result
 
 __all__ = ["gpu_available", "nvidia_smi_sampler", "main"]
 
@@ -67,10 +63,7 @@ class nvidia_smi_sampler:  # noqa: N801 - used as a context manager
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark (or record that no GPU was lent) and write its JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--model", default="default")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     if not gpu_available():
         payload = {"status": "no GPU lent",
                    "detail": "torch.cuda.is_available() is False on this machine; run "
@@ -94,13 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"model": name, "arch": arch, "image_size": 64, "what": "raw GPU model",
                      "cutouts_per_s": rate, "gpu_util_pct": float("nan")})
     n, chunk = (8192, 2048) if args.quick else (65536, 8192)
-    tmp = Path(tempfile.mkdtemp(prefix="skysieve-bench-gpu-"))
-    try:
+    with scratch("skysieve-bench-gpu-") as tmp:
         store = make_store(tmp / "bench.zarr", n, 64, chunk)
         with nvidia_smi_sampler() as smi:
             e2e = end_to_end(store, args.model, 1024, 1, 4, repeats=1 if args.quick else 3)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     raw = rows[0]["cutouts_per_s"]
     rows.append({"model": args.model, "arch": rows[0]["arch"], "image_size": 64,
                  "what": "skysieve classify end to end (1 GPU worker)", "cutouts_per_s": e2e,
@@ -108,10 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"status": "measured", "settings": {"n": n, "chunk": chunk, "batch_size": 1024,
                                                   "autocast": "bf16"},
                "rows": rows, "ratio_e2e_to_raw": e2e / raw}
-    path = write_result("gpu", payload)
-    print(markdown_table(rows))
-    print(f"\nGPU end to end / raw = {e2e / raw:.2f}; wrote {path}")
-    return payload
+    return report("gpu", payload, rows, f"GPU end to end / raw = {e2e / raw:.2f}")
 
 
 if __name__ == "__main__":

@@ -16,19 +16,16 @@ a Markdown table.  Not a test: nothing passes or fails on a time.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 try:
-    from benchmarks._common import markdown_table, median_time, write_result
+    from benchmarks._common import median_time, parse_args, report, scratch
 except ModuleNotFoundError:  # run as a script: put the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks._common import markdown_table, median_time, write_result
+    from benchmarks._common import median_time, parse_args, report, scratch
 
 
 def make_exposure(path: Path, size: int, n: int, seed: int) -> None:
@@ -73,10 +70,8 @@ def cutout2d_loop(data: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; return the result payload."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one small exposure, few repeats")
-    parser.add_argument("--stamp", type=int, default=64)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, quick_help="one small exposure, few repeats", model=False,
+                      options={"--stamp": {"type": int, "default": 64}})
 
     from pipeline.imaging.cutouts import cut_stamps
     from pipeline.ingest.detect import detect
@@ -85,8 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     size, n_src, n_exp, repeats = (1024, 600, 1, 3) if args.quick else (4096, 4000, 2, 5)
     stamp = args.stamp
-    work = Path(tempfile.mkdtemp(prefix="skysieve-bench-"))
-    try:
+    with scratch("skysieve-bench-") as work:
         paths = []
         for i in range(n_exp):
             path = work / f"exp_{i:04d}.fits"
@@ -111,8 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
 
         t_whole = median_time(whole, repeats=max(1, repeats // 2))
         n_whole = counts[-1]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     rows = [
         {"method": "skysieve cut_stamps (vectorised)", "sources": n, "seconds": t_fast,
@@ -131,10 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cutting_speedup": speedup,
         "goal": ">= 10x for the cutting",
     }
-    path = write_result("ingest_cutouts", payload)
-    print(markdown_table(rows))
-    print(f"\ncutting speedup vs Cutout2D: {speedup:.1f}x (goal >= 10x); written {path}")
-    return payload
+    return report("ingest_cutouts", payload, rows,
+                  f"cutting speedup vs Cutout2D: {speedup:.1f}x (goal >= 10x)")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ Writes ``benchmarks/results/memory.json``.
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import tempfile
 from pathlib import Path
 
-from benchmarks._common import (make_store, markdown_table, reset_worker_peaks, worker_peaks,
-                                write_result)
+from benchmarks._common import (make_store, parse_args, report, reset_worker_peaks, scratch,
+                                worker_peaks)
 
 __all__ = ["peak_rss", "main"]
 
@@ -29,16 +27,13 @@ def peak_rss(store: Path, model: str, *, n_workers: int | None = None,
     from cluster import connect
     from pipeline.classify.graph import classify
 
-    out = Path(tempfile.mkdtemp(prefix="skysieve-bench-mem-"))
-    try:
+    with scratch("skysieve-bench-mem-") as out:
         with connect("local", n_workers=n_workers, threads_per_worker=threads_per_worker) as client:
             start = reset_worker_peaks(client)
             summary = classify(store, out / "cat", model=model, progress=False)
             peaks = worker_peaks(client)
             shape = (len(client.scheduler_info()["workers"]),
                      next(iter(client.nthreads().values())))
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
     mib = 2**20
     return {"workers": shape[0], "threads_per_worker": shape[1],
             "start_mib": {w: round(v / mib, 1) for w, v in start.items()},
@@ -49,20 +44,14 @@ def peak_rss(store: Path, model: str, *, n_workers: int | None = None,
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and write its JSON; return the payload."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small stores")
-    parser.add_argument("--model", default="default")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, quick_help="small stores")
     n, chunk = (2048, 512) if args.quick else (4096, 512)
-    tmp = Path(tempfile.mkdtemp(prefix="skysieve-bench-memstore-"))
     results = {}
-    try:
+    with scratch("skysieve-bench-memstore-") as tmp:
         for size in (n, 10 * n):
             store = make_store(tmp / f"s{size}.zarr", size, 64, chunk, seed=size)
             results[size] = peak_rss(store, args.model)
             shutil.rmtree(store, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     rows = [{"store_cutouts": size, "chunk": chunk, "workers_x_threads":
              f"{r['workers']}x{r['threads_per_worker']}", "max_peak_rss_mib": r["max_peak_mib"],
              "cutouts_per_s": r["cutouts_per_s"]} for size, r in results.items()]
@@ -73,10 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
                "runs": {str(k): v for k, v in results.items()}, "rows": rows,
                "ratio_10n_to_n": ratio, "goal": "peak(10 N) <= 1.10 x peak(N)",
                "goal_met": ratio <= 1.10}
-    path = write_result("memory", payload)
-    print(markdown_table(rows))
-    print(f"\npeak RSS 10N / N = {ratio:.3f} (goal <= 1.10); wrote {path}")
-    return payload
+    return report("memory", payload, rows, f"peak RSS 10N / N = {ratio:.3f} (goal <= 1.10)")
 
 
 if __name__ == "__main__":

@@ -14,15 +14,12 @@ same run. Writes ``benchmarks/results/naive.json``.
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import make_store, markdown_table, write_result
+from benchmarks._common import make_store, parse_args, report, scratch
 
 __all__ = ["naive_rate", "main"]
 
@@ -72,21 +69,15 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and write its JSON; return the payload."""
     from benchmarks.classify_throughput import end_to_end
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small store, one repeat")
-    parser.add_argument("--model", default="default")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, quick_help="small store, one repeat")
     n_store, chunk = (4096, 1024) if args.quick else (8192, 2048)
     n_naive = 64 if args.quick else 400
     n_cached = 512 if args.quick else 4096
-    tmp = Path(tempfile.mkdtemp(prefix="skysieve-bench-naive-"))
-    try:
+    with scratch("skysieve-bench-naive-") as tmp:
         store = make_store(tmp / "bench.zarr", n_store, 64, chunk)
         naive = naive_rate(store, args.model, n_naive, csv=tmp / "naive.csv")
         cached = naive_rate(store, args.model, n_cached, csv=tmp / "cached.csv", chunk_cached=True)
         ours = end_to_end(store, args.model, 256, 1, 2, repeats=1 if args.quick else 3)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     rows = [
         {"method": "skysieve classify, LocalCluster 1x2 (Parquet)", "cutouts": n_store,
          "cutouts_per_s": ours, "skysieve_speedup": 1.0},
@@ -99,10 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "chunk": chunk, "stamp": 64, "threads": 2},
                "rows": rows, "goal": "skysieve >= 20x the naive way",
                "speedup": ours / naive, "goal_met": ours / naive >= 20}
-    path = write_result("naive", payload)
-    print(markdown_table(rows))
-    print(f"\nskysieve / naive = {ours / naive:.0f}x (goal >= 20x); wrote {path}")
-    return payload
+    return report("naive", payload, rows, f"skysieve / naive = {ours / naive:.0f}x (goal >= 20x)")
 
 
 if __name__ == "__main__":

@@ -22,15 +22,12 @@ every stage shares the same cores.  Writes ``results/profile_classify.json``.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import _templates, markdown_table, median_time, write_result
+from benchmarks._common import _templates, median_time, parse_args, report, scratch
 
 __all__ = ["main"]
 
@@ -79,10 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     from workers.checkpoint import load_checkpoint
     from workers.inference import Predictor
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--model", default="default")
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv)
     n, repeats = (1024, 2) if args.quick else (4096, 5)
     torch.set_num_threads(2)
     images = _stamps(n)
@@ -105,11 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
             pred = Predictor(copy.deepcopy(net), card, device="cpu", batch_size=b, fuse=fuse)
             times[f"model batch {b}{', batch norms folded (now)' if fuse else ' (before)'}"] = \
                 median_time(lambda: pred.predict_proba(x), repeats=repeats)
-    tmp = Path(tempfile.mkdtemp(prefix="skysieve-bench-prof-"))
-    try:
+    with scratch("skysieve-bench-prof-") as tmp:
         reads = _read_variants(images, tmp, repeats)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     rows = [{"stage": f"read: {k}", "ms_per_1000": 1e6 * t / n, "MB_on_disk": s / 1e6}
             for k, (t, s) in reads.items()]
     rows += [{"stage": k, "ms_per_1000": 1e6 * t / n, "MB_on_disk": float("nan")}
@@ -125,11 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
                "seconds_per_chunk_before": before, "seconds_per_chunk_now": now,
                "note": "ceilings = model / (read + preprocess + blur + model), batch 256; they "
                        "exclude the Parquet write and task overhead"}
-    path = write_result("profile_classify", payload)
-    print(markdown_table(rows))
-    print(f"\nceiling model/(read+preprocess+blur+model): before {model_before / before:.2f}, "
-          f"now {model_now / now:.2f}; stages {before / now:.2f}x faster; wrote {path}")
-    return payload
+    summary = (f"ceiling model/(read+preprocess+blur+model): before {model_before / before:.2f}, "
+               f"now {model_now / now:.2f}; stages {before / now:.2f}x faster")
+    return report("profile_classify", payload, rows, summary)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ Writes ``benchmarks/results/raw_model.json``; ``pipeline.hpc.plan`` reads it.
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from benchmarks._common import markdown_table, median_time, write_result
+from benchmarks._common import median_time, parse_args, report
 
 __all__ = ["model_rate", "main"]
 
@@ -87,10 +86,8 @@ def _build(name: str, size: int):
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and write its JSON; return the payload."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two small models, short repeats")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+    args = parse_args(__doc__, argv, quick_help="two small models, short repeats", model=False,
+                      options={"--threads": {"type": int, "default": 2}})
     target_s, repeats = (0.2, 1) if args.quick else (0.5, 3)
     rows = []
     for row_name, name, size in _cases(args.quick):
@@ -115,10 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "repeats": repeats,
                             "note": "hr_celestialnet = its cutout variant at these sizes"},
                "rows": rows}
-    path = write_result("raw_model", payload)
-    print(markdown_table(rows))
-    print(f"\nwrote {path}")
-    return payload
+    return report("raw_model", payload, rows)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,11 @@ from typing import Iterator
 
 from distributed import Client
 
+from cluster.errors import ClusterError
+
 __all__ = ["connect", "choose_kind", "ClusterError", "KINDS"]
 
 KINDS = ("auto", "local", "cuda", "slurm", "pbs", "lsf", "tcp://host:port", "scheduler.json")
-
-
-class ClusterError(ValueError):
-    """A cluster that cannot be started as asked: a bad profile, a missing optional dependency.
-
-    The message names the file or value and the fix; the CLI prints it as one line.
-    """
 
 
 def choose_kind(kind: str = "auto") -> str:

@@ -18,7 +18,7 @@ from typing import Iterator, Mapping
 
 import dask.config
 
-from cluster import ClusterError
+from cluster.errors import ClusterError
 
 __all__ = ["visible_gpus", "parse_visible_devices", "parse_nvidia_smi", "dask_cuda_installed",
            "cuda_cluster", "MISSING"]

@@ -34,7 +34,7 @@ import dask.config
 import yaml
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
-from cluster import ClusterError
+from cluster.errors import ClusterError
 
 __all__ = [
     "KINDS", "REQUIRED", "MissingSettings", "load_profile", "settings", "walltime_seconds",

@@ -7,7 +7,7 @@ from typing import Any
 
 from dask_jobqueue.pbs import PBSCluster, PBSJob, pbs_format_bytes_ceil
 
-from cluster import ClusterError
+from cluster.errors import ClusterError
 from cluster.jobqueue import JobMixin, directive, walltime_seconds
 
 __all__ = ["Job", "Cluster", "header", "job_id", "walltime", "PREFIX", "SUBMIT", "SUBMIT_STDIN"]

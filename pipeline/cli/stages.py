@@ -90,13 +90,27 @@ def ingest(exposures: tuple[Path, ...], out: Path, source_table: Path | None, tr
 @click.option("--labels", required=True, type=EXISTING, help="CSV with path,label[,frame,x,y].")
 @click.option("--out", required=True, type=NEW, help="Cutout store to write (STORE.zarr).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--bands", default=None,
+              help="Store bands, comma-separated: one name (e.g. grey) = the mean of the "
+                   "channels; three = the R,G,B channels in that order (SDSS gri composites: "
+                   "i,r,g); or NAME:CHANNEL pairs (g:B,r:G,i:R). Default: R,G,B for colour "
+                   "images, grey for greyscale ones.")
+@click.option("--stamp", type=int, default=None,
+              help="Stamp side in pixels (default: the images' own size when all are equal).")
 @_user_errors
-def import_images(directory: Path, labels: Path, out: Path, overwrite: bool) -> None:
-    """Turn a labelled folder of PNG/JPEG cutouts into a cutout store."""
+def import_images(directory: Path, labels: Path, out: Path, overwrite: bool, bands: str | None,
+                  stamp: int | None) -> None:
+    """Turn a labelled folder of PNG/JPEG cutouts into a cutout store.
+
+    DIRECTORY is the folder the CSV's path column is relative to. Chunks hold
+    ingest.chunk-bytes of pixels (config; ingest.chunk-sources overrides).
+    """
     from pipeline.ingest.images import import_images as run_import
 
-    summary = run_import(directory, labels, out, overwrite=overwrite)
+    summary = run_import(directory, labels, out, overwrite=overwrite, bands=bands, stamp=stamp)
     click.echo(summary.describe())
+    if summary.store is None:
+        sys.exit(1)
 
 
 @click.command(context_settings=CONTEXT)

@@ -35,6 +35,7 @@ __all__ = ["half_light_radius", "KRON_MIN_RADIUS"]
 
 #: Kron ellipses smaller than this (px, ``kron * sqrt(a b)``) use a circle of twice it instead.
 KRON_MIN_RADIUS = 1.75
+_SUBPIX_BELOW = 20.0  # px: apertures up to this radius are sampled 5x5 per pixel
 
 
 def _ring_sky(image: np.ndarray, finite: np.ndarray) -> tuple[float, float]:
@@ -90,17 +91,18 @@ def _central(image: np.ndarray, mask: np.ndarray | None, *, threshold: float, mi
         kron, _ = sep.kron_radius(data, x, y, a, b, theta, 6.0, mask=mask, segmap=seg,
                                   seg_id=ids)
         kron = np.where(np.isfinite(kron) & (kron > 0), kron, 0.0)
+        rmax = np.maximum(np.maximum(6.0 * a, 2.5 * kron * a), 2.0 * KRON_MIN_RADIUS)
+        subpix = 5 if float(rmax[0]) < _SUBPIX_BELOW else 1  # big apertures: whole pixels do
         if float(kron[0] * math.sqrt(a[0] * b[0])) < KRON_MIN_RADIUS:
             flux, _, _ = sep.sum_circle(data, x, y, 2.0 * KRON_MIN_RADIUS, mask=mask,
                                         segmap=seg, seg_id=ids, subpix=5)
         else:
             flux, _, _ = sep.sum_ellipse(data, x, y, a, b, theta, 2.5 * kron, mask=mask,
-                                         segmap=seg, seg_id=ids, subpix=5)
+                                         segmap=seg, seg_id=ids, subpix=subpix)
         if not flux[0] > 0:
             return math.nan
-        rmax = np.maximum(np.maximum(6.0 * a, 2.5 * kron * a), 2.0 * KRON_MIN_RADIUS)
         radius, _ = sep.flux_radius(data, x, y, rmax, 0.5, normflux=flux, mask=mask,
-                                    segmap=seg, seg_id=ids, subpix=5)
+                                    segmap=seg, seg_id=ids, subpix=subpix)
     value = float(radius[0])
     return value if math.isfinite(value) and value > 0 else math.nan
 

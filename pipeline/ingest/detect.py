@@ -16,6 +16,7 @@ import sep
 
 from pipeline import config
 from pipeline.imaging.cutouts import cut_stamps, round_half_up
+from pipeline.imaging.radius import KRON_MIN_RADIUS
 
 __all__ = [
     "FLAG_BLENDED",
@@ -23,6 +24,7 @@ __all__ = [
     "FLAG_SATURATED",
     "FLAG_SEP",
     "MEASURE_COLUMNS",
+    "compact_mode",
     "detect",
     "estimate_psf_fwhm",
     "header_psf_fwhm",
@@ -37,11 +39,12 @@ FLAG_SEP = 8         #: any other sep flag (truncated isophote, aperture issues,
 
 #: Columns of the table returned by :func:`detect` and :func:`measure_forced`.
 MEASURE_COLUMNS: tuple[str, ...] = (
-    "detection", "x", "y", "flux", "a", "b", "theta", "fwhm", "sky", "sky_rms", "snr", "flags",
+    "detection", "x", "y", "flux", "a", "b", "theta", "fwhm", "radius", "sky", "sky_rms", "snr",
+    "flags",
 )
 
 _FWHM_FACTOR = 2.0 * math.sqrt(2.0 * math.log(2.0))
-_KRON_MIN_RADIUS = 1.75
+_KRON_MIN_RADIUS = KRON_MIN_RADIUS
 
 
 def _prepare(data: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -125,6 +128,8 @@ def detect(data: np.ndarray, *, threshold: float | None = None, min_area: int | 
         ``detection`` (0-based number), ``x``, ``y`` (0-based centroid, column
         and row), ``flux`` (Kron ``FLUX_AUTO``, ADU), ``a``, ``b`` (px),
         ``theta`` (rad), ``fwhm`` (px, from the area above half the peak),
+        ``radius`` (px, the half-light radius: the circle holding half the
+        Kron flux, neighbours masked; as :mod:`pipeline.imaging.radius`),
         ``sky``, ``sky_rms`` (the background map at the source), ``snr``
         (flux / its error), ``flags`` (:data:`FLAG_SATURATED`,
         :data:`FLAG_BLENDED`, :data:`FLAG_SEP`; the edge bit is set later, once
@@ -150,7 +155,6 @@ def detect(data: np.ndarray, *, threshold: float | None = None, min_area: int | 
         # Second pass: the background again with the sources masked, so bright
         # extended objects do not lift the local sky; photometry uses this one.
         objmask = segmap > 0 if mask is None else (segmap > 0) | mask
-        del segmap
         if objmask.mean() < 0.7:
             bkg = _background(pixels, objmask)
             sub = pixels - bkg.back()
@@ -177,6 +181,8 @@ def detect(data: np.ndarray, *, threshold: float | None = None, min_area: int | 
         flux[small], fluxerr[small], aflag[small] = cflux, cerr, cflag
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(fluxerr > 0, flux / fluxerr, np.nan)
+    radius = _half_light(sub, x, y, a, kron, flux, mask, segmap)
+    del segmap
     window = _fwhm_window(a)
     fwhm = _halfmax_fwhm(sub, x, y, window)
     # Sources larger than the window: the Gaussian-equivalent FWHM of the moments.
@@ -194,12 +200,24 @@ def detect(data: np.ndarray, *, threshold: float | None = None, min_area: int | 
         "x": x, "y": y,
         "flux": flux.astype(np.float32),
         "a": a.astype(np.float32), "b": b.astype(np.float32), "theta": theta.astype(np.float32),
-        "fwhm": fwhm,
+        "fwhm": fwhm, "radius": radius,
         "sky": _sample(back, x, y), "sky_rms": _sample(rms, x, y),
         "snr": snr.astype(np.float32),
         "flags": flags,
     })
     return table, info
+
+
+def _half_light(sub: np.ndarray, x: np.ndarray, y: np.ndarray, a: np.ndarray,
+                 kron: np.ndarray, flux: np.ndarray, mask: np.ndarray | None,
+                 segmap: np.ndarray) -> np.ndarray:
+    """Half-light radius (px) of each detection: half its Kron flux, neighbours masked."""
+    rmax = np.maximum(np.maximum(6.0 * a, 2.5 * kron * a), 2.0 * _KRON_MIN_RADIUS)
+    ids = np.arange(1, x.size + 1, dtype=np.int32)
+    radius, _ = sep.flux_radius(sub, x, y, rmax, 0.5, normflux=np.where(flux > 0, flux, 1.0),
+                                mask=mask, segmap=segmap, seg_id=ids, subpix=5)
+    radius = np.where((flux > 0) & np.isfinite(radius) & (radius > 0), radius, np.nan)
+    return radius.astype(np.float32)
 
 
 def measure_forced(data: np.ndarray, x: np.ndarray, y: np.ndarray, *,
@@ -219,7 +237,9 @@ def measure_forced(data: np.ndarray, x: np.ndarray, y: np.ndarray, *,
     -------
     table, info
         As :func:`detect`; ``a``, ``b``, ``theta`` are NaN (no isophote),
-        ``detection`` numbers the positions in the given order.
+        ``radius`` is the radius holding half the flux within three aperture
+        radii (no Kron flux without an isophote), ``detection`` numbers the
+        positions in the given order.
     """
     pixels, mask = _prepare(data)
     bkg = _background(pixels, mask)
@@ -238,10 +258,13 @@ def measure_forced(data: np.ndarray, x: np.ndarray, y: np.ndarray, *,
         snr = np.where(fluxerr > 0, flux / fluxerr, np.nan)
     flags = np.where(aflag != 0, FLAG_SEP, 0).astype(np.int32)
     nan = np.full(x.size, np.nan, np.float32)
+    half, _ = sep.flux_radius(sub, x, y, np.full(x.size, 3.0 * float(radius)), 0.5, mask=mask,
+                              subpix=5)
+    half = np.where(np.isfinite(half) & (half > 0), half, np.nan).astype(np.float32)
     table = pd.DataFrame({
         "detection": np.arange(x.size, dtype=np.int64), "x": x, "y": y,
         "flux": flux.astype(np.float32), "a": nan, "b": nan.copy(), "theta": nan.copy(),
-        "fwhm": _halfmax_fwhm(sub, x, y, 7),
+        "fwhm": _halfmax_fwhm(sub, x, y, 7), "radius": half,
         "sky": _sample(back, x, y), "sky_rms": _sample(rms, x, y),
         "snr": snr.astype(np.float32), "flags": flags,
     })
@@ -292,12 +315,29 @@ def estimate_psf_fwhm(table: pd.DataFrame, *, saturation: float | None = None,
         ok &= (table["b"].to_numpy(np.float64) / table["a"].to_numpy(np.float64)) >= 0.7
     ok &= np.isfinite(f) & (f >= 1.0)
     cand = f[ok]
-    if cand.size < min_stars:
-        return math.nan, int(cand.size)
-    low = cand[cand <= np.median(cand)]
-    if low.size < min_stars:
-        low = cand
-    return float(np.exp(_half_sample_mode(np.log(low)))), int(cand.size)
+    return compact_mode(cand, min_count=min_stars), int(cand.size)
+
+
+def compact_mode(sizes: np.ndarray, *, min_count: int = 5) -> float:
+    """The size of the point sources among ``sizes``: the low mode of their distribution.
+
+    Point sources form the narrow low peak of a size (FWHM) distribution; the
+    estimate is the half-sample mode of ``log(size)`` over the finite, positive
+    sizes below their median (all of them when fewer than ``min_count`` are).
+
+    Returns
+    -------
+    float
+        NaN when fewer than ``min_count`` usable sizes.
+    """
+    v = np.asarray(sizes, np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size < min_count:
+        return math.nan
+    low = v[v <= np.median(v)]
+    if low.size < min_count:
+        low = v
+    return float(np.exp(_half_sample_mode(np.log(low))))
 
 
 def header_psf_fwhm(header: Any, pixel_scale: float) -> float:

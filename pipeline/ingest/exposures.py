@@ -57,6 +57,7 @@ from pipeline.store import (
     create_store,
     pack_source_id,
     prepare_output,
+    sources_per_chunk,
     write_chunk,
 )
 
@@ -196,7 +197,9 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
     overwrite : bool, default: False
         Replace an existing store at ``out``.
     chunk_sources : int, optional
-        Cutouts per chunk (config ``ingest.chunk-sources``).
+        Cutouts per chunk; default config ``ingest.chunk-sources`` when set,
+        else as many as fit in ``ingest.chunk-bytes``
+        (:func:`pipeline.store.sources_per_chunk`).
     threshold, min_area, deblend_cont : optional
         sep settings (config ``ingest.detect-threshold``, ``min-area``,
         ``deblend-cont``).
@@ -217,9 +220,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
     t0 = time.perf_counter()
     paths = validate_paths(paths)
     stamp = validate_int("stamp", config.resolve("ingest.stamp", stamp), 4, 1024)
-    chunk_sources = validate_int("chunk_sources",
-                                  config.resolve("ingest.chunk-sources", chunk_sources), 1,
-                                  1 << 20)
+    chunk_sources = sources_per_chunk(stamp, 1, chunk_sources=chunk_sources, error=SkysieveError)
     settings = {"threshold": float(config.resolve("ingest.detect-threshold", threshold)),
                 "min_area": int(config.resolve("ingest.min-area", min_area)),
                 "deblend_cont": float(config.resolve("ingest.deblend-cont", deblend_cont))}

@@ -1,14 +1,34 @@
 """``skysieve import-images``: a labelled folder of PNG/JPEG cutouts -> a cutout store.
 
 The store follows the same contract as ``skysieve ingest`` (:mod:`pipeline.store`):
-one band (the mean of the RGB channels, float32; ``bands = ["grey"]``), minus
-the stamp's sky level (the median of its outer ring of pixels), with
-``exposure`` = the CSV's ``frame`` (so training can split by frame), ``x``,
-``y`` from the CSV (NaN if absent), ``ra``/``dec`` and the unmeasured
-quantities NaN, ``label`` from the CSV, and ``source_id`` a stable 63-bit hash
-of the image's relative path.  Images of another size are centre-cropped or
-NaN-padded to ``stamp`` (padded ones get the edge flag).  Unreadable files,
-paths outside the folder and MD5 mismatches become rejects rows.
+
+- bands: colour images keep their channels as bands, greyscale ones (one
+  channel, or RGB with equal channels) give one band; ``bands`` chooses names
+  and channels (:mod:`pipeline.ingest.image_files`: default ``["R", "G", "B"]``
+  or ``["grey"]``; a folder mixing colour and greyscale needs ``bands``);
+- pixels: float32, each band minus its sky level (the median of the stamp's
+  outer 2-px ring); images of another size are centre-cropped or NaN-padded to
+  ``stamp`` (padded ones get the edge flag);
+- coordinates: ``exposure`` = the CSV's ``frame`` (so training can split by
+  frame; without one, each image's file stem), ``x``, ``y`` from the CSV (NaN
+  if absent), ``sky``, ``sky_rms`` the ring median and robust rms (the mean
+  over bands), ``radius`` the half-light radius of the central source
+  (:mod:`pipeline.imaging.radius`), ``psf_fwhm`` the frame's PSF FWHM: the low
+  mode of the apparent FWHM (:func:`pipeline.imaging.blur_score.apparent_fwhm`)
+  of the frame's unpadded stamps (:func:`pipeline.ingest.detect.compact_mode`;
+  without a ``frame`` column, one value from all the folder's images; NaN with
+  fewer than 5), ``label`` from the CSV, ``source_id`` a stable 63-bit hash of
+  the image's relative path; ``ra``/``dec`` and the other measurements NaN.
+
+Images of a folder scaled per object (Galaxy Zoo cutouts) have no common
+pixel scale: their ``psf_fwhm`` is the folder's compact end, not a seeing.
+
+The images are read twice, never all held at once: a first pass checks every
+row (readable, MD5, inside the folder) and notes its shape and colour; after the
+store is created, each chunk's images are read again, measured and written.
+Chunks hold ``ingest.chunk-bytes`` of ``image`` unless ``chunk_sources`` (or
+``ingest.chunk-sources``) says how many images.  Unreadable files, paths
+outside the folder and MD5 mismatches become rejects rows.
 """
 
 from __future__ import annotations
@@ -19,15 +39,25 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from pipeline import config
 from pipeline.errors import ImageFolderError, SourceTableError
-from pipeline.ingest.detect import FLAG_EDGE
+from pipeline.imaging.blur_score import apparent_fwhm
+from pipeline.imaging.radius import half_light_radius
+from pipeline.ingest.detect import FLAG_EDGE, compact_mode
 from pipeline.ingest.fits_io import file_sha256
+from pipeline.ingest.image_files import (
+    auto_band_plan,
+    band_plan,
+    fit_stamp,
+    is_colour,
+    read_planes,
+    select_bands,
+)
 from pipeline.ingest.scan import reject_row, validate_int
 from pipeline.store import (
     building,
@@ -35,10 +65,14 @@ from pipeline.store import (
     create_store,
     path_source_id,
     prepare_output,
+    sources_per_chunk,
     write_chunk,
+    write_coords,
 )
 
 __all__ = ["ImportSummary", "import_images"]
+
+_MIN_PSF_STAMPS = 5  # stamps a frame needs for its psf_fwhm
 
 
 @dataclass
@@ -53,6 +87,9 @@ class ImportSummary:
     stamp: int = 0
     classes: dict[str, int] = field(default_factory=dict)
     out: Path | None = None
+    bands: list[str] = field(default_factory=list)
+    n_chunks: int = 0
+    hint: str = ""
 
     def describe(self) -> str:
         """A few human lines for the CLI."""
@@ -60,95 +97,31 @@ class ImportSummary:
             head = f"no images imported; nothing written to {self.out}"
         else:
             counts = ", ".join(f"{k} {v:,}" for k, v in sorted(self.classes.items()))
-            head = (f"imported {self.n_sources:,} cutouts ({self.stamp}x{self.stamp} px) from "
-                    f"{self.n_exposures} frame(s) into {self.store} in {self.seconds:.1f} s: "
-                    f"{counts}")
+            head = (f"imported {self.n_sources:,} cutouts ({self.stamp}x{self.stamp} px, bands "
+                    f"{','.join(self.bands)}) from {self.n_exposures} frame(s) into "
+                    f"{self.store} ({self.n_chunks} chunk(s)) in {self.seconds:.1f} s: {counts}")
         lines = [head, f"rejects: {len(self.rejects)}"]
         lines += [f"  {r['file']}: {r['reason']}" for r in self.rejects[:10]]
         if len(self.rejects) > 10:
             lines.append(f"  ... {len(self.rejects) - 10} more (see rejects.parquet)")
+        if self.hint:
+            lines.append(self.hint)
         return "\n".join(lines)
 
 
-def _fit(image: np.ndarray, stamp: int) -> tuple[np.ndarray, bool]:
-    """Centre-crop or NaN-pad ``image`` (ny, nx) to (stamp, stamp); True when padded."""
-    out = np.full((stamp, stamp), np.nan, np.float32)
-    ny, nx = image.shape
-    # source and destination windows per axis, centred
-    sy0, dy0 = max(0, (ny - stamp) // 2), max(0, (stamp - ny) // 2)
-    sx0, dx0 = max(0, (nx - stamp) // 2), max(0, (stamp - nx) // 2)
-    h, w = min(ny, stamp), min(nx, stamp)
-    out[dy0:dy0 + h, dx0:dx0 + w] = image[sy0:sy0 + h, sx0:sx0 + w]
-    return out, (ny < stamp or nx < stamp)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """Grey float32 (ny, nx): the mean of the RGB channels (alpha dropped)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("L", "I", "I;16", "F"):
-            return np.asarray(img, dtype=np.float32)
-        return np.asarray(img.convert("RGB"), dtype=np.float32).mean(axis=2)
-
-
 def _ring_stats(stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and robust rms (1.4826 MAD) of each stamp's outer 2-px ring."""
-    ring = np.ones(stamps.shape[1:], bool)
+    """Median and robust rms (1.4826 MAD) of the outer 2-px ring of each stamp and band."""
+    ring = np.ones(stamps.shape[-2:], bool)
     ring[2:-2, 2:-2] = False
-    values = stamps[:, ring]
+    values = stamps[..., ring]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rings -> NaN
-        sky = np.nanmedian(values, axis=1)
-        rms = 1.4826 * np.nanmedian(np.abs(values - sky[:, None]), axis=1)
+        sky = np.nanmedian(values, axis=-1)
+        rms = 1.4826 * np.nanmedian(np.abs(values - sky[..., None]), axis=-1)
     return sky.astype(np.float32), rms.astype(np.float32)
 
 
-def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path, *,
-                  overwrite: bool = False, stamp: int | None = None,
-                  chunk_sources: int | None = None) -> ImportSummary:
-    """Turn a labelled folder of PNG/JPEG cutouts into a cutout store.
-
-    Parameters
-    ----------
-    directory : str or Path
-        Folder the CSV's ``path`` column is relative to.
-    labels_csv : str or Path
-        CSV with ``path`` and ``label``; optional ``frame`` (-> ``exposure``),
-        ``x``, ``y`` (position on the frame, px) and ``md5`` (checked).
-    out : str or Path
-        The store to write.
-    overwrite : bool, default: False
-        Replace an existing store.
-    stamp : int, optional
-        Stamp side; default the images' own size when all are equal and
-        square, else config ``ingest.stamp``.
-    chunk_sources : int, optional
-        Cutouts per chunk (config ``ingest.chunk-sources``).
-
-    Returns
-    -------
-    ImportSummary
-
-    Raises
-    ------
-    ImageFolderError
-        ``directory`` is not a directory, or a bad ``stamp`` or ``chunk_sources``.
-    SourceTableError
-        The CSV is unreadable or lacks ``path``/``label``.
-    StoreError
-        ``out`` exists and ``overwrite`` is False.
-    """
-    t0 = time.perf_counter()
-    directory, labels_csv, out = Path(directory), Path(labels_csv), Path(out)
-    if not directory.is_dir():
-        raise ImageFolderError(f"{directory}: not a directory of images")
-    chunk_sources = validate_int("chunk_sources",
-                                 config.resolve("ingest.chunk-sources", chunk_sources), 1,
-                                 1 << 20, error=ImageFolderError)
-    if stamp is not None:
-        stamp = validate_int("stamp", stamp, 4, 1024, error=ImageFolderError)
+def _read_table(labels_csv: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(labels_csv, dtype={"path": str, "label": str, "frame": str,
                                                "md5": str})
@@ -158,13 +131,15 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
     if missing:
         raise SourceTableError(f"{labels_csv}: missing columns {missing!r}; the labels CSV "
                                f"needs path,label[,frame,x,y,md5]; it has {list(table.columns)!r}")
-    out = prepare_output(out, overwrite=overwrite)  # refuse before any work
+    return table
 
-    rejects: list[dict[str, Any]] = []
-    images, keep, seen = [], [], set()
+
+def _check_rows(table: pd.DataFrame, directory: Path, rejects: list[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """First pass: every row's file, read and checked; what the second pass needs, no pixels."""
+    entries: list[dict[str, Any]] = []
+    seen: set[str] = set()
     root = directory.resolve()
-    total_bytes = 0
-    digest = hashlib.sha256()
     for i, row in enumerate(table.itertuples(index=False)):
         rel = str(row.path)
         path = (directory / rel).resolve()
@@ -193,41 +168,141 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
                                           f"{md5.strip()!r}, got {got!r})"))
                 continue
         try:
-            image = _read_image(path)
+            planes = read_planes(path)
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds
             rejects.append(reject_row(where, -1, f"row {i}: not a readable image "
                                       f"({type(exc).__name__}: {exc})"))
             continue
-        if image.ndim != 2 or min(image.shape) < 1:
-            rejects.append(reject_row(where, -1, f"row {i}: image of shape {image.shape!r} "
+        if planes.ndim != 3 or min(planes.shape[1:]) < 1:
+            rejects.append(reject_row(where, -1, f"row {i}: image of shape {planes.shape!r} "
                                       "is not 2-D"))
             continue
         seen.add(rel)
-        total_bytes += len(data)
-        digest.update(f"{rel}\0{hashlib.sha256(data).hexdigest()}\n".encode())
-        images.append(image)
-        keep.append(i)
+        entries.append({"row": i, "rel": rel, "path": path, "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "shape": planes.shape[1:], "colour": is_colour(planes)})
+    return entries
 
+
+def _missing_hint(table: pd.DataFrame, directory: Path, labels_csv: Path) -> str:
+    """When no path was found under ``directory``: the folder they are relative to, if any."""
+    for base in (labels_csv.resolve().parent, directory.resolve().parent):
+        if base == directory.resolve():
+            continue
+        sample = [str(p) for p in table["path"].head(20)]
+        if sample and all((base / p).is_file() for p in sample):
+            return (f"hint: the CSV's paths are relative to {base}, not {directory}; "
+                    f"pass {base} as DIRECTORY")
+    return ""
+
+
+def _load_chunk(entries: Sequence[dict[str, Any]], plan: Sequence[tuple[str, str]],
+                stamp: int) -> np.ndarray:
+    """Second pass: one chunk's images as stamps ``(n, band, stamp, stamp)`` float32."""
+    out = np.empty((len(entries), len(plan), stamp, stamp), np.float32)
+    for k, entry in enumerate(entries):
+        data = entry["path"].read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ImageFolderError(f"{entry['path']}: changed while being imported; run the "
+                                   "import again")
+        out[k] = fit_stamp(select_bands(read_planes(entry["path"]), plan), stamp)[0]
+    return out
+
+
+def _frame_psf(exposure: np.ndarray, fwhm: np.ndarray, padded: np.ndarray, by_frame: bool
+               ) -> np.ndarray:
+    """``psf_fwhm`` per source: the compact mode of its frame's (or the folder's) stamp FWHMs."""
+    usable = np.where(padded, np.nan, fwhm)
+    if not by_frame:
+        return np.full(len(fwhm), compact_mode(usable, min_count=_MIN_PSF_STAMPS), np.float32)
+    psf = np.full(len(fwhm), np.nan, np.float32)
+    for _, idx in pd.Series(np.arange(len(fwhm))).groupby(exposure, sort=False):
+        psf[idx.to_numpy()] = compact_mode(usable[idx.to_numpy()], min_count=_MIN_PSF_STAMPS)
+    return psf
+
+
+def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path, *,
+                  overwrite: bool = False, stamp: int | None = None,
+                  chunk_sources: int | None = None, bands: str | Sequence[str] | None = None,
+                  chunk_bytes: int | str | None = None) -> ImportSummary:
+    """Turn a labelled folder of PNG/JPEG cutouts into a cutout store (module docstring).
+
+    Parameters
+    ----------
+    directory : str or Path
+        Folder the CSV's ``path`` column is relative to.
+    labels_csv : str or Path
+        CSV with ``path`` and ``label``; optional ``frame`` (-> ``exposure``),
+        ``x``, ``y`` (position on the frame, px) and ``md5`` (checked).
+    out : str or Path
+        The store to write.
+    overwrite : bool, default: False
+        Replace an existing store.
+    stamp : int, optional
+        Stamp side; default the images' own size when all are equal and
+        square, else config ``ingest.stamp``.
+    chunk_sources : int, optional
+        Images per chunk; default config ``ingest.chunk-sources`` when set,
+        else as many as fit in ``chunk_bytes``.
+    bands : str or sequence of str, optional
+        The store's bands (``"grey"``, ``"i,r,g"``, ``"g:B,r:G,i:R"``; see
+        :func:`pipeline.ingest.image_files.band_plan`); default from the images.
+    chunk_bytes : int or str, optional
+        Bytes of ``image`` per chunk (config ``ingest.chunk-bytes``).
+
+    Returns
+    -------
+    ImportSummary
+
+    Raises
+    ------
+    ImageFolderError
+        ``directory`` is not a directory, a bad ``stamp``, ``chunk_sources`` or
+        ``bands``, or colour and greyscale images mixed without ``bands``.
+    SourceTableError
+        The CSV is unreadable or lacks ``path``/``label``.
+    StoreError
+        ``out`` exists and ``overwrite`` is False.
+    """
+    t0 = time.perf_counter()
+    directory, labels_csv, out = Path(directory), Path(labels_csv), Path(out)
+    if not directory.is_dir():
+        raise ImageFolderError(f"{directory}: not a directory of images")
+    if chunk_sources is not None:
+        chunk_sources = validate_int("chunk_sources", chunk_sources, 1, 1 << 20,
+                                     error=ImageFolderError)
+    if stamp is not None:
+        stamp = validate_int("stamp", stamp, 4, 1024, error=ImageFolderError)
+    plan = band_plan(bands)
+    table = _read_table(labels_csv)
+    out = prepare_output(out, overwrite=overwrite)  # refuse before any work
+
+    rejects: list[dict[str, Any]] = []
+    entries = _check_rows(table, directory, rejects)
     summary = ImportSummary(store=None, n_sources=0, n_exposures=0, rejects=rejects, out=out)
-    if not images:
+    if not entries:
+        summary.hint = _missing_hint(table, directory, labels_csv)
         summary.seconds = time.perf_counter() - t0
         return summary
-    shapes = {im.shape for im in images}
+    if plan is None:
+        plan = auto_band_plan([e["colour"] for e in entries], [e["rel"] for e in entries],
+                              str(directory))
+    band_names = [name for name, _ in plan]
+    shapes = {e["shape"] for e in entries}
     if stamp is None:
         only = next(iter(shapes))
         stamp = only[0] if len(shapes) == 1 and only[0] == only[1] else int(
             config.get("ingest.stamp"))
-    fitted = [_fit(im, stamp) for im in images]
-    stamps = np.stack([f[0] for f in fitted])
-    padded = np.array([f[1] for f in fitted])
-    sky, sky_rms = _ring_stats(stamps)
-    stamps -= sky[:, None, None]
+    chunk = sources_per_chunk(stamp, len(plan), chunk_sources=chunk_sources,
+                              chunk_bytes=chunk_bytes, error=ImageFolderError)
 
-    rows = table.iloc[keep].reset_index(drop=True)
-    rel = [str(PurePosixPath(Path(p).as_posix())) for p in rows["path"]]
+    rows = table.iloc[[e["row"] for e in entries]].reset_index(drop=True)
+    rel = [str(PurePosixPath(Path(e["rel"]).as_posix())) for e in entries]
     n = len(rows)
-    exposure = (rows["frame"].fillna("").astype(str).to_numpy() if "frame" in rows.columns
+    by_frame = "frame" in rows.columns
+    exposure = (rows["frame"].fillna("").astype(str).to_numpy() if by_frame
                 else np.array([PurePosixPath(r).stem for r in rel], dtype=object))
+    padded = np.array([e["shape"][0] < stamp or e["shape"][1] < stamp for e in entries])
     nan32 = np.full(n, np.nan, np.float32)
     coords = pd.DataFrame({
         "source_id": path_source_id(rel), "exposure": exposure,
@@ -238,7 +313,7 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
         else np.full(n, np.nan),
         "ra": np.full(n, np.nan), "dec": np.full(n, np.nan),
         "flux": nan32, "a": nan32, "b": nan32, "theta": nan32, "fwhm": nan32,
-        "psf_fwhm": nan32, "sky": sky, "sky_rms": sky_rms, "snr": nan32,
+        "psf_fwhm": nan32, "sky": nan32, "sky_rms": nan32, "snr": nan32, "radius": nan32,
         "flags": np.where(padded, FLAG_EDGE, 0).astype(np.int32),
         "label": rows["label"].astype(str).str.strip().to_numpy(),
         "_rel": rel,
@@ -246,21 +321,44 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
     check_unique_ids(coords["source_id"].to_numpy(), coords["_rel"].to_numpy(), where=str(out))
     order = coords.sort_values(["exposure", "_rel"], kind="stable").index.to_numpy()
     coords = coords.iloc[order].reset_index(drop=True)
-    stamps = stamps[order]
+    entries = [entries[k] for k in order]
+    padded = padded[order]
+    digest = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e["row"]):  # CSV order, as before
+        digest.update(f"{e['rel']}\0{e['sha256']}\n".encode())
     csv_sha, csv_bytes = file_sha256(labels_csv)
     inputs = [{"path": str(labels_csv.resolve()), "sha256": csv_sha, "bytes": csv_bytes},
-              {"path": str(root), "sha256": digest.hexdigest(), "bytes": total_bytes,
-               "files": n, "note": "sha256 over 'relpath NUL sha256(file)' lines in CSV order"}]
+              {"path": str(directory.resolve()), "sha256": digest.hexdigest(),
+               "bytes": sum(e["bytes"] for e in entries), "files": n,
+               "note": "sha256 over 'relpath NUL sha256(file)' lines in CSV order"}]
+    measured = {name: np.full(n, np.nan, np.float32)
+                for name in ("sky", "sky_rms", "radius", "stamp_fwhm")}
     with building(out, overwrite=overwrite) as tmp:
-        create_store(tmp, coords, stamp=stamp, bands=["grey"], chunk_sources=chunk_sources,
+        create_store(tmp, coords, stamp=stamp, bands=band_names, chunk_sources=chunk,
                      pixel_scale=math.nan, inputs=inputs, rejects=rejects,
-                     extra_attrs={"source": "import-images"})
-        for start in range(0, n, chunk_sources):
-            write_chunk(tmp, start, stamps[start:start + chunk_sources, None])
+                     extra_attrs={"source": "import-images",
+                                  "band_channels": {name: ch for name, ch in plan}})
+        for start in range(0, n, chunk):
+            stamps = _load_chunk(entries[start:start + chunk], plan, stamp)
+            sky, rms = _ring_stats(stamps)
+            stamps -= sky[:, :, None, None]
+            part = slice(start, start + len(stamps))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rings
+                measured["sky"][part] = np.nanmean(sky, axis=1)
+                measured["sky_rms"][part] = np.nanmean(rms, axis=1)
+            measured["radius"][part] = half_light_radius(stamps)
+            measured["stamp_fwhm"][part] = apparent_fwhm(stamps)
+            write_chunk(tmp, start, stamps)
+        psf = _frame_psf(coords["exposure"].to_numpy(), measured.pop("stamp_fwhm"), padded,
+                         by_frame)
+        write_coords(tmp, {**measured, "psf_fwhm": psf})
     summary.store = out
     summary.n_sources = n
     summary.n_exposures = int(pd.Series(exposure).nunique())
     summary.stamp = stamp
+    summary.bands = band_names
+    summary.n_chunks = -(-n // chunk)
     summary.classes = coords["label"].value_counts().to_dict()
     summary.seconds = time.perf_counter() - t0
     return summary

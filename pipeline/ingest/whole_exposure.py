@@ -24,7 +24,7 @@ it unchanged and the catalogue has one row per exposure/CCD:
   resolution), ``flux`` (sky-subtracted sum over the used area, ADU), ``snr``
   (``flux / (sky_rms sqrt(n_pixels))``), ``flags`` (``FLAG_SATURATED`` when any
   pixel reaches 98% of saturation, ``FLAG_EDGE`` when NaN-padded to a square),
-  ``a``, ``b``, ``theta``, ``fwhm`` NaN (no single isophote); ``label`` from the
+  ``a``, ``b``, ``theta``, ``fwhm``, ``radius`` NaN (no single isophote); ``label`` from the
   truth table's ``target_class``; and ``ny``, ``nx`` (original shape),
   ``dropped_y``, ``dropped_x``.
 - attrs: ``item="exposure"``, ``downsample``, ``image_shape`` (the stored image
@@ -75,6 +75,7 @@ from pipeline.ingest.source_table import read_table
 from pipeline.store import (
     building,
     check_unique_ids,
+    chunk_byte_budget,
     create_store,
     pack_source_id,
     prepare_output,
@@ -83,8 +84,7 @@ from pipeline.store import (
 
 __all__ = ["WholeSummary", "block_average", "ingest_whole"]
 
-_CHUNK_BYTES = 32 << 20   # default chunk: as many items as fit in 32 MiB (at least one)
-_MAX_CHUNK_ITEMS = 64
+_MAX_CHUNK_ITEMS = 64     # default chunk: as many items as fit in ingest.chunk-bytes, 1-64
 _LABEL_COLUMNS = ("target_class", "label")
 
 
@@ -294,7 +294,9 @@ def _reference_shape(jobs: list[dict[str, Any]]) -> tuple[int, int]:
 
 
 def _default_chunk(side: int) -> int:
-    return int(max(1, min(_MAX_CHUNK_ITEMS, _CHUNK_BYTES // (4 * side * side))))
+    """Items per chunk from ``ingest.chunk-bytes`` (``ingest.chunk-sources`` counts cutouts only)."""
+    return int(max(1, min(_MAX_CHUNK_ITEMS, chunk_byte_budget(error=SkysieveError)
+                                                // (4 * side * side))))
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -320,7 +322,8 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
     overwrite : bool, default: False
         Replace an existing store at ``out``.
     chunk_sources : int, optional
-        Items per chunk; default as many as fit in 32 MiB (1-64).
+        Items per chunk; default as many as fit in config ``ingest.chunk-bytes``
+        (1-64; ``ingest.chunk-sources`` applies to cutouts, not here).
 
     Returns
     -------
@@ -393,7 +396,7 @@ def ingest_whole(paths: Sequence[Path], out: Path, *, downsample: int = 1,
     check_unique_ids(table["source_id"].to_numpy(np.int64),
                      (table["exposure"] + "[" + table["ccd"].astype(str) + "]").to_numpy(),
                      where=str(out))
-    for name in ("a", "b", "theta", "fwhm"):
+    for name in ("a", "b", "theta", "fwhm", "radius"):
         table[name] = np.float32(np.nan)
     if truth is not None:
         table["label"] = [labels.get((e, int(c) if by_ccd else -1), "")

@@ -189,17 +189,18 @@ def header_cards(pointing: Pointing, *, seed: int,
 
 
 def image_header(pointing: Pointing, cards: dict[str, tuple[Any, str]], *,
-                 crpix: tuple[float, float]) -> Any:
+                 crpix: tuple[float, float], scale: float = PIXSCALE) -> Any:
     """The ``astropy.io.fits.Header`` of one CCD image: unit, TAN WCS, then ``cards``.
 
     The WCS is celestial TAN, north up, east left, rotated by the pointing's
-    ``rot``, with reference pixel ``crpix`` (1-based FITS convention).
+    ``rot``, with reference pixel ``crpix`` (1-based FITS convention) and
+    ``scale`` arcsec per pixel.
     """
     from astropy.io import fits
 
     header = fits.Header()
     header["BUNIT"] = ("adu", "pixel unit")
-    s = PIXSCALE / 3600.0
+    s = scale / 3600.0
     c, n = math.cos(pointing.rot), math.sin(pointing.rot)
     header["WCSAXES"] = 2
     header["CTYPE1"], header["CTYPE2"] = "RA---TAN", "DEC--TAN"
@@ -227,8 +228,13 @@ def write_fits(path: Path, hdus: list[Any]) -> None:
 # --------------------------------------------------------------------------- drawing
 
 
-def draw_into(image: np.ndarray, obj: Any, x: float, y: float, half: int) -> None:
-    """Add ``obj`` drawn on a (2 half + 1)^2 stamp centred at (x, y) into ``image[y, x]``."""
+def draw_into(image: np.ndarray, obj: Any, x: float, y: float, half: int,
+              scale: float = PIXSCALE) -> float:
+    """Add ``obj`` drawn on a (2 half + 1)^2 stamp centred at (x, y) into ``image[y, x]``.
+
+    ``scale`` is the pixel scale (arcsec/px). Returns the stamp's highest pixel
+    (0 when the stamp misses the image).
+    """
     import galsim
 
     ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
@@ -238,11 +244,12 @@ def draw_into(image: np.ndarray, obj: Any, x: float, y: float, half: int) -> Non
     xa, xb = max(x0, 0), min(x0 + ns, nx)
     ya, yb = max(y0, 0), min(y0 + ns, ny)
     if xa >= xb or ya >= yb:
-        return
-    stamp = galsim.ImageF(ns, ns, scale=PIXSCALE)
+        return 0.0
+    stamp = galsim.ImageF(ns, ns, scale=scale)
     # The true centre of an odd stamp is its middle pixel: offset is in (x, y) order.
     obj.drawImage(image=stamp, offset=(x - ix, y - iy))
     image[ya:yb, xa:xb] += stamp.array[ya - y0:yb - y0, xa - x0:xb - x0]
+    return float(stamp.array.max())
 
 
 def draw_sources(model: np.ndarray, specs: list[dict[str, Any]], xy: np.ndarray, *,

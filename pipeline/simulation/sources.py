@@ -20,7 +20,8 @@ import numpy as np
 
 from pipeline.simulation.instrument import PIXSCALE, gsparams
 
-__all__ = ["GALAXY_TYPES", "BUILDERS", "sample_sources", "field_sources", "star_mag",
+__all__ = ["GALAXY_TYPES", "BUILDERS", "SIZE_MEDIAN", "sample_sources", "draw_classes",
+           "field_sources", "star_mag",
            "elliptical", "lenticular", "spiral", "irregular", "nebula_cluster", "place"]
 
 #: The galaxy morphologies, each with a builder in :data:`BUILDERS`.
@@ -29,11 +30,11 @@ GALAXY_TYPES: tuple[str, ...] = ("elliptical", "lenticular", "spiral", "irregula
 # Share of each class among the injected sources (stars common, not overwhelming).
 _CLASS_MIX = {"star": 0.30, "elliptical": 0.14, "lenticular": 0.14, "spiral": 0.14,
               "irregular": 0.14, "nebula_cluster": 0.14}
-# Median and clip range of the intrinsic half-light radius (arcsec) of each
-# extended class: the ranges overlap on purpose (size alone gives the class away
-# for none of them).
-_SIZE_MEDIAN = {"elliptical": 1.05, "lenticular": 1.25, "spiral": 1.7, "irregular": 1.3,
-                "nebula_cluster": 1.5}
+#: Median intrinsic half-light radius (arcsec) of each extended class; with the
+#: clip range below, the ranges overlap on purpose (size alone gives the class
+#: away for none of them).
+SIZE_MEDIAN = {"elliptical": 1.05, "lenticular": 1.25, "spiral": 1.7, "irregular": 1.3,
+               "nebula_cluster": 1.5}
 _SIZE_SIGMA = 0.38          # log-normal width of the radius distribution
 _SIZE_RANGE = (0.6, 3.6)    # arcsec; 2.3-13.7 px
 _SERSIC_TRUNC = 6.0         # Sersic profiles truncated at this many half-light radii
@@ -54,16 +55,8 @@ def sample_sources(rng: np.random.Generator, n: int, magzp: float) -> list[dict[
     About 0.5% of the sources (at least one when there are stars) are saturated
     stars of r = 12-13.5.
     """
-    names = list(_CLASS_MIX)
-    quota = np.array([_CLASS_MIX[c] for c in names]) * n
-    counts = np.floor(quota).astype(int)
-    rest = n - counts.sum()
-    if rest:  # largest remainders, ties broken at random
-        order = np.lexsort((rng.random(len(names)), -(quota - counts)))
-        counts[order[:rest]] += 1
-    classes = np.repeat(names, counts)
-    rng.shuffle(classes)
-    n_stars = int(counts[0])
+    classes = draw_classes(rng, n)
+    n_stars = int(np.count_nonzero(classes == "star"))
     n_saturated = max(1, round(0.005 * n)) if n_stars else 0
     star_k = 0
     specs = []
@@ -76,6 +69,20 @@ def sample_sources(rng: np.random.Generator, n: int, magzp: float) -> list[dict[
         else:
             specs.append(_extended(rng, name, magzp))
     return specs
+
+
+def draw_classes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The classes of ``n`` sources in the survey's mix, stratified (largest remainders), shuffled."""
+    names = list(_CLASS_MIX)
+    quota = np.array([_CLASS_MIX[c] for c in names]) * n
+    counts = np.floor(quota).astype(int)
+    rest = n - counts.sum()
+    if rest:  # largest remainders, ties broken at random
+        order = np.lexsort((rng.random(len(names)), -(quota - counts)))
+        counts[order[:rest]] += 1
+    classes = np.repeat(names, counts)
+    rng.shuffle(classes)
+    return classes
 
 
 def field_sources(rng: np.random.Generator, n: int, magzp: float) -> list[dict[str, Any]]:
@@ -109,7 +116,7 @@ def _extended(rng: np.random.Generator, name: str, magzp: float) -> dict[str, An
 def _radius(rng: np.random.Generator, name: str) -> float:
     """Intrinsic half-light radius (arcsec): log-normal, resampled into ``_SIZE_RANGE``."""
     while True:
-        radius = _SIZE_MEDIAN[name] * math.exp(rng.normal(0.0, _SIZE_SIGMA))
+        radius = SIZE_MEDIAN[name] * math.exp(rng.normal(0.0, _SIZE_SIGMA))
         if _SIZE_RANGE[0] <= radius <= _SIZE_RANGE[1]:
             return float(radius)
 
@@ -331,15 +338,18 @@ BUILDERS: dict[str, Callable[..., tuple[Any, float]]] = {
 # --------------------------------------------------------------------------- placement
 
 
-def place(rng: np.random.Generator, specs: list[dict[str, Any]], size: int) -> np.ndarray:
+def place(rng: np.random.Generator, specs: list[dict[str, Any]], size: int, *,
+          scale: float = PIXSCALE, min_sep: float = _MIN_SEP) -> np.ndarray:
     """Positions (x, y), 0-based, of the sources on a ``size`` CCD, shape (n, 2).
 
-    Sources keep ``max(20, 1.5 (r1 + r2) + 6)`` px apart (``r`` the half-light
-    radius in px) and 8 px inside the edges, except a small share of deliberate
-    close pairs (6-18 px from a partner) and of edge cases (within 8 px of an edge).
+    Sources keep ``max(min_sep, 1.5 (r1 + r2) + 6)`` px apart (``r`` the
+    half-light radius in px at ``scale`` arcsec/px; ``min_sep`` 20 px by
+    default) and 8 px inside the edges, except a small share of deliberate
+    close pairs (6-18 px from a partner) and of edge cases (within 8 px of an
+    edge). In a crowded field the rule is relaxed rather than a source dropped.
     """
     n = len(specs)
-    rad = np.array([s["size"] for s in specs]) / PIXSCALE
+    rad = np.array([s["size"] for s in specs]) / scale
     xy = np.full((n, 2), np.nan)
     roles = rng.uniform(size=n)
     n_pairs = int(round(_PAIR_FRACTION * n))
@@ -365,7 +375,8 @@ def place(rng: np.random.Generator, specs: list[dict[str, Any]], size: int) -> n
                 cand[side == 3, 1] = size - 1 - band[side == 3]
             else:
                 cand = rng.uniform(lo, hi, (32, 2))
-            ok = _free(cand, xy, rad, placed, rad[i], slack=max(0.0, 1 - attempt / 30))
+            ok = _free(cand, xy, rad, placed, rad[i], slack=max(0.0, 1 - attempt / 30),
+                       min_sep=min_sep)
             if ok.any():
                 xy[i] = cand[int(np.argmax(ok))]
                 break
@@ -383,13 +394,13 @@ def place(rng: np.random.Generator, specs: list[dict[str, Any]], size: int) -> n
 
 
 def _free(cand: np.ndarray, xy: np.ndarray, rad: np.ndarray, placed: list[int], r: float,
-          *, slack: float) -> np.ndarray:
+          *, slack: float, min_sep: float = _MIN_SEP) -> np.ndarray:
     """Which candidate positions keep the separation rule (relaxed by ``slack`` < 1)."""
     if not placed:
         return np.ones(len(cand), dtype=bool)
     idx = np.asarray(placed)
     d = np.hypot(cand[:, None, 0] - xy[idx, 0], cand[:, None, 1] - xy[idx, 1])
-    need = np.maximum(_MIN_SEP, slack * (1.5 * (rad[idx] + r) + 6))
+    need = np.maximum(min_sep, slack * (1.5 * (rad[idx] + r) + 6))
     return (d >= need).all(axis=1)
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from pipeline.store.build import (
     building,
+    chunk_byte_budget,
     commit_store,
     create_store,
     discard,
@@ -71,6 +72,7 @@ __all__ = [
     "building",
     "check_model_bands",
     "check_unique_ids",
+    "chunk_byte_budget",
     "commit_store",
     "create_store",
     "describe",

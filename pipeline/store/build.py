@@ -39,7 +39,7 @@ from pipeline.errors import StoreError
 from pipeline.files import to_jsonable
 from pipeline.store.contract import COORDS, IMAGE_COMPRESSIONS, IMAGE_DIMS, OPTIONAL_COORDS
 
-__all__ = ["building", "commit_store", "create_store", "discard", "prepare_output",
+__all__ = ["building", "chunk_byte_budget", "commit_store", "create_store", "discard", "prepare_output",
            "sources_per_chunk", "sweep_stale_temporaries", "temporary_sibling", "write_chunk",
            "write_coords"]
 
@@ -219,10 +219,7 @@ def sources_per_chunk(stamp: int, n_bands: int = 1, *, chunk_sources: int | None
     int
         From 1 to 2**20.
     """
-    from dask.utils import parse_bytes
-
     from pipeline import config
-    from pipeline.checks import positive_int
 
     count = config.resolve("ingest.chunk-sources", chunk_sources)
     if count is not None:
@@ -230,15 +227,29 @@ def sources_per_chunk(stamp: int, n_bands: int = 1, *, chunk_sources: int | None
                 1 <= count <= 1 << 20):
             raise error(f"chunk_sources must be an integer from 1 to {1 << 20}, got {count!r}")
         return int(count)
+    per_source = 4 * int(stamp) * int(stamp) * max(1, int(n_bands))
+    return int(min(1 << 20, max(1, chunk_byte_budget(chunk_bytes, error=error) // per_source)))
+
+
+def chunk_byte_budget(chunk_bytes: int | str | None = None, *,
+                      error: type[Exception] = StoreError) -> int:
+    """Bytes of ``image`` per chunk: ``chunk_bytes``, else config ``ingest.chunk-bytes``.
+
+    A number of bytes or a size string (``"16 MiB"``, parsed by
+    :func:`dask.utils.parse_bytes`); raises ``error`` unless it is positive.
+    """
+    from dask.utils import parse_bytes
+
+    from pipeline import config
+    from pipeline.checks import positive_int
+
     budget = config.resolve("ingest.chunk-bytes", chunk_bytes)
     try:
         budget = parse_bytes(budget) if isinstance(budget, str) else budget
     except ValueError as exc:
         raise error(f"ingest.chunk-bytes is {budget!r}; give bytes, e.g. 16777216 or "
                     "'16 MiB'") from exc
-    budget = positive_int("ingest.chunk-bytes", budget, error=error)
-    per_source = 4 * int(stamp) * int(stamp) * max(1, int(n_bands))
-    return int(min(1 << 20, max(1, budget // per_source)))
+    return positive_int("ingest.chunk-bytes", budget, error=error)
 
 
 def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Sequence[str],

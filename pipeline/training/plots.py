@@ -91,6 +91,13 @@ def _as_list(evals) -> list[dict[str, Any]]:
     return out
 
 
+def _for_models(evals) -> tuple[Any, list[dict[str, Any]], list[str], Any]:
+    """Return pyplot, the evaluations as a list (:func:`_as_list`), their labels, the colours."""
+    plt = _plt()
+    evals = _as_list(evals)
+    return plt, evals, _labels(evals), plt.get_cmap("tab10")
+
+
 def plot_confusion(ev: Mapping[str, Any] | str | Path, path: Path) -> Path:
     """Write the confusion matrix: colour = row-normalised fraction, text = count and percentage.
 
@@ -153,10 +160,7 @@ def plot_blur_curves(evals: Sequence[Mapping[str, Any] | str | Path] | Mapping[s
     -------
     Path
     """
-    plt = _plt()
-    evals = _as_list(evals)
-    labels = _labels(evals)
-    cmap = plt.get_cmap("tab10")
+    plt, evals, labels, cmap = _for_models(evals)
     many = len(evals) > 1  # several models: the legend goes beside the axes, not over the curves
     fig, ax = plt.subplots(figsize=(9.0 if many else 6.4, 4.2))
     n_classes = []
@@ -208,10 +212,7 @@ def plot_reliability(evals: Sequence[Mapping[str, Any] | str | Path] | Mapping[s
     -------
     Path
     """
-    plt = _plt()
-    evals = _as_list(evals)
-    labels = _labels(evals)
-    cmap = plt.get_cmap("tab10")
+    plt, evals, labels, cmap = _for_models(evals)
     fig, (ax, axn) = plt.subplots(2, 1, figsize=(5.8, 6.4), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08})
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")

@@ -2,7 +2,7 @@
 
 The catalogue here is written with ``pipeline.catalogue.part_files.write_part`` (random positions on a
 small sky patch, Dirichlet probabilities), so these tests do not depend on a trained model.
-``write_fake_catalogue`` is also used by tests/test_hats.py and tests/test_report.py.
+``write_fake_catalogue`` is also used by tests/catalogue/test_hats.py and tests/catalogue/test_report.py.
 """
 
 from __future__ import annotations

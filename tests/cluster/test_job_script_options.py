@@ -4,16 +4,15 @@ missing: a YAML profile snippet and a corrected command line that both work. No 
 from __future__ import annotations
 
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from cluster import ClusterError, jobqueue
 from pipeline.cli import cli
+
+from _job_scripts import bash_n, profile_file  # tests/cluster is on sys.path
 
 
 def _invoke(*args: str):
@@ -22,21 +21,6 @@ def _invoke(*args: str):
 
 def _job_script(*args: str):
     return _invoke("cluster", "job-script", *args)
-
-
-def _bash_n(script: str, tmp_path: Path) -> None:
-    if shutil.which("bash") is None:
-        pytest.skip("bash not found")
-    path = tmp_path / "script.sh"
-    path.write_text(script)
-    proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-
-
-def _profile(tmp_path: Path, **values) -> Path:
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
 
 
 def test_cores_and_memory_as_options_without_a_profile(tmp_path: Path) -> None:
@@ -48,11 +32,11 @@ def test_cores_and_memory_as_options_without_a_profile(tmp_path: Path) -> None:
     assert "#SBATCH --cpus-per-task=8" in lines and "#SBATCH -t 01:00:00" in lines
     assert any(line.startswith("#SBATCH --mem=") for line in lines)
     assert "--nworkers 4" in lines[-1] and "--nthreads 2" in lines[-1]
-    _bash_n(result.output, tmp_path)
+    bash_n(result.output, tmp_path)
 
 
 def test_options_override_the_profile(tmp_path: Path) -> None:
-    profile = _profile(tmp_path, cores=2, memory="4GB", queue="short", account="old",
+    profile = profile_file(tmp_path, cores=2, memory="4GB", queue="short", account="old",
                        **{"job-extra-directives": ["--qos=low"]})
     result = _job_script("--profile", str(profile), "--cores", "16", "--partition", "gpu",
                          "--walltime", "02:00:00", "--account", "survey", "--gpus", "1",
@@ -83,7 +67,7 @@ def test_options_for_pbs_and_lsf(kind: str, expect: list[str], tmp_path: Path) -
     lines = result.output.splitlines()
     for line in expect:
         assert line in lines, line
-    _bash_n(result.output, tmp_path)
+    bash_n(result.output, tmp_path)
 
 
 def test_hostile_option_values_are_quoted(tmp_path: Path) -> None:
@@ -92,7 +76,7 @@ def test_hostile_option_values_are_quoted(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "#SBATCH -p 'night; rm -rf ~'" in lines and "#SBATCH -A '$(id)'" in lines
-    _bash_n(result.output, tmp_path)
+    bash_n(result.output, tmp_path)
     bad = _job_script("--cores", "2", "--memory", "2GB", "--queue", "a\nrm -rf ~")
     assert bad.exit_code == 1 and "newline" in bad.output
 
@@ -139,7 +123,7 @@ def test_one_missing_setting_keeps_the_given_one() -> None:
 
 
 def test_missing_settings_with_a_profile_name_it(tmp_path: Path) -> None:
-    profile = _profile(tmp_path, queue="short", cores=2)
+    profile = profile_file(tmp_path, queue="short", cores=2)
     result = _job_script("--cluster", "lsf", "--profile", str(profile))
     assert result.exit_code == 1
     assert result.output.startswith(f"skysieve: error: {profile}: memory per job must be set "
@@ -180,7 +164,7 @@ def test_missing_settings_library_error_keeps_its_fields(tmp_path: Path) -> None
 def test_submit_with_missing_settings_shows_the_profile_lines(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    profile = _profile(tmp_path, queue="short")
+    profile = profile_file(tmp_path, queue="short")
     result = _invoke("submit", "--profile", str(profile), "--dry-run", "--", "info", "a b.zarr")
     assert result.exit_code == 1
     assert result.output.startswith(f"skysieve: error: {profile}: cores and memory per job must "

@@ -8,46 +8,30 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import dask.config
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from cluster import ClusterError
 from cluster import jobqueue
 
+from _job_scripts import bash_n, profile_file  # tests/cluster is on sys.path
+
 HOSTILE = "/tmp/sky sieve $(touch /tmp/pwned); echo 'x' \"y\" `id`"
 PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS", "lsf": "#BSUB"}
 
 
-def _profile(tmp_path: Path, **values) -> Path:
-    path = tmp_path / "profile.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
-
-
-def _bash_n(script: str, tmp_path: Path) -> None:
-    """Syntax-check a script with `bash -n` (parses, runs nothing)."""
-    if shutil.which("bash") is None:
-        pytest.skip("bash not found")
-    path = tmp_path / "script.sh"
-    path.write_text(script)
-    proc = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-
-
 @pytest.mark.parametrize("kind", jobqueue.KINDS)
 def test_hostile_values_are_quoted(kind: str, tmp_path: Path) -> None:
-    profile = _profile(tmp_path, cores=4, memory="8GB", queue="night; rm -rf ~",
+    profile = profile_file(tmp_path, cores=4, memory="8GB", queue="night; rm -rf ~",
                        account="it's $(me)", **{"log-directory": HOSTILE, "local-directory": HOSTILE,
                                                "env": {"SKY_NOTE": HOSTILE},
                                                "worker-extra-args": ["--name-suffix", HOSTILE]})
     script = jobqueue.job_script(kind, profile=profile, scheduler="tcp://10.0.0.1:8786")
-    _bash_n(script, tmp_path)
+    bash_n(script, tmp_path)
     lines = script.splitlines()
     assert lines[0] == "#!/usr/bin/env bash"
     directives = [line for line in lines if line.startswith(PREFIX[kind])]
@@ -123,7 +107,7 @@ def test_shipped_defaults_and_dask_config_override() -> None:
 
 
 def test_missing_cores_shows_the_fix(tmp_path: Path) -> None:
-    profile = _profile(tmp_path, memory="16GB")
+    profile = profile_file(tmp_path, memory="16GB")
     with pytest.raises(ClusterError, match=r"cores per job must be set") as info:
         jobqueue.settings("slurm", profile=profile)
     assert "  cores: 8\n  memory: 16GB" in str(info.value)
@@ -142,7 +126,7 @@ def test_profile_refuses_python_tags(tmp_path: Path) -> None:
 
 
 def test_profile_unknown_keys_named_with_valid_ones(tmp_path: Path) -> None:
-    profile = _profile(tmp_path, coress=4, memory="1GB", walltme="01:00:00")
+    profile = profile_file(tmp_path, coress=4, memory="1GB", walltme="01:00:00")
     with pytest.raises(ClusterError) as info:
         jobqueue.load_profile(profile)
     message = str(info.value)
@@ -152,7 +136,7 @@ def test_profile_unknown_keys_named_with_valid_ones(tmp_path: Path) -> None:
 
 
 def test_profile_underscores_and_bad_values(tmp_path: Path) -> None:
-    s = jobqueue.settings("slurm", profile=_profile(tmp_path, cores=2, memory="2GB", min_jobs=2,
+    s = jobqueue.settings("slurm", profile=profile_file(tmp_path, cores=2, memory="2GB", min_jobs=2,
                                                     max_jobs=3))
     assert (s["min-jobs"], s["max-jobs"]) == (2, 3)
     bad = [({"queue": "a\nrm -rf ~"}, "newline"),
@@ -164,7 +148,7 @@ def test_profile_underscores_and_bad_values(tmp_path: Path) -> None:
            ({"env": {"1BAD": "x"}}, "not a valid variable name"),
            ({"job-extra-directives": "--exclusive"}, "list of strings")]
     for values, match in bad:
-        profile = _profile(tmp_path, **{"cores": 2, "memory": "2GB", **values})
+        profile = profile_file(tmp_path, **{"cores": 2, "memory": "2GB", **values})
         with pytest.raises(ClusterError, match=match):
             jobqueue.settings("slurm", profile=profile)
     (tmp_path / "list.yaml").write_text("- cores\n")
@@ -205,13 +189,13 @@ def test_cli_job_script_matches_library(tmp_path: Path) -> None:
     from pipeline.cli.cluster import BATCH_KINDS, cluster_group
 
     assert BATCH_KINDS == jobqueue.KINDS
-    profile = _profile(tmp_path, cores=2, memory="4GB", queue="short")
+    profile = profile_file(tmp_path, cores=2, memory="4GB", queue="short")
     result = CliRunner().invoke(cluster_group, ["job-script", "--cluster", "pbs",
                                                 "--profile", str(profile)])
     assert result.exit_code == 0, result.output
     assert result.output == jobqueue.job_script("pbs", profile=profile)
     assert "#PBS -q short" in result.output
-    bad = _profile(tmp_path, memory="4GB")
+    bad = profile_file(tmp_path, memory="4GB")
     result = CliRunner().invoke(cluster_group, ["job-script", "--profile", str(bad)])
     assert result.exit_code == 1
     assert result.output.startswith("skysieve: error: ") and "cores: 8" in result.output
@@ -223,13 +207,13 @@ def test_submit_dry_run_quotes_the_command(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.chdir(tmp_path)
     logs = tmp_path / "logs"
-    profile = _profile(tmp_path, cores=2, memory="4GB", **{"log-directory": str(logs),
+    profile = profile_file(tmp_path, cores=2, memory="4GB", **{"log-directory": str(logs),
                                                            "driver-walltime": "10:00:00"})
     args = ["run", "a b.fits", "$(touch x).fits", "--out", "night;1"]
     result = CliRunner().invoke(cli, ["submit", "--profile", str(profile), "--dry-run", "--", *args])
     assert result.exit_code == 0, result.output
     script = result.output.split("dry run: nothing submitted")[0]
-    _bash_n(script, tmp_path)
+    bash_n(script, tmp_path)
     lines = script.splitlines()
     assert "#SBATCH -J skysieve-night" in lines and "#SBATCH -t 10:00:00" in lines
     assert shlex.split(lines[-1]) == [sys.executable, "-m", "pipeline.cli", *args, "--cluster",

@@ -43,8 +43,12 @@ def test_folder_with_odd_sizes_and_bad_rows(tmp_path: Path) -> None:
     pd.DataFrame(rows, columns=["path", "label", "frame", "x", "y", "md5"]).to_csv(csv, index=False)
 
     out = tmp_path / "s.zarr"
-    summary = import_images(folder, csv, out, stamp=32, chunk_sources=2)
-    assert summary.n_sources == 3 and summary.n_exposures == 2
+    # colour (a, c) and greyscale (b) mixed: the store's bands must be chosen
+    with pytest.raises(ImageFolderError, match=r"2 colour and 1 greyscale.*--bands grey"):
+        import_images(folder, csv, out, stamp=32, chunk_sources=2)
+    assert not out.exists()
+    summary = import_images(folder, csv, out, stamp=32, chunk_sources=2, bands="grey")
+    assert summary.n_sources == 3 and summary.n_exposures == 2 and summary.n_chunks == 2
     reasons = read_rejects(out)["reason"].tolist()
     assert len(reasons) == 4
     assert any("MD5 mismatch" in r for r in reasons)
@@ -135,3 +139,158 @@ def test_real_star_galaxy_subset(shared_data: Path, tmp_path: Path) -> None:
     # the labelled source sits at the centre: the centre is brighter than the sky ring
     centre = img[:, 0, 28:36, 28:36].mean(axis=(1, 2))
     assert (centre > 0).mean() > 0.9
+    assert ds.attrs["bands"] == ["grey"]  # greyscale stored as RGB: one band
+    # resolution-aware measurements: galaxies are larger than stars; frames have a PSF
+    got = pd.DataFrame({"label": ds["label"].values.astype(str), "radius": ds["radius"].values,
+                        "frame": ds["exposure"].values.astype(str),
+                        "psf": ds["psf_fwhm"].values})
+    assert got["radius"].notna().mean() > 0.95
+    median = got.groupby("label")["radius"].median()
+    assert median["galaxy"] > 1.2 * median["star"], median
+    sizes = got.groupby("frame").size()
+    big = got[got["frame"].isin(sizes[sizes >= 5].index)]
+    assert big["psf"].notna().all() and big["psf"].between(1.0, 20.0).all()
+
+
+def _colour_folder(tmp_path: Path, n: int = 5, size: int = 32) -> tuple[Path, Path, list]:
+    """``n`` RGB PNGs whose channels differ: R a bright disc, G a ramp, B flat noise."""
+    rng = np.random.default_rng(5)
+    folder, rows, arrays = tmp_path / "colour", [], []
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    for k in range(n):
+        rgb = np.stack([10 + 200 * np.exp(-(xx**2 + yy**2) / (2 * (1.5 + k) ** 2)),
+                        np.tile(np.linspace(0, 120, size), (size, 1)),
+                        rng.integers(20, 40, (size, size))], axis=2)
+        rows.append((f"g/{k}.png", "galaxy", _png(folder / f"g/{k}.png", rgb)))
+        arrays.append(rgb.astype(np.uint8).astype(np.float32))
+    csv = tmp_path / "colour.csv"
+    pd.DataFrame(rows, columns=["path", "label", "md5"]).to_csv(csv, index=False)
+    return folder, csv, arrays
+
+
+def test_colour_images_keep_their_channels_as_bands(tmp_path: Path) -> None:
+    folder, csv, arrays = _colour_folder(tmp_path)
+    summary = import_images(folder, csv, tmp_path / "rgb.zarr")
+    ds = open_store(tmp_path / "rgb.zarr")
+    assert summary.bands == ds.attrs["bands"] == ["R", "G", "B"]
+    assert ds["image"].shape == (5, 3, 32, 32) and ds.attrs["band_channels"]["G"] == "G"
+    img = ds["image"].values
+    # each band minus its own ring median: the ramp (G) keeps its shape, the disc (R) peaks
+    for b in range(3):
+        ring = np.ones((32, 32), bool)
+        ring[2:-2, 2:-2] = False
+        want = arrays[0][..., b] - np.median(arrays[0][..., b][ring])
+        np.testing.assert_allclose(img[0, b], want, atol=1e-4)
+    assert img[0, 0, 16, 16] > 150 and np.ptp(img[0, 1, 0]) > 100
+
+    # names for the R, G, B channels, in that order; or NAME:CHANNEL pairs in any order
+    import_images(folder, csv, tmp_path / "irg.zarr", bands="i,r,g")
+    import_images(folder, csv, tmp_path / "gri.zarr", bands="g:B, r:G, i:R")
+    irg, gri = open_store(tmp_path / "irg.zarr"), open_store(tmp_path / "gri.zarr")
+    assert irg.attrs["bands"] == ["i", "r", "g"] and gri.attrs["bands"] == ["g", "r", "i"]
+    np.testing.assert_array_equal(gri["image"].values, irg["image"].values[:, ::-1])
+    # one name: one band, the mean of the channels
+    import_images(folder, csv, tmp_path / "grey.zarr", bands="grey")
+    grey = open_store(tmp_path / "grey.zarr")
+    assert grey.attrs["bands"] == ["grey"] and grey.sizes["band"] == 1
+    np.testing.assert_allclose(grey["image"].values[0, 0] + grey["sky"].values[0],
+                               arrays[0].mean(axis=2), rtol=1e-6)
+
+
+def test_greyscale_stored_as_rgb_stays_one_band(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    folder, rows = tmp_path / "grey", []
+    for k in range(3):
+        plane = rng.integers(0, 255, (16, 16))
+        rows.append((f"s/{k}.png", "star", _png(folder / f"s/{k}.png",
+                                                np.stack([plane] * 3, axis=2))))
+    csv = tmp_path / "grey.csv"
+    pd.DataFrame(rows, columns=["path", "label", "md5"]).to_csv(csv, index=False)
+    summary = import_images(folder, csv, tmp_path / "g.zarr")
+    ds = open_store(tmp_path / "g.zarr")
+    assert summary.bands == ds.attrs["bands"] == ["grey"] and ds["image"].shape == (3, 1, 16, 16)
+    # an explicit three-band plan repeats the one plane
+    import_images(folder, csv, tmp_path / "g3.zarr", bands="R,G,B")
+    img = open_store(tmp_path / "g3.zarr")["image"].values
+    assert img.shape == (3, 3, 16, 16)
+    np.testing.assert_array_equal(img[:, 0], img[:, 2])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("g,r", "2 names"), ("a,b,c,d", "4 names"), ("g,,i", "empty band name"),
+    ("g:B,r", "mixes plain names"), ("g:X", "a channel R, G or B"), ("r,r,i", "repeats")])
+def test_bad_bands_are_refused_before_any_work(tmp_path: Path, spec: str, message: str) -> None:
+    folder, csv, _ = _colour_folder(tmp_path, n=1)
+    with pytest.raises(ImageFolderError, match=message):
+        import_images(folder, csv, tmp_path / "s.zarr", bands=spec)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_chunks_follow_chunk_bytes(tmp_path: Path) -> None:
+    import dask
+
+    folder, csv, _ = _colour_folder(tmp_path, n=7, size=16)
+    per_source = 16 * 16 * 3 * 4
+    summary = import_images(folder, csv, tmp_path / "a.zarr", chunk_bytes=3 * per_source + 5)
+    assert summary.n_chunks == 3 and open_store(tmp_path / "a.zarr")["image"].chunks[0] == (3, 3, 1)
+    with dask.config.set({"skysieve.ingest.chunk-bytes": f"{2 * per_source}B"}):
+        import_images(folder, csv, tmp_path / "b.zarr")
+        # an explicit ingest.chunk-sources wins over the byte budget
+        with dask.config.set({"skysieve.ingest.chunk-sources": 4}):
+            import_images(folder, csv, tmp_path / "c.zarr")
+    assert open_store(tmp_path / "b.zarr")["image"].chunks[0] == (2, 2, 2, 1)
+    assert open_store(tmp_path / "c.zarr").attrs["chunk_sources"] == 4
+    with pytest.raises(ImageFolderError, match="ingest.chunk-bytes"):
+        import_images(folder, csv, tmp_path / "d.zarr", chunk_bytes="lots")
+
+
+def _gaussian_png(path: Path, sigma: float, size: int = 48, peak: float = 220.0) -> str:
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    grey = 10 + peak * np.exp(-(xx**2 + yy**2) / (2 * sigma**2))
+    return _png(path, np.stack([grey] * 3, axis=2))
+
+
+def test_psf_fwhm_per_frame_and_radius(tmp_path: Path) -> None:
+    folder, rows = tmp_path / "g", []
+    seeing = {"f1": 1.5, "f2": 2.5}  # the stars' Gaussian sigma per frame
+    for frame, sigma in seeing.items():
+        for k in range(6):
+            rows.append((f"{frame}/s{k}.png", "star", frame,
+                         _gaussian_png(folder / f"{frame}/s{k}.png", sigma)))
+        for k, size in enumerate((4.0, 6.0)):
+            rows.append((f"{frame}/g{k}.png", "galaxy", frame,
+                         _gaussian_png(folder / f"{frame}/g{k}.png", size)))
+    rows.append(("f3/s0.png", "star", "f3", _gaussian_png(folder / "f3/s0.png", 2.0)))
+    csv = tmp_path / "labels.csv"
+    table = pd.DataFrame(rows, columns=["path", "label", "frame", "md5"])
+    table.to_csv(csv, index=False)
+    import_images(folder, csv, tmp_path / "s.zarr")
+    ds = open_store(tmp_path / "s.zarr")
+    got = pd.DataFrame({"frame": ds["exposure"].values.astype(str),
+                        "label": ds["label"].values.astype(str),
+                        "psf": ds["psf_fwhm"].values, "radius": ds["radius"].values})
+    for frame, sigma in seeing.items():
+        psf = got.loc[got["frame"] == frame, "psf"]
+        assert psf.nunique() == 1 and abs(psf.iloc[0] / (2.3548 * sigma) - 1) < 0.1, psf
+    assert np.isnan(got.loc[got["frame"] == "f3", "psf"]).all()  # one stamp: too few
+    # radius: the half-light radius, sqrt(2 ln 2) sigma for a Gaussian; grows with size
+    stars = got[(got["label"] == "star") & (got["frame"] == "f1")]
+    assert np.allclose(stars["radius"] / (1.1774 * 1.5), 1, atol=0.1)
+    f1 = got[got["frame"] == "f1"].sort_values("radius")
+    assert f1["label"].tolist() == ["star"] * 6 + ["galaxy"] * 2
+    assert ds["radius"].dtype == np.float32 and np.isfinite(ds["radius"].values).all()
+
+    # without a frame column: one psf_fwhm from the whole folder
+    table.drop(columns="frame").to_csv(csv, index=False)
+    import_images(folder, csv, tmp_path / "nf.zarr")
+    psf = open_store(tmp_path / "nf.zarr")["psf_fwhm"].values
+    assert len(set(psf.tolist())) == 1 and 2.3548 * 1.4 < psf[0] < 2.3548 * 2.6
+
+
+def test_paths_relative_to_another_folder_get_a_hint(tmp_path: Path) -> None:
+    folder, csv, _ = _colour_folder(tmp_path, n=2)
+    table = pd.read_csv(csv)
+    table["path"] = "colour/" + table["path"]
+    table.to_csv(csv, index=False)  # the CSV's paths are relative to tmp_path, not colour/
+    summary = import_images(folder, csv, tmp_path / "s.zarr")
+    assert summary.store is None and f"relative to {tmp_path}" in summary.describe()

@@ -2,7 +2,7 @@
 
 Architectures are proven by reproducing the published parameter counts exactly in their
 standard configuration (built on the ``meta`` device: no memory, no time), then checked at
-the stamp sizes skysieve uses (64 and 128 px).  ``tests/test_models.py`` adds the generic
+the stamp sizes skysieve uses (64 and 128 px).  ``tests/workers/test_models.py`` adds the generic
 forward/backward/channels_last checks for every registered name.
 """
 

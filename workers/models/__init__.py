@@ -4,9 +4,10 @@ Each architecture lives in its own file (docstring with the source, ``__all__``,
 blocks, the model class, ``_create_<arch>``, then the registered variants).  A
 variant is a thin function ``name(**kw) -> nn.Module`` decorated with
 :func:`register_model`; :func:`create_model` is the only way the rest of
-skysieve builds a model, so a new file only has to be imported at the bottom of
-this module to be usable everywhere (checkpoints, training, the forward test in
-``tests/test_models.py`` that parametrises over :func:`list_models`).
+skysieve builds a model, so a new file only has to be imported here to be usable
+everywhere (checkpoints, training, the forward test in
+``tests/workers/test_models.py`` that parametrises over :func:`list_models`).
+The registry itself is ``workers/models/_registry.py``.
 
 Every model takes ``num_classes``, ``in_chans`` and ``image_size`` and keeps
 them as attributes of the same names; inputs are ``(N, in_chans, image_size,
@@ -15,98 +16,11 @@ image_size)`` float32 tensors laid out ``(N, C, y, x)``.
 
 from __future__ import annotations
 
-import fnmatch
-from difflib import get_close_matches
-from typing import Any, Callable
-
-from torch import nn
+from workers.models._registry import create_model, is_model, list_models, register_model
 
 __all__ = ["register_model", "create_model", "list_models", "is_model"]
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a model constructor under its function name.
-
-    Parameters
-    ----------
-    fn : callable
-        ``fn(*, num_classes, in_chans, image_size, **kw) -> nn.Module``.
-
-    Returns
-    -------
-    callable
-        ``fn`` unchanged, so this works as a decorator.
-    """
-    name = fn.__name__
-    if name in _MODELS and _MODELS[name] is not fn:
-        raise ValueError(f"model {name!r} is registered twice ({_MODELS[name].__module__} "
-                         f"and {fn.__module__}); rename one of the variants")
-    _MODELS[name] = fn
-    return fn
-
-
-def is_model(name: str) -> bool:
-    """Return whether ``name`` is a registered model."""
-    return name in _MODELS
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Return the sorted names of the registered models matching a glob ``pattern``.
-
-    Examples
-    --------
-    >>> "smallcnn" in list_models("small*")
-    True
-    """
-    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
-
-
-def create_model(name: str, *, num_classes: int, in_chans: int = 1, image_size: int = 64,
-                 **kw: Any) -> nn.Module:
-    """Build a registered model with freshly initialised weights.
-
-    Parameters
-    ----------
-    name : str
-        Registered name, see :func:`list_models`.
-    num_classes : int
-        Number of output logits.
-    in_chans : int, default: 1
-        Input channels (bands).
-    image_size : int, default: 64
-        Side of the square input stamps in pixels.
-    **kw
-        Passed to the model; ``None`` values are dropped so the model's defaults hold.
-
-    Returns
-    -------
-    torch.nn.Module
-        The model in training mode, on the CPU.
-
-    Raises
-    ------
-    ValueError
-        Unknown ``name`` (the message lists close matches and every name), or a
-        bad ``num_classes`` / ``in_chans`` / ``image_size``.
-    """
-    if name not in _MODELS:
-        close = get_close_matches(name, list(_MODELS), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-        raise ValueError(f"unknown model {name!r}; {hint}registered models: "
-                         f"{', '.join(list_models())}")
-    for key, value, low in (("num_classes", num_classes, 1), ("in_chans", in_chans, 1),
-                            ("image_size", image_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"create_model({name!r}): {key} must be an integer >= {low}, "
-                             f"got {value!r}")
-    kwargs = {k: v for k, v in kw.items() if v is not None}
-    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size,
-                         **kwargs)
-
-
-# Importing the architecture files registers their variants (keep at the bottom).
-from workers.models import lenet5, smallcnn  # noqa: E402,F401
-from workers.models import alexnet, hr_celestialnet, mobilenetv3  # noqa: E402,F401,I001
-from workers.models import resnet, vgg, wide_resnet  # noqa: E402,F401,I001
+# Importing the architecture files registers their variants.
+from workers.models import lenet5, smallcnn  # noqa: F401
+from workers.models import alexnet, hr_celestialnet, mobilenetv3  # noqa: F401,I001
+from workers.models import resnet, vgg, wide_resnet  # noqa: F401,I001

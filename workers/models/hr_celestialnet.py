@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from workers.models import register_model
+from workers.models._registry import register_model
 
 __all__ = ["STAGES", "EXPOSURE_POOLS", "CUTOUT_POOLS", "feature_shape", "min_input_side",
            "HRCelestialNet"]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.models import register_model
+from workers.models._registry import register_model
 
 __all__ = ["LeNet5"]
 

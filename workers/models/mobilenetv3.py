@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from workers.models import register_model
+from workers.models._registry import register_model
 from workers.models._init import init_weights
 from workers.models.resnet import StemKind, resolve_stem
 

@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from workers.models import register_model
+from workers.models._registry import register_model
 from workers.models._init import init_weights
 
 __all__ = ["SMALL_STEM_MAX", "resolve_stem", "BasicBlock", "Bottleneck", "ResNet"]

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from workers.models import register_model
+from workers.models._registry import register_model
 from workers.models._init import init_weights
 
 __all__ = ["ConvBNAct", "SmallCNN"]
