@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}; "
-                             f"also, only when named: {', '.join(EXTRA)}")
+                             f"also, only when named: {', '.join(EXTRA)} (real_skies takes "
+                             "options of its own: python -m benchmarks.real_skies --help)")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--only", nargs="*", default=None, help="same as NAME ...")
     args, extra = parser.parse_known_args(argv)  # the rest goes to the benchmarks named

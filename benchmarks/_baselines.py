@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -133,10 +134,12 @@ def hand_features(images: np.ndarray) -> np.ndarray:
 
     with np.errstate(all="ignore"):
         fwhm = apparent_fwhm(img.astype(np.float32)).astype(np.float64)
-        cols = [np.log10(fwhm), peak / pos_total, flux[2.0] / np.where(flux[6.0] > 0, flux[6.0], np.nan),
+        cols = [np.log10(fwhm), peak / pos_total,
+                flux[2.0] / np.where(flux[6.0] > 0, flux[6.0], np.nan),
                 flux[4.0] / np.where(flux[12.0] > 0, flux[12.0], np.nan), r20, r50, r80,
                 5 * np.log10(r80 / r20), ellipticity, np.sqrt(size2), kron, asym,
-                mean_in(2, 4) / core, mean_in(4, 8) / core, np.log10(np.maximum(peak, 1e-3) / sigma),
+                mean_in(2, 4) / core, mean_in(4, 8) / core,
+                np.log10(np.maximum(peak, 1e-3) / sigma),
                 np.log10(np.maximum(total, 1e-3) / sigma), flat.astype(np.float64), gini,
                 np.log10(np.maximum(area, 1))]
     return np.stack(cols, axis=1)
@@ -191,7 +194,7 @@ def predict_logistic(model: dict[str, Any], x: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- plain CNN
 class PlainCNN(nn.Module):
-    """Three conv-ReLU-maxpool blocks (16, 32, 64 channels), adaptive pooling to 4x4, two linear layers.
+    """Three conv-ReLU-maxpool blocks (16, 32, 64 channels), pooling to 4x4, two linear layers.
 
     About 105k parameters for one input band and two classes.
     """
@@ -225,7 +228,8 @@ def predict_cnn(model: nn.Module, x: torch.Tensor, batch: int = 512) -> np.ndarr
 
 def train_plain_cnn(x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Tensor,
                     y_val: np.ndarray, n_classes: int, *, epochs: int = 40, patience: int = 8,
-                    lr: float = 1e-3, batch_size: int = 64, seed: int = 0) -> tuple[nn.Module, dict]:
+                    lr: float = 1e-3, batch_size: int = 64,
+                    seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Train :class:`PlainCNN` with Adam and class-weighted cross-entropy, no augmentation.
 
     Early stopping on the validation balanced accuracy after ``patience`` epochs without
@@ -260,6 +264,8 @@ def train_plain_cnn(x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Ten
                 loss.backward()
                 opt.step()
             bacc = _balanced_accuracy(y_val, predict_cnn(model, x_val).argmax(axis=1))
+            print(f"plain CNN epoch {epoch}/{epochs} val_bacc {bacc:.4f} "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             if bacc > best[0] + 1e-9:
                 best = (bacc, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
             elif epoch - best[1] >= patience:

@@ -1,4 +1,4 @@
-"""Real data for the ``real_skies`` benchmark: cached stores, stamps, classify-exact predictions, folds.
+"""Real data for ``real_skies``: cached stores, stamps, classify-exact predictions, folds.
 
 The real sets live outside the repository (``--data DIR``, default ``<repo>/../shared/data``);
 stores made from them go to a cache folder (``--cache``, default ``/tmp/skysieve-real-skies``),
@@ -122,7 +122,7 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
 
 
 def frame_fields(table: pd.DataFrame) -> dict[str, str]:
-    """Frame -> field (frames imaging one field joined) from a labels table's ``frame``, ``x``, ``y``.
+    """Frame -> field (frames of one field joined) from a table's ``frame``, ``x``, ``y``.
 
     :func:`pipeline.training.splits.group_fields` on the whole table, as
     ``skysieve train --split-by field`` does on a store of it.
@@ -185,7 +185,8 @@ def scores(true: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict[str, 
             "n": int(len(true))}
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted train and test indices: ``fraction`` of each class (at least one) to test."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels).astype(str)

@@ -10,13 +10,19 @@ finished before it, whole.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.files import to_jsonable, write_json
 
-__all__ = ["UnitLog"]
+__all__ = ["UnitLog", "load"]
+
+
+def load() -> dict[str, Any]:
+    """This machine's load average now (recorded with every unit)."""
+    return {"load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]}
 
 
 class UnitLog:

@@ -41,7 +41,9 @@ import pandas as pd
 from benchmarks import _baselines as bl
 from benchmarks import _real_data as rd
 from benchmarks._common import markdown_table, results_dir
-from benchmarks._units import UnitLog
+from benchmarks._gz1 import gz1_morphology
+from benchmarks._units import UnitLog, load
+from pipeline.classify.run_lock import exclusive
 from pipeline.files import atomic_write
 
 __all__ = ["PARTS", "main", "parse_args", "cv_table", "summarize_cv"]
@@ -100,14 +102,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _load() -> dict[str, Any]:
-    return {"load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]}
-
-
 def _machine() -> dict[str, Any]:
     from pipeline.training.machine import machine_info
 
-    return {**machine_info(), **_load(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    return {**machine_info(), **load(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def _model_sha(name: str) -> str:
@@ -156,7 +154,7 @@ def default_zero_shot(log: UnitLog, args: argparse.Namespace) -> None:
                                    for lab in sorted(set(true))}
         return out
 
-    res = log.run("default_zero_shot", settings, work, machine=_load)
+    res = log.run("default_zero_shot", settings, work, machine=load)
     log.summary["default_zero_shot"] = {
         "balanced_accuracy_argmax": res["argmax"]["balanced_accuracy"],
         "balanced_accuracy_p_star": res["p_star_gt_0.5"]["balanced_accuracy"],
@@ -208,7 +206,7 @@ def dss_nebula_share(log: UnitLog, args: argparse.Namespace) -> None:
                 "overall_unflagged": shares(clean),
                 "note": "M051a and M051b image the same field: their sources overlap"}
 
-    res = log.run("dss_nebula_share", settings, work, machine=_load)
+    res = log.run("dss_nebula_share", settings, work, machine=load)
     share = res["overall"]["share"]["nebula_cluster"]
     log.summary["dss_nebula_share"] = {
         "nebula_cluster_share": share, "goal": f"<= {NEBULA_GOAL:.0%}",
@@ -294,7 +292,8 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
 
         train_rows = table[np.asarray([fold_of[f] for f in fields_t]) != k]
         fold_store = rd.cached_import(folder, train_rows, args.cache, "star_galaxy-train")
-        out = args.cache / "checkpoints" / f"fold{k}of{args.folds}-{init or 'scratch'}-{data_sha[:12]}.pt"
+        name = f"fold{k}of{args.folds}-{init or 'scratch'}-{data_sha[:12]}.pt"
+        out = args.cache / "checkpoints" / name
         card = train(fold_store, arch="smallcnn", out=out, epochs=args.epochs,
                      patience=args.patience, lr=1e-3, seed=args.seed, split_by="field",
                      augment="geometric", device="cpu",
@@ -331,7 +330,7 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
             for cand in _cv_candidates(args) for k in range(args.folds)}
     log.summary["star_galaxy_cv"] = summarize_cv(log, plan, layout)
     for (cand, k), (unit, settings) in plan.items():  # fast baselines first: results come early
-        log.run(unit, settings, partial(specific[cand][1], k), machine=_load)
+        log.run(unit, settings, partial(specific[cand][1], k), machine=load)
         log.summary["star_galaxy_cv"] = summarize_cv(log, plan, layout)
         log.save()
 
@@ -378,114 +377,8 @@ def summarize_cv(log: UnitLog, plan: dict[tuple[str, int], tuple[str, dict[str, 
     return out
 
 
-# --------------------------------------------------------------------------- part 4
-def _grey64(folder: Path, paths: list[str], cache: Path, key: str) -> np.ndarray:
-    """Grey (RGB mean) 64x64 area-averaged thumbnails, sky (outer-ring median) subtracted; cached."""
-    from PIL import Image
-
-    npy = cache / f"gz1-grey64-{key}.npy"
-    if npy.is_file():
-        return np.load(npy)
-    out = np.empty((len(paths), 64, 64), np.float32)
-    for i, rel in enumerate(paths):
-        with Image.open(folder / rel) as img:
-            g = np.asarray(img.convert("RGB").resize((64, 64), Image.Resampling.BOX), np.float32)
-        out[i] = g.mean(axis=2)
-    ring = np.ones((64, 64), bool)
-    ring[2:-2, 2:-2] = False
-    out -= np.median(out[:, ring], axis=1)[:, None, None]
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(npy, out)
-    return out
-
-
-def _restricted(probs: np.ndarray, classes: list[str], true: np.ndarray,
-                keep: list[str]) -> dict[str, Any] | None:
-    """Scores over the objects of the ``keep`` classes, argmax over those columns only."""
-    if not set(keep) <= set(classes):
-        return None
-    mask = np.isin(true, keep)
-    cols = [classes.index(c) for c in keep]
-    pred = np.asarray(keep)[probs[mask][:, cols].argmax(axis=1)]
-    s = rd.scores(true[mask], pred, keep)
-    return {k: s[k] for k in ("balanced_accuracy", "accuracy", "recall", "support", "confusion")}
-
-
-def gz1_morphology(log: UnitLog, args: argparse.Namespace) -> None:
-    """A checkpoint and the hand-feature baseline on a held-out 20% of GZ1 galaxies."""
-    folder, why = rd.dataset(args.data, "gz1_galaxies")
-    if folder is None:
-        log.skipped["gz1_morphology"] = why
-        return
-    from pipeline import bundled
-
-    table = pd.read_csv(folder / "labels.csv", dtype=str)
-    table = table[table["label"].isin(["elliptical", "spiral", "merger"])]
-    if args.sample:
-        table = rd.subsample(table, args.sample * 4, ["label"], args.seed)
-    table = table.sort_values("path", kind="stable").reset_index(drop=True)
-    train_idx, test_idx = rd.stratified_split(table["label"].to_numpy(str), 0.2, args.seed)
-    true = table["label"].to_numpy(str)
-    data_sha = rd.csv_sha256(table)
-    three = ["elliptical", "merger", "spiral"]
-    base = {"data": data_sha, "seed": args.seed, "test_fraction": 0.2,
-            "n_test": int(test_idx.size)}
-    summary: dict[str, Any] = {"n_test": int(test_idx.size)}
-
-    def report(probs: np.ndarray, classes: list[str], t: np.ndarray) -> dict[str, Any]:
-        e_s = _restricted(probs, classes, t, ["elliptical", "spiral"])
-        tri = _restricted(probs, classes, t, three)
-        return {"elliptical_vs_spiral": e_s, "three_class": tri,
-                "merger_recall": tri["recall"]["merger"] if tri else None}
-
-    def run_logreg() -> dict[str, Any]:
-        grey = _grey64(folder, table["path"].tolist(), args.cache, data_sha[:16])
-        x = bl.hand_features(grey)
-        y = np.searchsorted(three, true)
-        model = bl.fit_logistic(x[train_idx], y[train_idx], 3)
-        return report(bl.predict_logistic(model, x[test_idx]), three, true[test_idx])
-
-    res = log.run("gz1_morphology/logreg", {**base, "features": list(bl.FEATURES),
-                                            "input": "grey 64x64 box-averaged",
-                                            "version": bl.BASELINES_VERSION}, run_logreg,
-                  machine=_load)
-    summary["logreg"] = _gz1_row(res)
-    model = args.gz1_model or ("sdss-morphology" if "sdss-morphology" in bundled.names() else None)
-    if model is None:
-        log.skipped["gz1_morphology/model"] = ("no checkpoint: no bundled 'sdss-morphology' model "
-                                               "and no --gz1-model PATH given")
-    else:
-        from workers.checkpoint import file_sha256, load_card
-
-        path = bundled.resolve(model)
-        card = load_card(path)
-        if card.in_chans != 1:
-            log.skipped["gz1_morphology/model"] = (f"{model}: {card.in_chans} input bands; "
-                                                   "import-images makes one grey band")
-        else:
-            stamp = (card.training or {}).get("stamp", [None])[0]
-
-            def run_model() -> dict[str, Any]:
-                store = rd.cached_import(folder, table.iloc[test_idx], args.cache, "gz1-test",
-                                         stamp=stamp)
-                rows = rd.read_store(store, ("label",))
-                probs, classes, sha = rd.predict(path, rows)
-                return {**report(probs, classes, rows["label"]), "checkpoint_sha256": sha,
-                        "classes": classes, "stamp": stamp,
-                        "note": "held out here by object; check the card's own split for overlap"}
-
-            res = log.run("gz1_morphology/model", {**base, "model": str(model),
-                                                   "model_sha256": file_sha256(path),
-                                                   "stamp": stamp}, run_model, machine=_load)
-            summary["model"] = {"name": str(model), **_gz1_row(res)}
-    log.summary["gz1_morphology"] = summary
-
-
-def _gz1_row(res: dict[str, Any]) -> dict[str, Any]:
-    e_s, tri = res["elliptical_vs_spiral"], res["three_class"]
-    return {"balanced_accuracy_e_vs_s": e_s and e_s["balanced_accuracy"],
-            "balanced_accuracy_3class": tri and tri["balanced_accuracy"],
-            "merger_recall": res["merger_recall"]}
+RUNNERS = {"default_zero_shot": default_zero_shot, "dss_nebula_share": dss_nebula_share,
+           "star_galaxy_cv": star_galaxy_cv, "gz1_morphology": gz1_morphology}
 
 
 # --------------------------------------------------------------------------- report
@@ -562,20 +455,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "note": ("each unit (a model x fold) is saved when it finishes, with its settings; "
                        "a rerun skips units whose settings match. The machine is shared: "
                        "seconds are noisy, the accuracies are not")}
-    log = UnitLog(args.results, header, run)
-    if not args.data.is_dir():
-        print(f"real_skies: data folder {args.data} not found; pass --data DIR (the folder "
-              f"holding star_galaxy/, dss_galaxies/, gz1_galaxies/)", file=sys.stderr)
-    for part in args.parts:
-        print(f"### {part}", flush=True)
-        globals()[part](log, args)
-        log.save()
-    log.runs[-1]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    log.runs[-1]["units_ran"], log.runs[-1]["units_reused"] = log.ran, log.reused
-    path = log.save()
-    md = markdown(log, command)
-    atomic_write(path.with_suffix(".md"), md + "\n")
-    print(md)
+    with exclusive(args.results):  # one writer per results file
+        log = UnitLog(args.results, header, run)
+        if not args.data.is_dir():
+            print(f"real_skies: data folder {args.data} not found; pass --data DIR (the folder "
+                  f"holding star_galaxy/, dss_galaxies/, gz1_galaxies/)", file=sys.stderr)
+        for part in args.parts:
+            print(f"### {part}", flush=True)
+            RUNNERS[part](log, args)
+            log.save()
+        log.runs[-1]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        log.runs[-1]["units_ran"], log.runs[-1]["units_reused"] = log.ran, log.reused
+        path = log.save()
+        md = markdown(log, command)
+        atomic_write(path.with_suffix(".md"), md + "\n")
+        print(md)
     for name, why in log.skipped.items():
         print(f"real_skies: skipped {name}: {why}", file=sys.stderr)
     return {"path": path, "ran": log.ran, "reused": log.reused, "skipped": dict(log.skipped),

@@ -6,6 +6,11 @@ loaded another way.  The card records everything needed to rebuild the model
 and to use it correctly (architecture, classes, input size, bands, stretch,
 temperature), where it came from (training data and command) and the sha256 of
 the ``.pt`` file, which :func:`load_checkpoint` checks before unpickling anything.
+
+A checkpoint may carry out-of-distribution statistics (:mod:`workers.ood`) in a sidecar
+``MODEL.ood.npz``: the card's ``ood`` entry names the file and records its sha256, checked
+before the file is parsed (with ``allow_pickle=False``), so the statistics are covered by
+the card exactly as the weights are.  Adding or refitting them leaves ``MODEL.pt`` untouched.
 """
 
 from __future__ import annotations
@@ -27,9 +32,14 @@ import torch
 from torch import nn
 
 from workers.models import create_model
+from workers.ood import DEFAULT_THRESHOLD, OODStats, last_linear, ood_bytes, ood_from_bytes
 
 __all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint", "load_card",
-           "file_sha256", "checkpoint_paths"]
+           "file_sha256", "checkpoint_paths", "load_ood_stats", "write_ood_stats",
+           "OOD_SUFFIX"]
+
+#: Suffix of the out-of-distribution statistics beside ``MODEL.pt``: ``MODEL.ood.npz``.
+OOD_SUFFIX = ".ood.npz"
 
 
 class CheckpointError(ValueError):
@@ -70,6 +80,10 @@ class ModelCard:
         Number of parameters; filled in by :func:`save_checkpoint`.
     training, metrics : dict
         Provenance (store, data checksum, split, seed, command...) and validation metrics.
+    ood : dict
+        Out-of-distribution statistics, when fitted: ``file`` (the sidecar's name, beside
+        the card), its ``sha256``, ``threshold`` (of ``ood_score``, default 0.99) and what
+        was fitted on what (see :mod:`workers.ood`); empty (and not written) without them.
     skysieve_version, created : str
         Software version and ISO-8601 UTC time of writing.
     extra : dict
@@ -87,6 +101,7 @@ class ModelCard:
     params: int = 0
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    ood: dict[str, Any] = field(default_factory=dict)
     skysieve_version: str = ""
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -97,8 +112,12 @@ class ModelCard:
         return len(self.classes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the card as a JSON-ready dict (``extra`` keys merged at the top level)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        """Return the card as a JSON-ready dict (``extra`` keys merged at the top level).
+
+        ``ood`` is left out when empty, so a card without statistics reads as before.
+        """
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra" and not (f.name == "ood" and not self.ood)}
         for key, value in self.extra.items():
             out.setdefault(key, value)
         return out
@@ -148,9 +167,28 @@ class ModelCard:
                 raise ValueError(f"card {key!r} must be a non-negative integer, got {value!r}")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise ValueError(f"card 'temperature' must be a positive number, got {self.temperature!r}")
-        for key in ("stretch", "training", "metrics"):
+        for key in ("stretch", "training", "metrics", "ood"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"card {key!r} must be an object, got {getattr(self, key)!r}")
+        if self.ood:
+            name, digest = self.ood.get("file"), self.ood.get("sha256")
+            if (not isinstance(name, str) or not name.endswith(OOD_SUFFIX)
+                    or Path(name).name != name):
+                raise ValueError(f"card 'ood.file' must be a file name ending in {OOD_SUFFIX} "
+                                 f"beside the card, got {name!r}")
+            if not isinstance(digest, str) or len(digest) != 64:
+                raise ValueError(f"card 'ood.sha256' must be a 64-hex-digit digest, got "
+                                 f"{digest!r}")
+            threshold = self.ood.get("threshold", DEFAULT_THRESHOLD)
+            if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                    or not 0.0 <= threshold <= 1.0):
+                raise ValueError(f"card 'ood.threshold' must be a fraction in [0, 1], got "
+                                 f"{threshold!r}")
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """``ood_score`` above which a source is flagged, or ``None`` without OOD statistics."""
+        return float(self.ood.get("threshold", DEFAULT_THRESHOLD)) if self.ood else None
 
 
 def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -209,7 +247,28 @@ def load_card(path: str | os.PathLike[str]) -> ModelCard:
         raise CheckpointError(f"{card_path}: invalid model card ({exc})") from exc
 
 
-def save_checkpoint(model: nn.Module, card: ModelCard, path: str | os.PathLike[str]) -> ModelCard:
+def _ood_entry(card: ModelCard, stats: OODStats, name: str, data: bytes,
+               model: nn.Module | None, where: str) -> dict[str, Any]:
+    """The card's ``ood`` entry for ``stats`` written as ``name``; checks they fit the model."""
+    if stats.num_classes != card.num_classes:
+        raise CheckpointError(f"{where}: OOD statistics of {stats.num_classes} classes for a "
+                              f"model of {card.num_classes}")
+    if model is not None:
+        layer, head = last_linear(model)
+        if head.in_features != stats.dim:
+            raise CheckpointError(f"{where}: OOD statistics of {stats.dim} features, but the "
+                                  f"model's last nn.Linear {layer!r} takes {head.in_features}")
+        where_feat = f"input of {layer!r} (nn.Linear {head.in_features} -> {head.out_features})"
+    else:
+        where_feat = card.ood.get("features", "")
+    kept = {k: v for k, v in card.ood.items() if k not in ("file", "sha256")}
+    return {**kept, **stats.info, "features": where_feat, "file": name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "threshold": float(kept.get("threshold", DEFAULT_THRESHOLD))}
+
+
+def save_checkpoint(model: nn.Module, card: ModelCard, path: str | os.PathLike[str], *,
+                    ood: OODStats | None = None) -> ModelCard:
     """Write ``MODEL.pt`` (the ``state_dict``) and ``MODEL.json`` (the card) atomically.
 
     The weights are serialised in memory, hashed, written to a temporary name and
@@ -227,6 +286,11 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | os.PathLike[s
         Description of the model.
     path : path-like
         ``MODEL.pt``, ``MODEL.json`` or the stem ``MODEL``; parent folders are created.
+    ood : workers.ood.OODStats, optional
+        Out-of-distribution statistics, written to ``MODEL.ood.npz`` (before the card, which
+        records its sha256; the card's ``ood`` entry keeps its ``threshold`` and provenance
+        keys).  Without them the card's ``ood`` entry is cleared: statistics belong to the
+        weights they were fitted on.
 
     Returns
     -------
@@ -235,7 +299,12 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | os.PathLike[s
     """
     pt, card_path = checkpoint_paths(path)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _check_fits(state, card, where=str(pt))
+    fitted = _check_fits(state, card, where=str(pt))
+    sidecar, ood_data, ood_entry = None, b"", {}
+    if ood is not None:
+        sidecar = pt.with_name(pt.stem + OOD_SUFFIX)
+        ood_data = ood_bytes(ood)
+        ood_entry = _ood_entry(card, ood, sidecar.name, ood_data, fitted, str(pt))
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
@@ -245,12 +314,96 @@ def save_checkpoint(model: nn.Module, card: ModelCard, path: str | os.PathLike[s
         params=int(sum(p.numel() for p in model.parameters())),
         skysieve_version=card.skysieve_version or _software_version(),
         created=card.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        ood=ood_entry,
     )
     card._validate()
     pt.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(pt, data)
+    if sidecar is not None:
+        _atomic_write(sidecar, ood_data)
     _atomic_write(card_path, card.to_json().encode("utf-8"))
     return card
+
+
+def write_ood_stats(path: str | os.PathLike[str], stats: OODStats, *,
+                    entry: dict[str, Any] | None = None) -> ModelCard:
+    """Add (or replace) the OOD statistics of an existing checkpoint; its ``.pt`` is not touched.
+
+    Writes ``MODEL.ood.npz``, then the card with its ``ood`` entry (the file's name and
+    sha256, the statistics' summary, and ``entry``: e.g. ``threshold`` and provenance).
+
+    Parameters
+    ----------
+    path : path-like
+        ``MODEL.pt``, ``MODEL.json`` or the stem; the checkpoint must load (sha256 checked).
+    stats : workers.ood.OODStats
+        Fitted with :func:`workers.ood.fit_ood_stats` on this model's features.
+    entry : dict, optional
+        More keys of the card's ``ood`` entry.
+
+    Returns
+    -------
+    ModelCard
+        The card as written.
+    """
+    pt, card_path = checkpoint_paths(path)
+    card = load_card(pt)
+    model, _ = load_checkpoint(pt, sha256=card.sha256, check_ood=False)
+    sidecar = pt.with_name(pt.stem + OOD_SUFFIX)
+    data = ood_bytes(stats)
+    base = dataclasses.replace(card, ood=dict(entry or {}))
+    card = dataclasses.replace(card, ood=_ood_entry(base, stats, sidecar.name, data, model,
+                                                    str(pt)))
+    card._validate()
+    _atomic_write(sidecar, data)
+    _atomic_write(card_path, card.to_json().encode("utf-8"))
+    return card
+
+
+def load_ood_stats(path: str | os.PathLike[str], card: ModelCard | None = None) -> OODStats | None:
+    """Read a checkpoint's OOD statistics after checking their sha256 against the card.
+
+    Parameters
+    ----------
+    path : path-like
+        ``MODEL.pt``, ``MODEL.json`` or the stem.
+    card : ModelCard, optional
+        Its card, if already read.
+
+    Returns
+    -------
+    workers.ood.OODStats or None
+        ``None`` when the card records no statistics.
+
+    Raises
+    ------
+    CheckpointError
+        The file named by the card is missing, its sha256 differs from the card's (both
+        named), or it is not a valid statistics file (read with ``allow_pickle=False``).
+    """
+    pt, card_path = checkpoint_paths(path)
+    card = card if card is not None else load_card(pt)
+    if not card.ood:
+        return None
+    sidecar = card_path.with_name(card.ood["file"])
+    try:
+        data = sidecar.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{sidecar}: OOD statistics not found; the card {card_path.name} "
+                              f"records them (copy the file with the checkpoint)") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != str(card.ood["sha256"]).lower():
+        raise CheckpointError(f"{sidecar}: sha256 {actual} does not match "
+                              f"{card.ood['sha256']!r} recorded in {card_path.name}; the OOD "
+                              f"statistics changed or belong to another model")
+    try:
+        stats = ood_from_bytes(data, info=card.ood)
+    except ValueError as exc:
+        raise CheckpointError(f"{sidecar}: invalid OOD statistics ({exc})") from exc
+    if stats.num_classes != card.num_classes:
+        raise CheckpointError(f"{sidecar}: OOD statistics of {stats.num_classes} classes for a "
+                              f"model of {card.num_classes}")
+    return stats
 
 
 def _build(card: ModelCard, where: str) -> nn.Module:
@@ -285,7 +438,8 @@ def _refused_globals(pt: Path) -> list[str]:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None,
-                    device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+                    device: str | torch.device = "cpu",
+                    check_ood: bool = True) -> tuple[nn.Module, ModelCard]:
     """Load a checkpoint safely and return ``(model in eval mode, card)``.
 
     Parameters
@@ -296,6 +450,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None,
         Expected sha256 of ``MODEL.pt`` (e.g. from the run config); checked besides the card's.
     device : str or torch.device, default: "cpu"
         Where to put the model (the file is always read to the CPU first).
+    check_ood : bool, default: True
+        Also check the OOD statistics the card names (:func:`load_ood_stats`) and that they
+        fit the model's features.
 
     Returns
     -------
@@ -306,7 +463,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None,
     CheckpointError
         Missing or invalid card; missing, truncated or corrupt ``.pt``; sha256 mismatch (both
         hashes named); a file carrying pickled code (the blocked globals named; never loaded
-        unsafely); weights that do not fit the card's architecture or class count.
+        unsafely); weights that do not fit the card's architecture or class count; OOD
+        statistics that are missing, changed (sha256) or do not fit the model.
     """
     pt, _ = checkpoint_paths(path)
     card = load_card(pt)
@@ -337,4 +495,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, sha256: str | None = None,
         raise CheckpointError(f"{pt}: expected a state_dict (str -> tensor), got "
                               f"{type(state).__name__}")
     model = _check_fits(state, card, where=str(pt))
+    if check_ood:
+        stats = load_ood_stats(pt, card)
+        if stats is not None:
+            layer, head = last_linear(model)
+            if head.in_features != stats.dim:
+                raise CheckpointError(f"{pt}: its OOD statistics have {stats.dim} features, "
+                                      f"but the last nn.Linear {layer!r} takes "
+                                      f"{head.in_features}")
     return model.to(device).eval(), card

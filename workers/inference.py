@@ -13,13 +13,21 @@ class probabilities, ``batch_size`` stamps per forward pass under
   autocast in bf16 where supported (else fp16), ``cudnn.benchmark``; the logits
   stay on the device until the whole chunk is done (one synchronisation).
 
+:meth:`Predictor.predict` also scores how far each stamp lies from the training data
+(:mod:`workers.ood`), in the same forward pass: the energy of the logits, and, when the
+checkpoint carries OOD statistics, the Mahalanobis distance of the input of the last
+``nn.Linear`` (taken by a forward pre-hook into a per-thread buffer: the tasks of a
+multi-threaded worker share one predictor) ranked against the validation stamps.
+
 Nothing here touches CUDA at import time.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,8 +35,33 @@ from torch import nn
 
 from workers.checkpoint import ModelCard
 from workers.fuse import fuse_conv_bn
+from workers.ood import OODStats, last_linear
 
-__all__ = ["pick_device", "autocast_dtype", "physical_device", "Predictor"]
+__all__ = ["pick_device", "autocast_dtype", "physical_device", "Predictor", "Prediction"]
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Predictor.predict` returns for ``N`` stamps.
+
+    Attributes
+    ----------
+    proba : numpy.ndarray
+        ``(N, K)`` float32 calibrated probabilities (see :meth:`Predictor.predict_proba`).
+    energy : numpy.ndarray
+        ``(N,)`` float32 energy ``-T logsumexp(logits / T)`` (lower = more familiar).
+    mahalanobis : numpy.ndarray
+        ``(N,)`` float32 squared Mahalanobis distance to the nearest class; NaN without
+        OOD statistics.
+    ood_score : numpy.ndarray
+        ``(N,)`` float32 fraction of validation stamps with a lower Mahalanobis distance
+        (1.0 = beyond everything seen); NaN without OOD statistics.
+    """
+
+    proba: np.ndarray
+    energy: np.ndarray
+    mahalanobis: np.ndarray
+    ood_score: np.ndarray
 
 
 def pick_device(prefer: str | torch.device | None = None) -> torch.device:
@@ -134,11 +167,13 @@ class Predictor:
     fuse : bool, default: True
         Fold batch norms into the convolutions before them (same outputs to
         float32 rounding).
+    ood : workers.ood.OODStats, optional
+        The checkpoint's OOD statistics (:func:`workers.checkpoint.load_ood_stats`).
     """
 
     def __init__(self, model: nn.Module, card: ModelCard, *,
                  device: str | torch.device | None = None, batch_size: int = 256,
-                 channels_last: bool = True, fuse: bool = True):
+                 channels_last: bool = True, fuse: bool = True, ood: OODStats | None = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = pick_device(device)
@@ -151,6 +186,21 @@ class Predictor:
         self._autocast_dtype = autocast_dtype(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        self.ood = ood
+        self._tap = threading.local()
+        if ood is not None:
+            layer, head = last_linear(self.model)
+            if head.in_features != ood.dim:
+                raise ValueError(f"{card.arch}: OOD statistics of {ood.dim} features, but the "
+                                 f"last nn.Linear {layer!r} takes {head.in_features}")
+            tap = self._tap
+
+            def keep_input(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                sink = getattr(tap, "sink", None)
+                if sink is not None:  # only the thread that asked for features
+                    sink.append(args[0])
+
+            head.register_forward_pre_hook(keep_input)
 
     @property
     def classes(self) -> list[str]:
@@ -172,28 +222,66 @@ class Predictor:
                              f"pipeline.imaging.preprocess.prepare(..., image_size={s})")
         return t.to(torch.float32)
 
-    def predict_logits(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Return the raw logits ``(N, K)`` (float32, on the CPU) of prepared stamps ``x``."""
+    def _forward(self, x: torch.Tensor | np.ndarray, *,
+                 distances: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``(N, K)`` and (``distances``) Mahalanobis distances ``(N,)``, on the CPU."""
         x = self._check(x)
         n = x.shape[0]
+        distances = distances and self.ood is not None
         if n == 0:
-            return torch.zeros((0, self.card.num_classes), dtype=torch.float32)
+            return (torch.zeros((0, self.card.num_classes), dtype=torch.float32),
+                    torch.zeros(0) if distances else None)
         cuda = self.device.type == "cuda"
         if cuda and not x.is_cuda:
             x = x.contiguous().pin_memory()
-        outs = []
+        outs, dists = [], []
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 xb = x[start:start + self.batch_size]
                 xb = xb.to(self.device, non_blocking=cuda).contiguous(
                     memory_format=self._memory_format)
-                if cuda:
-                    with torch.autocast("cuda", dtype=self._autocast_dtype):
-                        outs.append(self.model(xb).float())
-                else:
-                    outs.append(self.model(xb))
+                sink: list[torch.Tensor] | None = [] if distances else None
+                self._tap.sink = sink
+                try:
+                    if cuda:
+                        with torch.autocast("cuda", dtype=self._autocast_dtype):
+                            outs.append(self.model(xb).float())
+                    else:
+                        outs.append(self.model(xb))
+                finally:
+                    self._tap.sink = None
+                if sink:
+                    dists.append(self.ood.mahalanobis(sink[-1].flatten(1)))
             logits = torch.cat(outs)
-        return logits.to("cpu").float()
+            dist = torch.cat(dists).to("cpu") if distances else None
+        return logits.to("cpu").float(), dist
+
+    def predict_logits(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Return the raw logits ``(N, K)`` (float32, on the CPU) of prepared stamps ``x``."""
+        return self._forward(x, distances=False)[0]
+
+    def predict(self, x: torch.Tensor | np.ndarray) -> Prediction:
+        """Probabilities and out-of-distribution scores of prepared stamps, in one forward pass.
+
+        Parameters
+        ----------
+        x : torch.Tensor or numpy.ndarray
+            Prepared stamps ``(N, in_chans, image_size, image_size)``.
+
+        Returns
+        -------
+        Prediction
+            ``mahalanobis`` and ``ood_score`` are NaN when the model has no OOD statistics.
+        """
+        logits, dist = self._forward(x, distances=True)
+        temperature = float(self.card.temperature)
+        proba = torch.softmax(logits / temperature, dim=1).numpy()
+        energy = (-temperature * torch.logsumexp(logits / temperature, dim=1)).numpy()
+        if dist is None:
+            nan = np.full(logits.shape[0], np.nan, np.float32)
+            return Prediction(proba, energy.astype(np.float32), nan, nan.copy())
+        maha = dist.numpy().astype(np.float32)
+        return Prediction(proba, energy.astype(np.float32), maha, self.ood.quantile(maha))
 
     def predict_proba(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """Return class probabilities ``(N, K)``, float32, rows summing to 1.

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from workers.checkpoint import load_checkpoint
+from workers.checkpoint import load_checkpoint, load_ood_stats
 from workers.inference import Predictor, pick_device
 
 __all__ = ["get_predictor", "clear_cache", "cache_info", "ModelPlugin"]
@@ -87,7 +87,8 @@ def get_predictor(path: str | os.PathLike[str], *, sha256: str, batch_size: int 
             _STATS["hits"] += 1
             return predictor
         model, card = load_checkpoint(path, sha256=key[0], device=dev)
-        predictor = Predictor(model, card, device=dev, batch_size=batch_size)
+        predictor = Predictor(model, card, device=dev, batch_size=batch_size,
+                              ood=load_ood_stats(path, card))
         _CACHE[key] = predictor
         _STATS["loads"] += 1
         return predictor

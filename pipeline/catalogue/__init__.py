@@ -33,7 +33,8 @@ report :func:`pipeline.catalogue.report.write_report`.
 Columns (see docs/schema.md): ``source_id`` int64, ``exposure``
 string, ``ccd`` int16, ``ra``/``dec`` float64 deg, ``x``/``y`` float64 px
 (0-based), ``label`` string, ``p_<class>`` float32 (sum to 1), ``confidence``
-float32, ``blur_score`` float32, ``psf_fwhm`` float32 px, ``healpix`` int64
+float32, ``blur_score`` float32, ``psf_fwhm`` float32 px, ``ood_score`` and
+``ood_energy`` float32 (NaN for a model without OOD statistics), ``healpix`` int64
 (nested, order in the metadata), ``flags`` int32 (bits ``FLAG_*``), and
 ``true_label`` string when the store carries labels.
 """
@@ -42,10 +43,10 @@ from __future__ import annotations
 
 from pipeline.catalogue.api import (connect, cone, crossmatch, join_truth, open, query,
                                     read_catalogue)
-from pipeline.catalogue.layout import (FLAG_BLENDED, FLAG_EDGE, FLAG_EMPTY, FLAG_SATURATED,
-                                       FLAG_SEP, METADATA_KEY, PART_GLOB)
+from pipeline.catalogue.layout import (FLAG_BLENDED, FLAG_EDGE, FLAG_EMPTY, FLAG_OOD,
+                                       FLAG_SATURATED, FLAG_SEP, METADATA_KEY, PART_GLOB)
 from pipeline.catalogue.part_files import parts, read_metadata
 
 __all__ = ["read_catalogue", "query", "connect", "open", "cone", "crossmatch", "join_truth",
            "read_metadata", "parts", "PART_GLOB", "METADATA_KEY",
-           "FLAG_EDGE", "FLAG_SATURATED", "FLAG_BLENDED", "FLAG_SEP", "FLAG_EMPTY"]
+           "FLAG_EDGE", "FLAG_SATURATED", "FLAG_BLENDED", "FLAG_SEP", "FLAG_EMPTY", "FLAG_OOD"]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["PART_GLOB", "METADATA_KEY", "RUN_FILE", "SUMMARY_FILE", "REJECTS_FILE",
-           "FLAG_EDGE", "FLAG_SATURATED", "FLAG_BLENDED", "FLAG_SEP", "FLAG_EMPTY",
-           "part_path", "healpix_order_doc"]
+           "FLAG_EDGE", "FLAG_SATURATED", "FLAG_BLENDED", "FLAG_SEP", "FLAG_EMPTY", "FLAG_OOD",
+           "OOD_COUNT_KEY", "part_path", "healpix_order_doc"]
 
 PART_GLOB = "part-*.parquet"
 #: Key of the run metadata (JSON) in every part's Parquet file metadata.
@@ -31,6 +31,11 @@ FLAG_SATURATED = 2   # saturated pixels in the source
 FLAG_BLENDED = 4     # the detection was deblended from a neighbour
 FLAG_SEP = 8         # sep raised one of its own flags
 FLAG_EMPTY = 16      # no positive flux at the centre: blur score undefined
+FLAG_OOD = 32        # outside the model's domain: ood_score above the card's threshold
+
+#: Per-part entry of the run metadata: how many of the part's rows have ``FLAG_OOD``
+#: (``None`` when the model has no OOD statistics); the run summary adds them up.
+OOD_COUNT_KEY = "ood_flagged"
 
 
 def part_path(out: Path, index: int) -> Path:

@@ -20,7 +20,7 @@ from pipeline.catalogue.layout import METADATA_KEY, PART_GLOB
 from pipeline.errors import CatalogueError
 from pipeline.files import atomic_write
 
-__all__ = ["write_part", "write_table", "read_metadata", "parts"]
+__all__ = ["write_part", "write_table", "read_metadata", "read_footer", "parts"]
 
 
 def write_table(table: pa.Table, path: Path, **options: Any) -> Path:
@@ -93,6 +93,24 @@ def read_metadata(path: Path) -> dict[str, Any]:
     if METADATA_KEY not in meta:
         raise CatalogueError(f"{path}: not a skysieve catalogue part (no 'skysieve' metadata)")
     return json.loads(meta[METADATA_KEY])
+
+
+def read_footer(path: Path) -> tuple[int, dict[str, Any]]:
+    """Return the row count and the skysieve metadata of one part, from its footer only.
+
+    Parameters
+    ----------
+    path : Path
+        A part file.
+
+    Returns
+    -------
+    (int, dict)
+        Rows, and the metadata (``{}`` for a Parquet file without it).
+    """
+    meta = pq.read_metadata(path)
+    kv = meta.metadata or {}
+    return meta.num_rows, (json.loads(kv[METADATA_KEY]) if METADATA_KEY in kv else {})
 
 
 def parts(path: Path) -> list[Path]:

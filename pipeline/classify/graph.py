@@ -12,6 +12,13 @@ On a whole-exposure store (``attrs["item"] == "exposure"``, written by
 :mod:`pipeline.ingest.whole_exposure`) each row is an exposure/CCD, and its blur score
 is that exposure's PSF FWHM (measured on its stars at ingest) over the store's
 median PSF FWHM; NaN, flagged ``FLAG_EMPTY``, where no PSF could be measured.
+
+The same forward pass scores how far each source lies from the model's training data
+(:meth:`workers.inference.Predictor.predict`): ``ood_score`` (the Mahalanobis distance of
+its features ranked against the validation stamps, 1.0 = beyond all of them) and
+``ood_energy``; both NaN for a model without OOD statistics.  ``FLAG_OOD`` marks
+``ood_score`` above the card's threshold, and the run summary gives the fraction of the
+night so flagged (``ood_fraction``).
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ import pyarrow as pa
 
 from pipeline import __version__, bundled, config
 from pipeline.catalogue import part_files
-from pipeline.catalogue.layout import (FLAG_EMPTY, PART_GLOB, REJECTS_FILE, RUN_FILE,
-                                       SUMMARY_FILE, healpix_order_doc, part_path)
+from pipeline.catalogue.layout import (FLAG_EMPTY, FLAG_OOD, OOD_COUNT_KEY, PART_GLOB,
+                                       REJECTS_FILE, RUN_FILE, SUMMARY_FILE, healpix_order_doc,
+                                       part_path)
 from pipeline.classify import run_lock
 from pipeline.files import write_json
 from pipeline.imaging.stamp_stats import STAMP_STATS
@@ -58,6 +66,10 @@ class RunSummary:
     model_sha256: str
     rows_this_run: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
+    #: Fraction of the rows flagged ``FLAG_OOD``; ``None`` when the model has no OOD statistics.
+    ood_fraction: float | None = None
+    ood_flagged: int | None = None
+    ood_threshold: float | None = None
 
     @property
     def cutouts_per_s(self) -> float:
@@ -78,6 +90,13 @@ class RunSummary:
             f"rejects        {self.rejects} (inputs rejected at ingest; see {REJECTS_FILE})",
             f"wall time      {self.seconds:.1f} s, {self.cutouts_per_s:,.0f} cutouts/s",
         ]
+        if self.ood_fraction is None:
+            lines.insert(4, "out of domain  unknown: the model has no OOD statistics "
+                            "(ood_score NaN; fit them with `skysieve ood-fit`)")
+        else:
+            lines.insert(4, f"out of domain  {self.ood_fraction:.2%} of the rows "
+                            f"({self.ood_flagged} with ood_score > {self.ood_threshold:g}, "
+                            f"flag {FLAG_OOD})")
         for fail in self.failed:
             lines.append(f"FAILED part {fail['part']}: {fail['error']} (rerun to retry)")
         return "\n".join(lines)
@@ -128,8 +147,15 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
         x = prepare(images, stretch=card.stretch, image_size=card.image_size,
                     background=rows["stamp_bg"] if stored else None,
                     noise=rows["stamp_noise"] if stored else None)
-    probs = predictor.predict_proba(x).astype(np.float32)
+    pred = predictor.predict(x)  # one forward pass: probabilities and OOD scores
+    probs = pred.proba.astype(np.float32)
     probs /= probs.sum(axis=1, keepdims=True)
+    threshold = card.ood_threshold
+    if threshold is None:  # no OOD statistics: both scores unknown
+        ood_score = np.full(probs.shape[0], np.nan, np.float32)
+        ood_energy = ood_score.copy()
+    else:
+        ood_score, ood_energy = pred.ood_score, pred.energy
 
     if attrs.get("item") == "exposure":
         # Whole exposures (pipeline.ingest.whole_exposure): the blur score is the exposure's own PSF
@@ -147,6 +173,8 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     blur = (fwhm / np.float32(ref)).astype(np.float32)
 
     flags = cols["flags"].astype(np.int32) | np.where(np.isfinite(blur), 0, FLAG_EMPTY).astype(np.int32)
+    outside = ood_score > threshold if threshold is not None else np.zeros(flags.shape, bool)
+    flags |= np.where(outside, FLAG_OOD, 0).astype(np.int32)
     ra = cols["ra"].astype(np.float64)
     dec = cols["dec"].astype(np.float64)
     healpix = np.full(ra.shape, -1, dtype=np.int64)
@@ -170,13 +198,18 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
         "confidence": pa.array(probs.max(axis=1)),
         "blur_score": pa.array(blur),
         "psf_fwhm": pa.array(cols["psf_fwhm"].astype(np.float32)),
+        "ood_score": pa.array(ood_score.astype(np.float32)),
+        "ood_energy": pa.array(ood_energy.astype(np.float32)),
         "healpix": pa.array(healpix),
         "flags": pa.array(flags),
     })
     if labels is not None:
         data["true_label"] = pa.array(labels, pa.string())
     table = pa.table(data)
-    part_files.write_part(table, Path(part), metadata={**metadata, "blur_reference_fwhm": ref},
+    flagged = int(outside.sum()) if threshold is not None else None
+    part_files.write_part(table, Path(part),
+                          metadata={**metadata, "blur_reference_fwhm": ref,
+                                    OOD_COUNT_KEY: flagged},
                           row_group_size=row_group_size)
     return {"part": Path(part).name, "rows": table.num_rows, "seconds": time.perf_counter() - t0}
 
@@ -195,6 +228,7 @@ def _fingerprint(store: Path, group, card: ModelCard, order: int) -> dict[str, A
         "n_sources": int(group["image"].shape[0]),
         "chunk_sources": int(group["image"].chunks[0]),
         "model_sha256": card.sha256,
+        "ood_sha256": card.ood.get("sha256") if card.ood else None,
         "healpix_order": order,
     }
 
@@ -276,6 +310,8 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
             "classes": list(card.classes), "model": model_name, "model_arch": card.arch,
             "model_sha256": card.sha256, "skysieve_version": __version__,
             "healpix_order": healpix_order_doc(order), "store": str(store.resolve()),
+            "ood": ({"threshold": card.ood_threshold, "sha256": card.ood["sha256"],
+                     "flag": FLAG_OOD} if card.ood else None),
             "run_config": {"batch_size": batch_size, "model": model_name, "store": str(store),
                            "overwrite": overwrite},
         }
@@ -297,12 +333,16 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
         for stale in out.glob(".part-*.tmp"):  # written by a task whose worker died
             stale.unlink(missing_ok=True)
         _copy_rejects(ds, out)
-        rows = sum(int(n) for n in _part_rows(out))
+        footers = _part_footers(out)
+        rows = sum(n for n, _ in footers)
+        ood_fraction, ood_flagged = _ood_fraction(footers, has_stats=bool(card.ood))
         summary = RunSummary(
             catalogue=str(out), rows=rows, parts=len(bounds), parts_written=len(results),
             parts_skipped=skipped, rejects=len(ds.attrs.get("rejects", [])),
             seconds=time.perf_counter() - t0, model=model_name, model_sha256=card.sha256,
-            failed=failed, rows_this_run=sum(r["rows"] for r in results))
+            failed=failed, rows_this_run=sum(r["rows"] for r in results),
+            ood_fraction=ood_fraction, ood_flagged=ood_flagged,
+            ood_threshold=card.ood_threshold)
         write_json(out / SUMMARY_FILE, summary.to_dict())
     return summary
 
@@ -380,10 +420,22 @@ def _run_tasks(todo: list[tuple[Path, int, int]], make_task: Callable[..., Any],
     return results, failed
 
 
-def _part_rows(out: Path) -> list[int]:
-    import pyarrow.parquet as pq
+def _part_footers(out: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows and skysieve metadata of every part, from the footers."""
+    return [part_files.read_footer(p) for p in sorted(out.glob(PART_GLOB))]
 
-    return [pq.read_metadata(p).num_rows for p in sorted(out.glob(PART_GLOB))]
+
+def _ood_fraction(footers: list[tuple[int, dict[str, Any]]], *,
+                  has_stats: bool) -> tuple[float | None, int | None]:
+    """Fraction and number of the catalogue's rows flagged ``FLAG_OOD`` (``None``: unknown)."""
+    if not has_stats:
+        return None, None
+    counts = [meta.get(OOD_COUNT_KEY) for _, meta in footers]
+    if any(c is None for c in counts):  # cannot happen for one run's fingerprint
+        return None, None
+    rows = sum(n for n, _ in footers)
+    flagged = int(sum(counts))
+    return (flagged / rows if rows else 0.0), flagged
 
 
 def _copy_rejects(ds, out: Path) -> None:

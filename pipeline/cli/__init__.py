@@ -4,7 +4,7 @@ Commands live in one module per family, each importing only :mod:`pipeline.cli.b
 
 - :mod:`pipeline.cli.stages`: ``synth``, ``ingest``, ``import-images``, ``info``,
   ``classify``, ``run``, ``demo``, ``query``, ``plan``;
-- :mod:`pipeline.cli.models`: ``train``, ``evaluate``, ``compare``;
+- :mod:`pipeline.cli.models`: ``train``, ``evaluate``, ``compare``, ``ood-fit``;
 - :mod:`pipeline.cli.catalogue`: ``catalogue to-hats``, ``report``;
 - :mod:`pipeline.cli.cluster`: ``cluster job-script``, ``submit``.
 """
@@ -17,7 +17,7 @@ from pipeline import __version__
 from pipeline.cli.base import CONTEXT
 from pipeline.cli.catalogue import catalogue_group, report
 from pipeline.cli.cluster import cluster_group, submit
-from pipeline.cli.models import compare, evaluate, train
+from pipeline.cli.models import compare, evaluate, ood_fit, train
 from pipeline.cli.stages import COMMANDS as STAGE_COMMANDS
 
 __all__ = ["cli", "main"]
@@ -29,7 +29,7 @@ def cli() -> None:
     """skysieve: FITS exposures -> Zarr cutouts -> Dask + batched model -> Parquet catalogue."""
 
 
-for _command in (*STAGE_COMMANDS, train, evaluate, compare, catalogue_group, report,
+for _command in (*STAGE_COMMANDS, train, evaluate, compare, ood_fit, catalogue_group, report,
                  cluster_group, submit):
     cli.add_command(_command)
 del _command

@@ -1,8 +1,8 @@
-"""Click commands for the model zoo: ``skysieve train``, ``skysieve evaluate``, ``skysieve compare``.
+"""Click commands for the model zoo: ``skysieve train``, ``evaluate``, ``compare``, ``ood-fit``.
 
 Registered in ``pipeline/cli/__init__.py``; each command parses its options and calls one
 plain function (:func:`pipeline.training.fit.train`, :func:`pipeline.training.evaluate.evaluate`,
-:func:`pipeline.training.compare.compare`).
+:func:`pipeline.training.compare.compare`, :func:`pipeline.training.ood.fit_checkpoint_ood`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import click
 
 from pipeline.cli.base import CONTEXT, one_line_errors
 
-__all__ = ["compare", "evaluate", "parse_floats", "train"]
+__all__ = ["compare", "evaluate", "ood_fit", "parse_floats", "train"]
 
 _EXISTING = click.Path(exists=True, path_type=Path)
 _NEW = click.Path(path_type=Path)
@@ -94,6 +94,35 @@ def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: f
                f"{m.get('accuracy', float('nan')):.4f}, balanced accuracy "
                f"{m.get('balanced_accuracy', float('nan')):.4f}, ECE "
                f"{m.get('ece_calibrated', float('nan')):.4f} (T={card.temperature:.3f})")
+
+
+@click.command("ood-fit", context_settings=CONTEXT)
+@click.argument("model")
+@click.argument("store", type=_EXISTING)
+@click.option("--out", required=True, type=_NEW,
+              help="Checkpoint to write (NEW.pt, a byte-identical copy of the weights, + NEW.json "
+                   "+ NEW.ood.npz); may be MODEL itself.")
+@click.option("--split-by", type=click.Choice(["exposure", "frame", "field", "source"]),
+              default=None, help="Validation split [default: the card's].")
+@click.option("--val-fraction", type=float, default=None, help="[default: the card's]")
+@click.option("--split-seed", type=int, default=None, help="[default: the card's]")
+@click.option("--threshold", default=0.99, show_default=True,
+              help="ood_score above which classify sets FLAG_OOD.")
+@click.option("--batch-size", default=256, show_default=True)
+@_user_errors
+def ood_fit(model: str, store: Path, out: Path, split_by: str | None, val_fraction: float | None,
+            split_seed: int | None, threshold: float, batch_size: int) -> None:
+    """Fit out-of-distribution statistics for MODEL on the labelled cutouts in STORE (no retraining)."""
+    from pipeline.training.ood import fit_checkpoint_ood
+
+    card = fit_checkpoint_ood(model, store, out, split_by=split_by, val_fraction=val_fraction,
+                              split_seed=split_seed, threshold=threshold, batch_size=batch_size)
+    q = card.ood.get("val_mahalanobis_quantiles", {})
+    click.echo(f"wrote {out} (weights sha256 {card.sha256[:12]}… unchanged) and "
+               f"{card.ood['file']} (sha256 {card.ood['sha256'][:12]}…): "
+               f"{card.ood['n_train']} training / {card.ood['n_val']} validation stamps, "
+               f"{card.ood['dim']} features; validation Mahalanobis median "
+               f"{q.get('0.5', float('nan')):.1f}, 99% {q.get('0.99', float('nan')):.1f}")
 
 
 @click.command(context_settings=CONTEXT)

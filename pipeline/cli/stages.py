@@ -31,18 +31,26 @@ _user_errors = one_line_errors()
 @click.option("--pointed", is_flag=True,
               help="Pointed exposures: one large target (galaxy or nebula/star cluster) per "
                    "exposure, for whole-exposure classification.")
+@click.option("--domain", type=click.Choice(["survey", "wide"]), default="survey",
+              show_default=True,
+              help="survey: the one synthetic telescope; wide: each exposure draws its own "
+                   "pixel scale, PSF, response (CCD, plate, JPEG) and depth, to train for "
+                   "real skies.")
 @_user_errors
 def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: int, seed: int,
-          pointed: bool) -> None:
+          pointed: bool, domain: str) -> None:
     """Render a synthetic survey (GalSim FITS exposures + truth.parquet) into OUT_DIR."""
     from pipeline.simulation.pointed import synthesize_pointed
     from pipeline.simulation.survey import synthesize
 
+    if pointed and domain != "survey":
+        raise click.UsageError("--pointed renders the survey's instrument only; "
+                               "drop --domain wide or --pointed")
     if pointed:
         summary = synthesize_pointed(out_dir, exposures=exposures, size=size, seed=seed)
     else:
         summary = synthesize(out_dir, exposures=exposures, size=size,
-                             sources=sources, ccds=ccds, seed=seed)
+                             sources=sources, ccds=ccds, seed=seed, domain=domain)
     click.echo(summary.describe())
 
 

@@ -247,8 +247,8 @@ def measure_forced(data: np.ndarray, x: np.ndarray, y: np.ndarray, *,
     sub = pixels - back
     if mask is not None:
         sub[mask] = 0.0
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
+    x = np.array(x, np.float64)  # writable copies: sep.flux_radius refuses read-only buffers
+    y = np.array(y, np.float64)
     info = {"sky": float(bkg.globalback), "sky_rms": float(bkg.globalrms)}
     if x.size == 0:
         return _empty_table(), info

@@ -45,11 +45,15 @@ from pipeline.simulation.instrument import (
 )
 from pipeline.simulation.sources import place, sample_sources
 
-__all__ = ["CLASSES", "SynthSummary", "synthesize"]
+__all__ = ["CLASSES", "DOMAINS", "SynthSummary", "synthesize"]
 
 #: The source classes of the synthetic survey, in the order of the model outputs.
 CLASSES: tuple[str, ...] = ("star", "elliptical", "lenticular", "spiral", "irregular",
                             "nebula_cluster")
+
+#: The training domains of :func:`synthesize`: the survey's one instrument, or
+#: a randomised instrument per exposure (:mod:`pipeline.simulation.wide`).
+DOMAINS: tuple[str, ...] = ("survey", "wide")
 
 _DENSITY = 1000 / 2048**2   # sources per px^2 when `sources` is None
 
@@ -76,6 +80,10 @@ class SynthSummary:
         PSF FWHM (arcsec) at the centre of each exposure.
     blurred : list of bool
         Whether each exposure was deliberately blurred.
+    domain : str
+        ``"survey"`` or ``"wide"`` (:data:`DOMAINS`).
+    conditions : list of dict
+        The wide domain's drawn parameters of each exposure (empty for the survey).
     """
 
     files: list[Path]
@@ -88,12 +96,16 @@ class SynthSummary:
     class_counts: dict[str, int] = field(default_factory=dict)
     psf_fwhm: list[float] = field(default_factory=list)
     blurred: list[bool] = field(default_factory=list)
+    domain: str = "survey"
+    conditions: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> str:
         """Return a few human-readable lines about the survey."""
         out_dir = self.truth.parent
         ccd = f"{self.ccds} CCDs" if self.ccds > 1 else "1 CCD"
         n_exp = len(self.files)
+        if self.domain == "wide":
+            return self._describe_wide(out_dir, ccd, n_exp)
         lines = [f"synthetic survey (seed {self.seed}): {n_exp} exposure{'s' * (n_exp != 1)} "
                  f"x {ccd} "
                  f"of {self.size}x{self.size} px at {PIXSCALE}\"/px in {out_dir}"]
@@ -109,11 +121,28 @@ class SynthSummary:
         lines.append(f"  truth: {self.truth} ({self.seconds:.1f} s)")
         return "\n".join(lines)
 
+    def _describe_wide(self, out_dir: Path, ccd: str, n_exp: int) -> str:
+        """:meth:`describe` for the wide domain."""
+        scales = [c["pixscale"] for c in self.conditions]
+        fwhm_px = [c["fwhm_px"] for c in self.conditions]
+        responses = [c["response"] for c in self.conditions]
+        lines = [f"synthetic wide-domain survey (seed {self.seed}): {n_exp} "
+                 f"exposure{'s' * (n_exp != 1)} x {ccd} of {self.size}x{self.size} px in {out_dir}"]
+        counts = ", ".join(f"{name} {self.class_counts.get(name, 0):,}" for name in CLASSES)
+        lines.append(f"  {self.n_sources:,} sources: {counts}")
+        if scales:
+            lines.append(f"  pixel scale {min(scales):.3f}-{max(scales):.3f}\"/px, PSF FWHM "
+                         f"{min(fwhm_px):.1f}-{max(fwhm_px):.1f} px")
+            kinds = ", ".join(f"{k} {responses.count(k)}" for k in sorted(set(responses)))
+            lines.append(f"  responses: {kinds}")
+        lines.append(f"  truth: {self.truth} ({self.seconds:.1f} s)")
+        return "\n".join(lines)
+
 
 def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
                sources: int | None = None, ccds: int = 1, seed: int = 0,
                blurred_fraction: float = 0.25, processes: int | None = None,
-               ) -> SynthSummary:
+               domain: str = "survey") -> SynthSummary:
     """Render a synthetic survey of FITS exposures and its truth table into ``out_dir``.
 
     Parameters
@@ -141,6 +170,14 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
     processes : int or None, default: None
         Worker processes rendering exposures in parallel; ``None`` picks from the
         cores and the work (1 for small surveys). The output does not depend on it.
+    domain : {"survey", "wide"}, default: "survey"
+        ``"survey"``: the survey's one 4 m telescope (0.263"/px, r band, linear
+        CCD). ``"wide"``: domain randomisation, each exposure drawing its own
+        pixel scale (0.04-1.7"/px), PSF (Moffat, Kolmogorov or an Airy disc with
+        spikes; 1.3-8 px FWHM), response (CCD with bleed trails and cosmic
+        rays, photographic plate, 8-bit JPEG), depth and source density (0.5-5
+        times the survey's; ``sources`` is scaled by it), recorded in the
+        header (:mod:`pipeline.simulation.wide`) and the truth table.
 
     Returns
     -------
@@ -160,6 +197,9 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
     that CCD's WCS with origin 0), ``class``, ``flux`` (ADU), ``mag`` (AB-like,
     ``MAGZP - 2.5 log10 flux``), ``size`` (intrinsic half-light radius, arcsec;
     0 for stars), ``psf_fwhm`` (arcsec, the PSF at that position), ``blurred``.
+    The wide domain adds ``saturated`` (the source's peak reaches saturation),
+    ``pixscale`` (arcsec/px) and ``response``; its fluxes are linear ADU before
+    the response, and its metadata's ``exposures`` holds every drawn parameter.
 
     Examples
     --------
@@ -170,6 +210,8 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
     start = time.perf_counter()
     _validate(exposures=exposures, size=size, sources=sources, ccds=ccds, seed=seed,
               blurred_fraction=blurred_fraction, processes=processes)
+    if domain not in DOMAINS:
+        raise SynthError(f"synth: domain={domain!r} is unknown; use one of {list(DOMAINS)}")
     out_dir = _make_out_dir(out_dir, "the synthetic survey")
 
     per_exposure = (round(_DENSITY * size * size * ccds) if sources is None else sources)
@@ -179,7 +221,7 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
     survey_rng = np.random.default_rng(root.spawn(1)[0])
     blurred = _pick_blurred(survey_rng, exposures, blurred_fraction)
     jobs = [_Job(index=i, stem=f"exp_{i:04d}", out_dir=str(out_dir), size=size, ccds=ccds,
-                 per_ccd=tuple(per_ccd), seed=seed, blurred=bool(blurred[i]))
+                 per_ccd=tuple(per_ccd), seed=seed, blurred=bool(blurred[i]), domain=domain)
             for i in range(exposures)]
 
     n_proc = processes if processes is not None else _auto_processes(exposures, size, ccds)
@@ -187,7 +229,8 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
 
     _remove_stale(out_dir, exposures)
     truth_path = out_dir / "truth.parquet"
-    n_sources = _write_truth(truth_path, results, seed=seed, size=size, ccds=ccds)
+    n_sources = _write_truth(truth_path, results, seed=seed, size=size, ccds=ccds,
+                             domain=domain)
     counts: dict[str, int] = {name: 0 for name in CLASSES}
     for res in results:
         for name in res["truth"]["class"]:
@@ -196,7 +239,8 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
                         n_sources=n_sources, seconds=time.perf_counter() - start, size=size,
                         ccds=ccds, seed=seed, class_counts=counts,
                         psf_fwhm=[res["psf_fwhm"] for res in results],
-                        blurred=[job.blurred for job in jobs])
+                        blurred=[job.blurred for job in jobs], domain=domain,
+                        conditions=[res["conditions"] for res in results if "conditions" in res])
 
 
 # --------------------------------------------------------------------------- the run
@@ -326,10 +370,15 @@ class _Job:
     per_ccd: tuple[int, ...]
     seed: int
     blurred: bool
+    domain: str = "survey"
 
 
 def _render_exposure(job: _Job) -> dict[str, Any]:
     """Render one exposure (all its CCDs), write its FITS file, return its truth."""
+    if job.domain == "wide":
+        from pipeline.simulation.wide_exposure import render_exposure
+
+        return render_exposure(job)
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -395,13 +444,16 @@ def _render_ccd(rng: np.random.Generator, pointing: Pointing, *, size: int, n: i
 
 
 def _write_truth(path: Path, results: list[dict[str, Any]], *, seed: int, size: int,
-                 ccds: int) -> int:
+                 ccds: int, domain: str = "survey") -> int:
     """Write ``truth.parquet`` (one row per source); return the number of rows."""
     import pyarrow as pa
 
+    wide = domain == "wide"
     cols: dict[str, list[Any]] = {k: [] for k in (
         "exposure", "ccd", "x", "y", "ra", "dec", "class", "flux", "mag", "size",
         "psf_fwhm", "blurred")}
+    if wide:
+        cols.update(saturated=[], pixscale=[], response=[])
     for res in results:
         t = res["truth"]
         m = len(t["x"])
@@ -409,12 +461,20 @@ def _write_truth(path: Path, results: list[dict[str, Any]], *, seed: int, size: 
         cols["blurred"] += [res["blurred"]] * m
         for key in t:
             cols[key] += t[key]
+        if wide:
+            cols["pixscale"] += [res["conditions"]["pixscale"]] * m
+            cols["response"] += [res["conditions"]["response"]] * m
     fields = [
         ("exposure", pa.string()), ("ccd", pa.int64()),
         ("x", pa.float64()), ("y", pa.float64()), ("ra", pa.float64()), ("dec", pa.float64()),
         ("class", pa.string()), ("flux", pa.float64()), ("mag", pa.float64()),
         ("size", pa.float64()), ("psf_fwhm", pa.float64()), ("blurred", pa.bool_()),
     ]
-    meta = {"classes": list(CLASSES), "seed": seed, "size": size, "ccds": ccds,
-            "pixscale": PIXSCALE}
+    meta: dict[str, Any] = {"classes": list(CLASSES), "seed": seed, "size": size, "ccds": ccds,
+                            "pixscale": PIXSCALE}
+    if wide:
+        fields += [("saturated", pa.bool_()), ("pixscale", pa.float64()),
+                   ("response", pa.string())]
+        meta.update(domain="wide", pixscale=None,
+                    exposures={res["stem"]: res["conditions"] for res in results})
     return _write_table(path, fields, cols, meta)

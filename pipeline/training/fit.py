@@ -3,7 +3,9 @@
 Minimal but sound: whole exposures held out for validation, augmentation on the
 fly in torch, class-balanced loss, AdamW with a cosine schedule, early stopping
 on validation balanced accuracy keeping the best weights, temperature scaling,
-and a card that records the data, the split, the command and the metrics.
+out-of-distribution statistics (:mod:`pipeline.training.ood`: fitted on the training
+split, ranked on the validation split, written beside the checkpoint), and a card that
+records the data, the split, the command and the metrics.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pipeline.training.data import load_labelled
 from pipeline.training.distill import bind_teacher, kd_loss, load_teacher
 from pipeline.training.metrics import (classification_metrics, expected_calibration_error,
                                        fit_temperature, nll, softmax)
+from pipeline.training.ood import fit_training_ood
 from pipeline.training.splits import SPLITS, WHOLE, group_fields, split_validation
 from pipeline.training.transfer import read_weights, transfer_summary, transfer_weights
 from workers.checkpoint import ModelCard, save_checkpoint
@@ -159,7 +162,10 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     The loss is cross-entropy weighted by inverse class frequency; AdamW with a
     one-epoch warm-up and a cosine decay; early stopping on the validation
     balanced accuracy after ``patience`` epochs without improvement, keeping the
-    best weights; then a temperature is fitted on the validation logits.
+    best weights; then a temperature is fitted on the validation logits, and the
+    out-of-distribution statistics (:func:`pipeline.training.ood.fit_training_ood`) on
+    the training split's features, ranked on the validation split, are written to
+    ``MODEL.ood.npz`` (sha256 in the card's ``ood`` entry).
     Deterministic for a seed on one machine and thread count (the global RNG is
     restored afterwards).  On CUDA the steps run under autocast (bfloat16 where
     supported, else float16 with a gradient scaler); on the CPU in float32.
@@ -368,9 +374,12 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         },
         metrics=metrics,
     )
+    ood = fit_training_ood(model, z_train, y_train.numpy(), x_val, num_classes=len(classes),
+                           stretch=stretch, image_size=image_size, temperature=temperature,
+                           device=dev, batch_size=4 * batch_size)
     if out.suffix != ".pt":
         out = out.with_name(out.name + ".pt")
-    return save_checkpoint(model.cpu(), card, out)
+    return save_checkpoint(model.cpu(), card, out, ood=ood)
 
 
 def _fit(model: torch.nn.Module, z_train: torch.Tensor, y_train: torch.Tensor,

@@ -1,8 +1,12 @@
-"""Fixtures of the ingest tests: a killed earlier run's temporary, and a write that dies part-way."""
+"""Fixtures of the ingest tests: a killed earlier run's temporary, a write that dies part-way,
+and astropy's bundled m13 exposure as plain, gzip and tile-compressed files."""
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +59,21 @@ def fail_after_first_chunk(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModuleT
 
         monkeypatch.setattr(module, "write_chunk", write_chunk)
     return apply
+
+
+M13_DIR = Path(importlib.util.find_spec("astropy").origin).parent / "io/fits/hdu/compressed/tests/data"
+
+
+@pytest.fixture
+def m13_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """astropy's bundled ``m13.fits``, a gzip copy ``m13_gz.fits.gz`` and its RICE tile-compressed
+    twin ``m13_rice.fits.fz`` (both in ``tmp_path``); skips when astropy does not ship them."""
+    plain = M13_DIR / "m13.fits"
+    if not plain.is_file():
+        pytest.skip(f"astropy's bundled m13.fits not found at {plain}")
+    gz = tmp_path / "m13_gz.fits.gz"
+    with open(plain, "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    fz = tmp_path / "m13_rice.fits.fz"
+    shutil.copy(M13_DIR / "m13_rice.fits", fz)
+    return plain, gz, fz

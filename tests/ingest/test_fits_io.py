@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +14,6 @@ import astropy.units as u
 from pipeline.ingest.detect import FLAG_SATURATED, detect, estimate_psf_fwhm, header_psf_fwhm
 from pipeline.errors import BadExposure
 from pipeline.ingest.fits_io import exposure_name, file_sha256, image_hdus, read_ccd
-
-M13_DIR = Path(importlib.util.find_spec("astropy").origin).parent / "io/fits/hdu/compressed/tests/data"
 
 
 def _wcs(nx: int, ny: int, scale: float = 0.25, ra: float = 150.0, dec: float = 2.0) -> WCS:
@@ -74,15 +69,8 @@ def test_exposure_name() -> None:
     assert exposure_name("y.fit") == "y"
 
 
-def test_m13_plain_gzip_and_tile_compressed_agree(tmp_path: Path) -> None:
-    plain = M13_DIR / "m13.fits"
-    if not plain.is_file():
-        pytest.skip(f"astropy's bundled m13.fits not found at {plain}")
-    gz = tmp_path / "m13copy.fits.gz"
-    with open(plain, "rb") as src, gzip.open(gz, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    fz = tmp_path / "m13rice.fits.fz"
-    shutil.copy(M13_DIR / "m13_rice.fits", fz)
+def test_m13_plain_gzip_and_tile_compressed_agree(m13_files: tuple[Path, Path, Path]) -> None:
+    plain, gz, fz = m13_files
     ref = read_ccd(plain, 0)
     assert ref.data.dtype == np.float32 and ref.data.dtype.isnative
     assert ref.wcs is not None and abs(ref.pixel_scale - 1.0) < 0.01
@@ -107,6 +95,7 @@ def test_dss_plate_wcs_and_central_galaxy(shared_data: Path) -> None:
     d = np.hypot(table["x"] - (nx - 1) / 2, table["y"] - (ny - 1) / 2)
     central = table.loc[d.idxmin()]
     assert d.min() < 10 and central["flux"] == table["flux"].max()  # the galaxy, brightest
+    assert central["radius"] > 3 * table["radius"].median()  # and far larger than the stars
     ra, dec = ccd.wcs.pixel_to_world_values(central["x"], central["y"])
     target = SkyCoord(ccd.header["OBJCTRA"], ccd.header["OBJCTDEC"], unit=(u.hourangle, u.deg))
     sep = SkyCoord(float(ra), float(dec), unit="deg").separation(target).arcsec
@@ -124,6 +113,12 @@ def test_detection_recovers_positions_and_psf(profile: str) -> None:
     assert np.median(dist) < 0.3
     psf, n = estimate_psf_fwhm(table)
     assert n >= 5 and abs(psf - 4.0) / 4.0 < 0.15, psf
+    # radius: the half-light radius, FWHM / 2 for a Gaussian; a Moffat's wings make it larger
+    radius = float(table["radius"].median())
+    if profile == "gauss":
+        assert abs(radius / 2.0 - 1) < 0.1, radius
+    else:
+        assert 2.0 < radius < 4.0, radius
 
 
 def test_saturated_source_is_flagged() -> None:

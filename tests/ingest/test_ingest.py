@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from pipeline.errors import SkysieveError, SourceTableError, StoreError
 from pipeline.ingest.exposures import ingest
 from pipeline.store import describe, open_store, read_rejects
 
-M13_DIR = Path(importlib.util.find_spec("astropy").origin).parent / "io/fits/hdu/compressed/tests/data"
 STAMP = 24
 
 
@@ -181,6 +179,24 @@ def test_ingest_on_local_cluster(client, survey: dict, tmp_path: Path) -> None:
     assert "rejects:    6" in describe(out) and "galaxy" in describe(out)
 
 
+def test_chunks_follow_chunk_bytes_and_radius_is_measured(survey: dict, tmp_path: Path) -> None:
+    import dask
+
+    with dask.config.set({"skysieve.ingest.chunk-bytes": "8 KiB"}):  # 16x16 float32: 1 KiB each
+        summary = ingest(survey["good"][:1], tmp_path / "s.zarr", stamp=16)
+    ds = open_store(tmp_path / "s.zarr")
+    n = ds.sizes["source"]
+    assert ds.attrs["chunk_sources"] == 8 and summary.n_chunks == -(-n // 8)
+    # point sources of FWHM 3.5 px: half-light radius ~ FWHM / 2, psf_fwhm ~ 3.5
+    clean = (ds["flags"].values == 0)
+    radius = ds["radius"].values[clean]
+    assert ds["radius"].dtype == np.float32 and np.isfinite(radius).all()
+    assert abs(np.median(radius) / (ds["psf_fwhm"].values[0] / 2) - 1) < 0.15
+    with dask.config.set({"skysieve.ingest.chunk-sources": 5}):  # an explicit count wins
+        ingest(survey["good"][:1], tmp_path / "c.zarr", stamp=16)
+    assert open_store(tmp_path / "c.zarr").attrs["chunk_sources"] == 5
+
+
 def test_nothing_usable_writes_nothing(survey: dict, tmp_path: Path) -> None:
     out = tmp_path / "none.zarr"
     summary = ingest([survey["root"] / n for n in survey["bad"]], out)
@@ -241,7 +257,7 @@ def test_forced_radec_and_xy_cutouts(survey: dict, tmp_path: Path) -> None:
                           "source_id": [11, 12, 13, 14, 15]})
     table.to_parquet(tmp_path / "src.parquet")
     summary = ingest([path], tmp_path / "f.zarr", sources=tmp_path / "src.parquet", stamp=16)
-    assert summary.n_sources == 3
+    assert summary.n_sources == 3, summary.rejects
     reasons = [r["reason"] for r in summary.rejects]
     assert any("row 3: NaN" in r for r in reasons) and any("row 4" in r and "not on any" in r
                                                              for r in reasons)
@@ -283,15 +299,9 @@ def test_bad_source_tables(survey: dict, tmp_path: Path) -> None:
     assert not (tmp_path / "s.zarr").exists()
 
 
-def test_m13_plain_gzip_and_tile_compressed(tmp_path: Path) -> None:
-    plain = M13_DIR / "m13.fits"
-    if not plain.is_file():
-        pytest.skip(f"astropy's bundled m13.fits not found at {plain}")
-    gz = tmp_path / "m13_gz.fits.gz"
-    with open(plain, "rb") as src, gzip.open(gz, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    fz = tmp_path / "m13_rice.fits.fz"
-    shutil.copy(M13_DIR / "m13_rice.fits", fz)
+def test_m13_plain_gzip_and_tile_compressed(tmp_path: Path,
+                                            m13_files: tuple[Path, Path, Path]) -> None:
+    plain, gz, fz = m13_files
     summary = ingest([plain, gz, fz], tmp_path / "m13.zarr", stamp=32)
     assert summary.rejects == [] and summary.n_exposures == 3
     ds = open_store(tmp_path / "m13.zarr")

@@ -33,6 +33,25 @@ def _stop_here(marker: Path) -> None:
     time.sleep(600)
 
 
+def _stop_first(once: threading.Lock, marker: Path) -> None:
+    """The first caller stops here (writes ``marker``); later callers wait to be killed too."""
+    if once.acquire(blocking=False):
+        _stop_here(marker)
+    else:
+        time.sleep(600)
+
+
+def _stop_after(module, name: str, once: threading.Lock, marker: Path) -> None:
+    """Patch ``module.<name>``: run the real function, then :func:`_stop_first`."""
+    real = getattr(module, name)
+
+    def stop_after(*args, **kwargs):
+        real(*args, **kwargs)
+        _stop_first(once, marker)
+
+    setattr(module, name, stop_after)
+
+
 def main(argv: list[str]) -> int:
     import dask
 
@@ -43,16 +62,7 @@ def main(argv: list[str]) -> int:
     if mode == "ingest-chunk":
         import pipeline.ingest.exposures as ingest_mod
 
-        real = ingest_mod.write_chunk
-
-        def write_chunk(*args, **kwargs):
-            real(*args, **kwargs)
-            if once.acquire(blocking=False):
-                _stop_here(marker_path)
-            else:
-                time.sleep(600)
-
-        ingest_mod.write_chunk = write_chunk
+        _stop_after(ingest_mod, "write_chunk", once, marker_path)
         from pipeline.classify.night import run_night
 
         truth, *fits = inputs
@@ -61,26 +71,14 @@ def main(argv: list[str]) -> int:
     if mode == "classify-after-part":
         import pipeline.catalogue.part_files as cat_mod
 
-        real_part = cat_mod.write_part
-
-        def write_part(*args, **kwargs):
-            real_part(*args, **kwargs)
-            if once.acquire(blocking=False):
-                _stop_here(marker_path)
-            else:
-                time.sleep(600)
-
-        cat_mod.write_part = write_part
+        _stop_after(cat_mod, "write_part", once, marker_path)
     elif mode == "classify-in-part":
         real_replace = os.replace
 
         def replace(src, dst, *args, **kwargs):
             name = Path(dst).name
             if name.startswith("part-") and name.endswith(".parquet"):
-                if once.acquire(blocking=False):
-                    _stop_here(marker_path)
-                else:
-                    time.sleep(600)
+                _stop_first(once, marker_path)
             return real_replace(src, dst, *args, **kwargs)
 
         os.replace = replace

@@ -239,3 +239,63 @@ def test_nan_pixel_scale_round_trips(tmp_path: Path) -> None:
     assert math.isnan(ds.attrs["pixel_scale"]) and ds.attrs["rejects"] == []
     assert np.isnan(ds["image"].values).all()  # unwritten chunks read as NaN
     assert len(read_rejects(path)) == 0
+
+
+def test_sources_per_chunk_precedence(tmp_path: Path) -> None:
+    import dask
+
+    from pipeline.store import chunk_byte_budget, sources_per_chunk
+
+    assert sources_per_chunk(64, 1, chunk_bytes=16 << 20) == 1024
+    assert sources_per_chunk(423, 3, chunk_bytes="32 MiB") == 15  # 2.1 MB a GZ1 image
+    assert sources_per_chunk(423, 3, chunk_bytes=1) == 1  # at least one
+    assert sources_per_chunk(64, 1) == 1024  # the default: 16 MiB
+    with dask.config.set({"skysieve.ingest.chunk-bytes": "1 MiB"}):
+        assert sources_per_chunk(32, 2) == 128 and chunk_byte_budget() == 1 << 20
+        with dask.config.set({"skysieve.ingest.chunk-sources": 10}):
+            assert sources_per_chunk(32, 2) == 10  # an explicit count wins
+            assert sources_per_chunk(32, 2, chunk_sources=3) == 3  # and an argument over it
+    with pytest.raises(StoreError, match="chunk_sources must be an integer from 1"):
+        sources_per_chunk(32, 1, chunk_sources=0)
+    with pytest.raises(StoreError, match="ingest.chunk-bytes must be a positive integer"):
+        sources_per_chunk(32, 1, chunk_bytes=0)
+    with pytest.raises(StoreError, match="ingest.chunk-bytes is 'big'"):
+        sources_per_chunk(32, 1, chunk_bytes="big")
+
+
+def test_optional_radius_is_written_checked_and_may_be_absent(tmp_path: Path) -> None:
+    from pipeline.store import write_coords
+
+    old = tmp_path / "old.zarr"
+    create_store(old, _table(3), stamp=4, bands=["r"], chunk_sources=2, pixel_scale=0.25,
+                 inputs=[], rejects=[])
+    assert "radius" not in open_store(old).coords  # a store from before radius still opens
+
+    new = tmp_path / "new.zarr"
+    table = _table(3).assign(radius=np.float32(np.nan))
+    create_store(new, table, stamp=4, bands=["r"], chunk_sources=2, pixel_scale=0.25,
+                 inputs=[], rejects=[])
+    write_coords(new, {"radius": np.array([1.0, 2.0, 3.0]), "psf_fwhm": np.full(3, 2.5)})
+    ds = open_store(new)
+    assert ds["radius"].dtype == np.float32 and ds["radius"].values.tolist() == [1.0, 2.0, 3.0]
+    assert ds["psf_fwhm"].values.tolist() == [2.5] * 3
+    with pytest.raises(StoreError, match="shape"):
+        write_coords(new, {"radius": np.zeros(2)})
+    with pytest.raises(StoreError, match="no per-source coordinate 'image'"):
+        write_coords(new, {"image": np.zeros(3)})
+    bad = ds.assign_coords(radius=("source", np.zeros(3, np.float64)))
+    with pytest.raises(StoreError, match="'radius' has dtype 'float64', expected 'float32'"):
+        validate_store(bad, name="bad")
+
+
+def test_model_bands_must_match_the_store() -> None:
+    from pipeline.store import check_model_bands
+
+    check_model_bands(["grey"], in_chans=1, model_bands=["r"])  # names are advisory
+    with pytest.raises(StoreError, match=r"s\.zarr: the store has 3 band\(s\) \['g', 'r', 'i'\] "
+                                         r"but star-galaxy takes 1 band\(s\) \['grey'\].*"
+                                         r"skysieve train s\.zarr.*--bands grey"):
+        check_model_bands(["g", "r", "i"], in_chans=1, model_bands=["grey"], store="s.zarr",
+                          model="star-galaxy")
+    with pytest.raises(StoreError, match="use a store of 3 band"):
+        check_model_bands(["grey"], in_chans=3)

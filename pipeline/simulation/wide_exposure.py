@@ -1,0 +1,252 @@
+"""One exposure of the wide domain: its sources, their drawing, the detector response, the file.
+
+:func:`render_exposure` is what a worker of :func:`pipeline.simulation.survey.synthesize`
+runs for each exposure when ``domain="wide"``: it draws the exposure's
+conditions (:func:`pipeline.simulation.wide.draw_conditions`), samples the
+sources in the survey's class mix with sizes relative to the PSF and fluxes
+relative to the depth (:func:`wide_sources`), draws them (stars from
+pre-rendered PSF stamps, extended sources with GalSim), applies the response
+(:mod:`pipeline.simulation.responses`) and writes the FITS file.
+
+Coordinates are 0-based pixels, ``x`` = column, ``y`` = row (``image[y, x]``),
+and sky positions come from each CCD's WCS with origin 0.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.simulation.instrument import CCD_GAP, Pointing, draw_into, gsparams, image_header
+from pipeline.simulation.responses import (
+    jpeg_encode,
+    observe_ccd,
+    observe_plate,
+    plate_density,
+    stretch,
+    stretch_to_uint8,
+)
+from pipeline.simulation.sources import BUILDERS, SIZE_MEDIAN, draw_classes, place
+from pipeline.simulation.wide import (
+    StarStamps,
+    WideConditions,
+    calibrate,
+    draw_conditions,
+    make_psfs,
+    wide_cards,
+)
+
+__all__ = ["TRUTH_KEYS", "wide_sources", "render_exposure"]
+
+#: Per-source truth of a wide exposure (the survey's, plus ``saturated``).
+TRUTH_KEYS = ("ccd", "x", "y", "ra", "dec", "class", "flux", "mag", "size", "psf_fwhm",
+              "saturated")
+_SEEING_REF = 0.85           # arcsec: the survey's typical seeing, its sizes' reference
+_RATIO_RANGE = (0.6, 6.0)    # galaxy half-light radius / PSF FWHM
+_RATIO_SIGMA = 0.5           # log-normal width of that ratio
+_SNR_RANGE = (10.0, 2500.0)  # galaxy signal-to-noise before the depth scale, log-uniform
+_STAR_SLOPE = 0.25           # dex of star counts per magnitude
+_SAT_SPAN = 4.5              # saturated stars up to this many magnitudes above MAGSAT
+
+
+def _power_law_mag(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A magnitude in [lo, hi] with counts rising ``_STAR_SLOPE`` dex per magnitude."""
+    slope = _STAR_SLOPE * math.log(10)
+    u = rng.uniform()
+    return float(lo + math.log1p(u * math.expm1(slope * (hi - lo))) / slope)
+
+
+def wide_sources(rng: np.random.Generator, n: int, cond: WideConditions,
+                 ) -> list[dict[str, Any]]:
+    """``n`` sources of exposure ``cond`` in the survey's class mix (like ``sample_sources``).
+
+    Stars: a share ``cond.sat_share`` (at least one) saturate, up to 4.5 mag
+    above ``MAGSAT``; the rest follow rising counts from ``MAGSAT`` to 0.75 mag
+    above ``MAGLIM``. Extended sources: half-light radius 0.6-6 times the PSF
+    FWHM (log-normal about each class's survey median over 0.85"), flux from a
+    signal-to-noise log-uniform in 10-2500 times ``DEPTH``.
+    """
+    classes = draw_classes(rng, n)
+    n_stars = int(np.count_nonzero(classes == "star"))
+    n_sat = max(1, round(cond.sat_share * n_stars)) if n_stars else 0
+    star_k = 0
+    specs: list[dict[str, Any]] = []
+    for name in (str(c) for c in classes):
+        if name == "star":
+            if star_k < n_sat:
+                mag = cond.mag_sat - _SAT_SPAN * float(rng.uniform()) ** 1.5
+            else:
+                mag = _power_law_mag(rng, cond.mag_sat, max(cond.mag_lim - 0.75,
+                                                            cond.mag_sat + 0.5))
+            star_k += 1
+            specs.append({"class": "star", "mag": mag, "size": 0.0, "extent": 0.0,
+                          "profile": None, "flux": 10 ** (-0.4 * (mag - cond.magzp))})
+            continue
+        median = SIZE_MEDIAN[name] / _SEEING_REF
+        while True:
+            ratio = median * math.exp(rng.normal(0.0, _RATIO_SIGMA))
+            if _RATIO_RANGE[0] <= ratio <= _RATIO_RANGE[1]:
+                break
+        radius = ratio * cond.fwhm
+        profile, extent = BUILDERS[name](rng, radius)
+        snr = cond.depth * math.exp(rng.uniform(*np.log(_SNR_RANGE)))
+        hlr_px = radius / cond.pixscale
+        n_eff = cond.n_eff + 9.07 * hlr_px**2
+        flux = snr * cond.sigma_lin * math.sqrt(n_eff) / cond.gain
+        specs.append({"class": name, "mag": float(cond.magzp - 2.5 * math.log10(flux)),
+                      "size": float(radius), "extent": float(extent), "profile": profile,
+                      "flux": float(flux)})
+    return specs
+
+
+def _draw(model: np.ndarray, specs: list[dict[str, Any]], xy: np.ndarray,
+          cond: WideConditions, gal_psf: Any, stars: StarStamps) -> dict[str, list[Any]]:
+    """Add the sources into ``model`` (linear units); return their truth (no ra/dec, ccd)."""
+    import galsim
+
+    cat: dict[str, list[Any]] = {k: [] for k in TRUTH_KEYS if k not in ("ccd", "ra", "dec")}
+    floor = 0.2 * cond.sigma_lin
+    for spec, (x, y) in zip(specs, xy):
+        flux_lin = spec["flux"] * cond.gain
+        if spec["class"] == "star":
+            half = stars.reach(flux_lin, floor)
+            x, y = stars.add(model, float(x), float(y), flux_lin, half)
+            peak = flux_lin * stars.peak
+        else:
+            obj = galsim.Convolve(spec["profile"].withFlux(flux_lin), gal_psf,
+                                  gsparams=gsparams())
+            half = int(math.ceil(spec["extent"] / cond.pixscale + 4 * cond.fwhm_px)) + 4
+            peak = draw_into(model, obj, float(x), float(y), min(max(half, 12), 127),
+                             scale=cond.pixscale)
+        cat["x"].append(float(x))
+        cat["y"].append(float(y))
+        cat["class"].append(spec["class"])
+        cat["flux"].append(float(spec["flux"]))
+        cat["mag"].append(float(spec["mag"]))
+        cat["size"].append(float(spec["size"]))
+        cat["psf_fwhm"].append(float(cond.fwhm))
+        cat["saturated"].append(bool(peak + cond.sky >= cond.sat_lin))
+    return cat
+
+
+def _respond(rng: np.random.Generator, model: np.ndarray, cond: WideConditions,
+             ) -> tuple[np.ndarray, dict[str, float]]:
+    """The detector response, then the optional JPEG; return the pixels and the header values."""
+    size = model.shape[0]
+    if cond.detector == "ccd":
+        cosmics = int(rng.poisson(cond.cosmic_rate * size * size))
+        image = observe_ccd(rng, model, {
+            "sky": cond.sky, "gain": cond.gain, "rdnoise": cond.rdnoise,
+            "full_well": cond.full_well, "saturate": cond.saturate, "cosmics": cosmics,
+            "skysub": cond.skysub})
+        sky_out = 0.0 if cond.skysub else cond.sky / cond.gain
+        saturate = cond.saturate - (cond.sky / cond.gain if cond.skysub else 0.0)
+    else:
+        cosmics = 0
+        image = observe_plate(rng, model, {"sky": cond.sky, **cond.plate})
+        sky_out = float(plate_density(np.array([cond.sky]), cond.plate)[0]) * cond.plate["unit"]
+        saturate = cond.saturate
+    info = {"skylevel": sky_out, "saturate": saturate, "cosmics": cosmics,
+            "black": 0.0, "white": 0.0, "soften": 0.0}
+    if not cond.jpeg:
+        return image, info
+    j = cond.jpeg_params
+    sample = image[::4, ::4]
+    med = float(np.median(sample))
+    sigma = 1.4826 * float(np.median(np.abs(sample - med)))
+    sigma = max(sigma, 1e-6 * max(abs(med), 1.0))
+    black = med + j["black_sigma"] * sigma
+    white = min(med + j["white_sigma"] * sigma, saturate)
+    if white <= black + sigma:
+        white = black + max(j["white_sigma"], 2.0) * sigma
+    p = {"stretch": j["stretch"], "black": black, "white": white,
+         "soften": j["soften_sigma"] * sigma, "gamma": j["gamma"]}
+    image, _ = jpeg_encode(stretch_to_uint8(image, p), j["quality"])
+    info.update(black=black, white=white, soften=p["soften"],
+                skylevel=255.0 * float(stretch(np.array([sky_out]), p)[0]), saturate=255.0)
+    return image, info
+
+
+def render_exposure(job: Any) -> dict[str, Any]:
+    """Render wide exposure ``job`` (all its CCDs), write its FITS file, return its truth.
+
+    ``job`` is the survey's job (``index``, ``stem``, ``out_dir``, ``size``,
+    ``ccds``, ``per_ccd``, ``seed``, ``blurred``); ``per_ccd`` is scaled by the
+    exposure's drawn source density.
+    """
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from pipeline.simulation.instrument import write_fits
+
+    rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(2, job.index)))
+    cond = draw_conditions(rng, job.index, job.blurred)
+    gal_psf, star_psf, jitter = make_psfs(cond)
+    stars = StarStamps(star_psf, cond.pixscale, jitter=jitter)
+    calibrate(cond, stars)
+    pointing = Pointing(index=job.index, blurred=job.blurred, ra0=cond.ra0, dec0=cond.dec0,
+                        rot=cond.rot, psf=None, magzp=cond.magzp, sky=cond.sky,
+                        mjd=cond.mjd)  # type: ignore[arg-type]
+    size, ccds = job.size, job.ccds
+    ncol = math.ceil(math.sqrt(ccds))
+    nrow = math.ceil(ccds / ncol)
+    pitch = size + CCD_GAP
+    half_u, half_v = 0.5 * (ncol * pitch - CCD_GAP), 0.5 * (nrow * pitch - CCD_GAP)
+    min_sep = min(max(3.0 * cond.fwhm_px, 6.0), 20.0)
+
+    truth: dict[str, list[Any]] = {k: [] for k in TRUTH_KEYS}
+    hdus: list[Any] = []
+    cards: dict[str, tuple[Any, str]] = {}
+    per_ccd: list[dict[str, float]] = []
+    for k in range(ccds):
+        col, row = k % ncol, k // ncol
+        cu = (col + 0.5) * pitch - 0.5 * CCD_GAP - half_u
+        cv = (row + 0.5) * pitch - 0.5 * CCD_GAP - half_v
+        n = max(1, round(job.per_ccd[k] * cond.density))
+        specs = wide_sources(rng, n, cond)
+        xy = place(rng, specs, size, scale=cond.pixscale, min_sep=min_sep)
+        model = np.zeros((size, size), dtype=np.float32)
+        cat = _draw(model, specs, xy, cond, gal_psf, stars)
+        image, info = _respond(rng, model, cond)
+        per_ccd.append({"ccd": k + 1 if ccds > 1 else 0, "n_sources": len(specs), **info})
+        cards = wide_cards(cond, seed=job.seed, skylevel=info["skylevel"],
+                           saturate=info["saturate"])
+        cards["NSOURCE"] = (len(specs), "sources injected on this CCD")
+        cards["NSATSTAR"] = (sum(s and c == "star" for s, c in zip(cat["saturated"],
+                                                                   cat["class"])),
+                             "saturated stars injected on this CCD")
+        cards["NCOSMIC"] = (int(info["cosmics"]), "cosmic-ray hits on this CCD")
+        for key, name in (("BLACKPT", "black"), ("WHITEPT", "white"), ("SOFTEN", "soften")):
+            cards[key] = (float(np.float32(info[name])), cards[key][1])
+        header = image_header(pointing, cards, crpix=((size + 1) / 2 - cu, (size + 1) / 2 - cv),
+                              scale=cond.pixscale)
+        if ccds > 1:
+            header["EXTNAME"] = f"CCD{k + 1}"
+            header["CCDNUM"] = (k + 1, "CCD number")
+        ra, dec = WCS(header).all_pix2world(cat["x"], cat["y"], 0)
+        truth["ccd"] += [k + 1 if ccds > 1 else 0] * len(cat["x"])
+        truth["ra"] += list(np.asarray(ra, dtype=float))
+        truth["dec"] += list(np.asarray(dec, dtype=float))
+        for key in cat:
+            truth[key] += list(cat[key])
+        hdus.append(fits.PrimaryHDU(image, header) if ccds == 1 else fits.ImageHDU(image, header))
+    if ccds > 1:
+        primary = fits.Header()
+        for key, (value, comment) in cards.items():
+            if key not in ("SKYLEVEL", "NSOURCE", "NSATSTAR", "NCOSMIC", "BLACKPT", "WHITEPT",
+                           "SOFTEN"):
+                primary[key] = (value, comment)
+        primary["NCCD"] = (ccds, "CCD image extensions")
+        primary["RA"] = (round(cond.ra0, 6), "[deg] pointing")
+        primary["DEC"] = (round(cond.dec0, 6), "[deg] pointing")
+        hdus.insert(0, fits.PrimaryHDU(header=primary))
+    write_fits(Path(job.out_dir) / f"{job.stem}.fits", hdus)
+    meta = cond.as_dict()
+    meta.update(n_sources=len(truth["x"]), ccd_values=per_ccd,
+                n_saturated_stars=int(sum(s and c == "star" for s, c in
+                                          zip(truth["saturated"], truth["class"]))))
+    return {"stem": job.stem, "blurred": job.blurred, "psf_fwhm": cond.fwhm, "truth": truth,
+            "conditions": meta}
