@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks._common import (make_store, markdown_table, median_time, parse_args, scratch,
                                 write_result)
-from pipeline import config
+from pipeline.store import sources_per_chunk
 
 __all__ = ["make_store", "raw_throughput", "stage_profile", "end_to_end", "main"]
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__, argv, quick_help="small store, one repeat",
                       options={"--batch-size": {"type": int, "default": 256}})
     n = 4096 if args.quick else 16384
-    chunk = int(config.get("ingest.chunk-sources"))  # the chunk `skysieve ingest` writes
+    chunk = sources_per_chunk(64, 1)  # the chunk `skysieve ingest` writes (64x64x1 stamps)
     repeats = 1 if args.quick else 3
     shapes = ((1, 2), (2, 1)) if args.quick else ((1, 2), (2, 1), (1, 1))
     with scratch("skysieve-bench-store-") as tmp:

@@ -230,7 +230,10 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
         return
     import torch
 
+    from pipeline import bundled
     from pipeline.imaging.preprocess import prepare
+    from pipeline.training.fit import train  # imported now: a broken tree fails before any unit
+    from pipeline.training.splits import split_validation
 
     full = pd.read_csv(folder / "labels.csv", dtype={"path": str, "label": str, "frame": str})
     field_of = rd.frame_fields(full)  # on every cutout, as train --split-by field would
@@ -272,8 +275,6 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
                                 "l2": model["l2"]})
 
     def run_cnn(k: int) -> dict[str, Any]:
-        from pipeline.training.splits import split_validation
-
         tr = np.flatnonzero(fold != k)
         inner_tr, inner_val, val_fields = split_validation(fields[tr], true[tr], by="field",
                                                            seed=args.seed)
@@ -287,9 +288,6 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
                                 "early_stopping_fields": val_fields})
 
     def run_recipe(k: int, init: str | None) -> dict[str, Any]:
-        from pipeline import bundled
-        from pipeline.training.fit import train
-
         train_rows = table[np.asarray([fold_of[f] for f in fields_t]) != k]
         fold_store = rd.cached_import(folder, train_rows, args.cache, "star_galaxy-train")
         name = f"fold{k}of{args.folds}-{init or 'scratch'}-{data_sha[:12]}.pt"

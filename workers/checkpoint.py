@@ -177,8 +177,7 @@ class ModelCard:
                 raise ValueError(f"card 'ood.file' must be a file name ending in {OOD_SUFFIX} "
                                  f"beside the card, got {name!r}")
             if not isinstance(digest, str) or len(digest) != 64:
-                raise ValueError(f"card 'ood.sha256' must be a 64-hex-digit digest, got "
-                                 f"{digest!r}")
+                raise ValueError(f"card 'ood.sha256' must be a 64-hex-digit digest: {digest!r}")
             threshold = self.ood.get("threshold", DEFAULT_THRESHOLD)
             if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                     or not 0.0 <= threshold <= 1.0):
@@ -247,22 +246,19 @@ def load_card(path: str | os.PathLike[str]) -> ModelCard:
         raise CheckpointError(f"{card_path}: invalid model card ({exc})") from exc
 
 
-def _ood_entry(card: ModelCard, stats: OODStats, name: str, data: bytes,
-               model: nn.Module | None, where: str) -> dict[str, Any]:
+def _ood_entry(card: ModelCard, stats: OODStats, name: str, data: bytes, model: nn.Module,
+               where: str) -> dict[str, Any]:
     """The card's ``ood`` entry for ``stats`` written as ``name``; checks they fit the model."""
     if stats.num_classes != card.num_classes:
         raise CheckpointError(f"{where}: OOD statistics of {stats.num_classes} classes for a "
                               f"model of {card.num_classes}")
-    if model is not None:
-        layer, head = last_linear(model)
-        if head.in_features != stats.dim:
-            raise CheckpointError(f"{where}: OOD statistics of {stats.dim} features, but the "
-                                  f"model's last nn.Linear {layer!r} takes {head.in_features}")
-        where_feat = f"input of {layer!r} (nn.Linear {head.in_features} -> {head.out_features})"
-    else:
-        where_feat = card.ood.get("features", "")
+    layer, head = last_linear(model)
+    if head.in_features != stats.dim:
+        raise CheckpointError(f"{where}: OOD statistics of {stats.dim} features, but the "
+                              f"model's last nn.Linear {layer!r} takes {head.in_features}")
     kept = {k: v for k, v in card.ood.items() if k not in ("file", "sha256")}
-    return {**kept, **stats.info, "features": where_feat, "file": name,
+    return {**kept, **stats.info, "file": name,
+            "features": f"input of {layer!r} (nn.Linear {head.in_features} -> {head.out_features})",
             "sha256": hashlib.sha256(data).hexdigest(),
             "threshold": float(kept.get("threshold", DEFAULT_THRESHOLD))}
 
@@ -347,13 +343,10 @@ def write_ood_stats(path: str | os.PathLike[str], stats: OODStats, *,
         The card as written.
     """
     pt, card_path = checkpoint_paths(path)
-    card = load_card(pt)
-    model, _ = load_checkpoint(pt, sha256=card.sha256, check_ood=False)
-    sidecar = pt.with_name(pt.stem + OOD_SUFFIX)
-    data = ood_bytes(stats)
+    model, card = load_checkpoint(pt, check_ood=False)
+    sidecar, data = pt.with_name(pt.stem + OOD_SUFFIX), ood_bytes(stats)
     base = dataclasses.replace(card, ood=dict(entry or {}))
-    card = dataclasses.replace(card, ood=_ood_entry(base, stats, sidecar.name, data, model,
-                                                    str(pt)))
+    card = dataclasses.replace(card, ood=_ood_entry(base, stats, sidecar.name, data, model, str(pt)))
     card._validate()
     _atomic_write(sidecar, data)
     _atomic_write(card_path, card.to_json().encode("utf-8"))

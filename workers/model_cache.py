@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from workers.checkpoint import load_checkpoint, load_ood_stats
+from workers.checkpoint import load_card, load_checkpoint, load_ood_stats
 from workers.inference import Predictor, pick_device
 
 __all__ = ["get_predictor", "clear_cache", "cache_info", "ModelPlugin"]
 
-_CACHE: dict[tuple[str, str, int], Predictor] = {}
+_CACHE: dict[tuple[str, str, int, str], Predictor] = {}
 _LOCK = threading.Lock()
 _STATS = {"loads": 0, "hits": 0}
 
@@ -60,7 +60,8 @@ def get_predictor(path: str | os.PathLike[str], *, sha256: str, batch_size: int 
     path : str or path-like
         ``MODEL.pt`` (or its card / stem), readable from this process.
     sha256 : str
-        Expected sha256 of ``MODEL.pt``; the cache key, checked on load.
+        Expected sha256 of ``MODEL.pt``; the cache key (with the sha256 of the OOD
+        statistics the card names, if any), checked on load.
     batch_size : int, default: 256
         Stamps per forward pass.
     device : str, optional
@@ -69,7 +70,8 @@ def get_predictor(path: str | os.PathLike[str], *, sha256: str, batch_size: int 
     Returns
     -------
     workers.inference.Predictor
-        Shared by every task of the process with the same (sha256, device, batch size).
+        Shared by every task of the process with the same (sha256, device, batch size,
+        OOD statistics).
 
     Raises
     ------
@@ -79,7 +81,9 @@ def get_predictor(path: str | os.PathLike[str], *, sha256: str, batch_size: int 
     if not isinstance(sha256, str) or len(sha256) != 64:
         raise ValueError(f"sha256 must be the 64-hex-digit digest of the .pt file, got {sha256!r}")
     dev = pick_device(device)
-    key = (sha256.lower(), str(dev), int(batch_size))
+    # The same weights with or without (other) OOD statistics are different predictors.
+    ood = load_card(path).ood
+    key = (sha256.lower(), str(dev), int(batch_size), str(ood.get("sha256", "")))
     _match_worker_threads()  # OpenMP thread counts are per calling thread: check every time
     with _LOCK:
         predictor = _CACHE.get(key)

@@ -15,6 +15,11 @@ flux in 2.5 Kron radii).  It is measured on the band-summed stamp:
 3. its neighbours' pixels are masked (sep's segmentation map) for the Kron
    radius, the Kron flux and the half-light radius.
 
+Stamps wider than ``max_side`` (160 px) are measured block-averaged by
+``ceil(side / max_side)`` and the radius scaled back: an extraction on a
+423 px Galaxy Zoo stamp costs ~10x less that way, and its galaxies' radii
+(~25 px) move by 1-2 %.
+
 For a Gaussian of width ``sigma`` the true half-light radius is
 ``sqrt(2 ln 2) sigma = FWHM / 2``; the Kron normalisation (~95 % of the total
 flux) makes the measurement a few per cent smaller.  A point source's radius
@@ -107,8 +112,21 @@ def _central(image: np.ndarray, mask: np.ndarray | None, *, threshold: float, mi
     return value if math.isfinite(value) and value > 0 else math.nan
 
 
+def _block_average(image: np.ndarray, valid: np.ndarray, factor: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the valid pixels of each ``factor`` block (trailing pixels dropped); valid blocks."""
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    shape = (h, factor, w, factor)
+    total = image[:h * factor, :w * factor].reshape(shape).sum(axis=(1, 3), dtype=np.float32)
+    count = valid[:h * factor, :w * factor].reshape(shape).sum(axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), 0.0)
+    return mean.astype(np.float32), count > 0
+
+
 def half_light_radius(stamps: np.ndarray, *, threshold: float = 1.5, min_area: int = 5,
-                      deblend_cont: float = 0.05, max_offset: float = 3.0) -> np.ndarray:
+                      deblend_cont: float = 0.05, max_offset: float = 3.0,
+                      max_side: int = 160) -> np.ndarray:
     """Half-light radius (px) of the source at the centre of each stamp (module docstring).
 
     Parameters
@@ -124,6 +142,8 @@ def half_light_radius(stamps: np.ndarray, *, threshold: float = 1.5, min_area: i
     max_offset : float, default: 3.0
         How far (px) from the stamp centre the central source may lie when no
         segment covers the centre.
+    max_side : int, default: 160
+        Wider stamps are measured block-averaged (module docstring).
 
     Returns
     -------
@@ -137,13 +157,17 @@ def half_light_radius(stamps: np.ndarray, *, threshold: float = 1.5, min_area: i
         raise ValueError(f"stamps must be (N, band, y, x) or (N, y, x), got shape "
                          f"{stamps.shape!r}")
     out = np.full(stamps.shape[0], np.nan, np.float32)
+    factor = max(1, math.ceil(max(stamps.shape[-2:]) / max_side))
     for k, stamp in enumerate(stamps):
         finite = np.isfinite(stamp)
         any_finite = finite.any(axis=0)
         if not any_finite.any():
             continue
         image = np.where(finite, stamp, 0.0).sum(axis=0, dtype=np.float32)
+        if factor > 1:
+            image, any_finite = _block_average(image, any_finite, factor)
         mask = None if any_finite.all() else ~any_finite
-        out[k] = _central(image, mask, threshold=threshold, min_area=min_area,
-                          deblend_cont=deblend_cont, max_offset=max_offset)
+        out[k] = factor * _central(image, mask, threshold=threshold, min_area=min_area,
+                                   deblend_cont=deblend_cont,
+                                   max_offset=max(1.0, max_offset / factor))
     return out

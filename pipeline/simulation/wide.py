@@ -16,14 +16,15 @@ Header keywords (every wide exposure; the survey's keys keep their meaning):
 ========  ================================================================
 DOMAIN    ``wide``
 PIXSCALE  [arcsec/px] pixel scale, log-uniform 0.04-1.7 (the WCS matches)
-PSF_FWHM  [arcsec] PSF FWHM (``SEEING`` the same); PSFPIX the same in px
+PSF_FWHM  [arcsec] PSF core FWHM (``SEEING`` the same); PSFPIX the same in px
 PSFMODEL  ``moffat``, ``kolmogorov`` or ``airy`` (obscured aperture)
 PSFBETA   Moffat beta (0 when not Moffat)
 PSFG1/2   PSF shear (ellipticity)
 PSFOBSC   central obscuration of the aperture (``airy``; else 0)
 SPIKES    diffraction spikes on the stars (4 for ``airy``, else 0)
 SPIKEANG  [deg] angle of the spider; SPIKEWID its struts' width / diameter
-HALOFRAC  share of a star's light in a broad halo; HALORAD its scale (FWHM)
+HALOFRAC  share of the light in the PSF's aureole, a broad Moffat of beta
+          HALOBETA and FWHM HALORAD times the core's (truncated at 10 of its FWHM)
 RESPONSE  ``ccd``, ``plate``, ``ccd+jpeg`` or ``plate+jpeg``
 GAIN      [e-/ADU]; RDNOISE [e-]; FULLWELL [e-] (CCD; 0 for a plate)
 BLEED     whether charge above the full well bleeds along columns
@@ -34,7 +35,8 @@ SKYSUB    whether the mean sky was subtracted
 EXPTIME   [s]; MAGZP [mag] zero point of the truth fluxes (linear units)
 MAGLIM    [mag] 5 sigma point-source limit; MAGSAT [mag] stars saturate above
 DEPTH     scale of the galaxies' signal-to-noise
-DENSITY   source density relative to the survey; NSOURCE, NSATSTAR counts
+DENSITY   source density relative to the survey (0.5-2; crowded 2.5-5); NSOURCE,
+          NSATSTAR the sources and saturated stars injected on the CCD
 NCOSMIC   cosmic-ray hits (CCD exposures only)
 PLCURVE   plate curve ``exp`` or ``logistic`` (``none`` for a CCD); PLDMAX,
           PLFOG, PLXSAT [linear], PLGAMMA, PLCLIP (scanner's highest density),
@@ -70,6 +72,9 @@ _SHARP_TOP = 4.5             # px: sharp exposures below, blurred ones above
 _PLATE_SHARE = 0.6           # share of plates among exposures of >= 0.5 "/px
 _SPACE_SHARE = 0.7           # share of space-like exposures among sharp ones of <= 0.15 "/px
 _JPEG_SHARE = 0.35
+_CROWDED_SHARE = 0.2         # exposures with 2.5-5 times the survey's density (else 0.5-2)
+_MOFFAT_TRUNC = 15.0         # core Moffat truncated at this many FWHM
+_BAND = (0.85, 0.93, 1.0, 1.07, 1.15)   # wavelengths / the central one, for the spikes
 _FILTERS = ("u", "g", "r", "i", "z", "B", "V", "R", "I", "F606W", "F814W")
 _PLATE_FILTERS = ("IIIaJ", "IIIaF", "IIaO", "IIIaJ+GG395", "IIIaF+RG610")
 
@@ -99,8 +104,9 @@ class WideConditions:
     spike_angle: float         # deg
     spike_width: float
     jitter: float              # Gaussian jitter sigma, in FWHM (airy)
-    halo_frac: float
-    halo_radius: float         # in FWHM
+    halo_frac: float           # share of the light in the aureole
+    halo_radius: float         # its FWHM, in core FWHM
+    halo_beta: float
     detector: str              # "ccd" or "plate"
     jpeg: bool
     gain: float
@@ -161,24 +167,26 @@ def draw_conditions(rng: np.random.Generator, index: int, blurred: bool) -> Wide
         psf_model = "moffat" if rng.uniform() < (0.8 if plate else 0.6) else "kolmogorov"
     beta = 0.0
     if psf_model == "moffat":
-        beta = float(rng.uniform(1.8, 3.5)) if plate else 1.8 + 3.2 * float(rng.uniform()) ** 1.3
+        beta = float(rng.uniform(2.5, 4.5)) if plate else 1.8 + 3.2 * float(rng.uniform()) ** 1.3
     g1, g2 = (float(v) for v in np.clip(rng.normal(0.0, 0.03, 2), -0.08, 0.08))
     obscuration = float(rng.uniform(0.1, 0.45)) if space else 0.0
     spikes = 4 if space else 0
     spike_angle = float(rng.uniform(0, 90)) if space else 0.0
     spike_width = float(rng.uniform(0.015, 0.05)) if space else 0.0
     jitter = float(rng.uniform(0.05, 0.3)) if space else 0.0
-    if plate:
-        halo_frac, halo_radius = float(rng.uniform(0.03, 0.12)), float(rng.uniform(4, 12))
+    if plate:   # photographic aureole: what makes bright stars big discs
+        halo = (float(rng.uniform(0.1, 0.3)), float(rng.uniform(1.5, 3.5)),
+                float(rng.uniform(1.3, 1.8)))
     elif space:
-        halo_frac, halo_radius = 0.0, 0.0
-    else:
-        halo_frac, halo_radius = float(rng.uniform(0.0, 0.03)), float(rng.uniform(5, 15))
+        halo = (0.0, 0.0, 0.0)
+    else:       # scattered light in the optics
+        halo = (float(rng.uniform(0.0, 0.05)), float(rng.uniform(2.0, 5.0)),
+                float(rng.uniform(1.5, 2.5)))
 
     plate_p: dict[str, Any] = {"curve": "none"}
     jpeg_p: dict[str, Any] = {"quality": 0, "stretch": "none"}
     if plate:
-        sky = _loguniform(rng, 150, 1500)
+        sky = _loguniform(rng, 1000, 10000)
         gain, rdnoise, full_well = 1.0, 0.0, 0.0
         skysub, cosmic_rate = False, 0.0
         curve = "exp" if rng.uniform() < 0.5 else "logistic"
@@ -227,11 +235,14 @@ def draw_conditions(rng: np.random.Generator, index: int, blurred: bool) -> Wide
         mjd=float(rng.uniform(37000, 51000) if plate else rng.uniform(45000, 61000)),
         pixscale=pixscale, fwhm_px=fwhm_px, psf_model=psf_model, beta=beta, g1=g1, g2=g2,
         obscuration=obscuration, spikes=spikes, spike_angle=spike_angle,
-        spike_width=spike_width, jitter=jitter, halo_frac=halo_frac, halo_radius=halo_radius,
+        spike_width=spike_width, jitter=jitter, halo_frac=halo[0], halo_radius=halo[1],
+        halo_beta=halo[2],
         detector="plate" if plate else "ccd", jpeg=jpeg, gain=gain, rdnoise=rdnoise,
         full_well=full_well, saturate=saturate, sky=sky, skysub=skysub,
         cosmic_rate=cosmic_rate, exptime=exptime, filter=band, mag_lim=mag_lim,
-        depth=_loguniform(rng, 0.5, 2.0), density=_loguniform(rng, 0.5, 5.0),
+        depth=_loguniform(rng, 0.5, 2.0),
+        density=(_loguniform(rng, 2.5, 5.0) if rng.uniform() < _CROWDED_SHARE
+                 else _loguniform(rng, 0.5, 2.0)),
         sat_share=float(rng.uniform(0.04, 0.12)), plate=plate_p, jpeg_params=jpeg_p)
 
 
@@ -239,14 +250,14 @@ def draw_conditions(rng: np.random.Generator, index: int, blurred: bool) -> Wide
 
 
 def make_psfs(cond: WideConditions) -> tuple[Any, Any, float]:
-    """The exposure's PSFs (GalSim, unit flux, FWHM ``cond.fwhm``): galaxies', stars', jitter.
+    """The exposure's PSFs (GalSim, unit flux, core FWHM ``cond.fwhm``): galaxies', stars', jitter.
 
-    The galaxies' PSF is the core (Moffat, Kolmogorov or an obscured Airy disc
-    convolved with Gaussian jitter). The stars' is the same core plus a broad
-    halo and, for ``airy``, the diffraction spikes of a 4-strut spider
-    (``galsim.OpticalPSF``), without the jitter: :class:`StarStamps` applies
-    the returned jitter (sigma, arcsec) itself, so the stars' profile stays
-    analytic in real space.
+    Both are the core (Moffat, Kolmogorov or an obscured Airy disc convolved
+    with Gaussian jitter) plus the aureole (a truncated Moffat). For ``airy``
+    the stars' core is ``galsim.OpticalPSF`` with the diffraction spikes of a
+    4-strut spider (negligible on galaxies) and without the jitter:
+    :class:`StarStamps` applies the returned jitter (sigma, arcsec) itself, so
+    the stars' profile stays analytic in real space.
     """
     import galsim
 
@@ -254,7 +265,9 @@ def make_psfs(cond: WideConditions) -> tuple[Any, Any, float]:
     fwhm = cond.fwhm
     jitter = 0.0
     if cond.psf_model == "moffat":
-        core = galsim.Moffat(beta=cond.beta, fwhm=fwhm, gsparams=gsp)
+        # Truncated far out (no visible edge): GalSim then tabulates its Fourier
+        # transform, about 20 times faster to draw than the Bessel function.
+        core = galsim.Moffat(beta=cond.beta, fwhm=fwhm, trunc=_MOFFAT_TRUNC * fwhm, gsparams=gsp)
         star = core
     elif cond.psf_model == "kolmogorov":
         core = galsim.Kolmogorov(fwhm=fwhm, gsparams=gsp)
@@ -266,15 +279,19 @@ def make_psfs(cond: WideConditions) -> tuple[Any, Any, float]:
                                            gsparams=gsp), jit, gsparams=gsp)
         factor = fwhm / airy.calculateFWHM(scale=0.05, size=256)
         core = airy.dilate(factor)
-        star = galsim.OpticalPSF(lam_over_diam=factor, obscuration=cond.obscuration,
-                                 nstruts=cond.spikes, strut_thick=cond.spike_width,
-                                 strut_angle=cond.spike_angle * galsim.degrees,
-                                 pad_factor=2.0, oversampling=1.5, gsparams=gsp)
+        optical = galsim.OpticalPSF(lam_over_diam=factor, obscuration=cond.obscuration,
+                                    nstruts=cond.spikes, strut_thick=cond.spike_width,
+                                    strut_angle=cond.spike_angle * galsim.degrees,
+                                    pad_factor=2.0, oversampling=1.5, gsparams=gsp)
+        # A broad band: the rings blur beyond the first few, the spikes stretch.
+        star = galsim.Sum([optical.dilate(f).withFlux(0.2) for f in _BAND], gsparams=gsp)
         jitter = cond.jitter * factor
     if cond.halo_frac > 0:
-        halo = galsim.Exponential(scale_radius=cond.halo_radius * fwhm, gsparams=gsp)
-        star = galsim.Sum([star.withFlux(1 - cond.halo_frac), halo.withFlux(cond.halo_frac)],
-                          gsparams=gsp)
+        wide_fwhm = cond.halo_radius * fwhm
+        halo = galsim.Moffat(beta=cond.halo_beta, fwhm=wide_fwhm, trunc=10 * wide_fwhm,
+                             gsparams=gsp).withFlux(cond.halo_frac)
+        core = galsim.Sum([core.withFlux(1 - cond.halo_frac), halo], gsparams=gsp)
+        star = galsim.Sum([star.withFlux(1 - cond.halo_frac), halo], gsparams=gsp)
     shear = {"g1": cond.g1, "g2": cond.g2}
     return core.shear(**shear), star.shear(**shear), jitter
 
@@ -426,8 +443,9 @@ def wide_cards(cond: WideConditions, *, seed: int, skylevel: float, saturate: fl
         "SPIKES": (cond.spikes, "diffraction spikes on stars"),
         "SPIKEANG": (r(cond.spike_angle, 3), "[deg] spider angle"),
         "SPIKEWID": (r(cond.spike_width, 4), "spider strut width / aperture"),
-        "HALOFRAC": (r(cond.halo_frac, 4), "share of star light in the halo"),
-        "HALORAD": (r(cond.halo_radius, 3), "[FWHM] halo scale radius"),
+        "HALOFRAC": (r(cond.halo_frac, 4), "share of the light in the aureole"),
+        "HALORAD": (r(cond.halo_radius, 3), "[core FWHM] aureole FWHM"),
+        "HALOBETA": (r(cond.halo_beta, 4), "aureole Moffat beta"),
         "RESPONSE": (cond.response, "ccd, plate, ccd+jpeg or plate+jpeg"),
         "GAIN": (r(cond.gain, 4), "[e-/ADU] gain (1 for a plate)"),
         "RDNOISE": (r(cond.rdnoise, 4), "[e-] read noise"),

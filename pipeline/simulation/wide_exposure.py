@@ -44,17 +44,21 @@ __all__ = ["TRUTH_KEYS", "wide_sources", "render_exposure"]
 #: Per-source truth of a wide exposure (the survey's, plus ``saturated``).
 TRUTH_KEYS = ("ccd", "x", "y", "ra", "dec", "class", "flux", "mag", "size", "psf_fwhm",
               "saturated")
-_SEEING_REF = 0.85           # arcsec: the survey's typical seeing, its sizes' reference
+_SEEING_REF = 1.0            # arcsec: the seeing the survey's size medians are relative to
 _RATIO_RANGE = (0.6, 6.0)    # galaxy half-light radius / PSF FWHM
 _RATIO_SIGMA = 0.5           # log-normal width of that ratio
-_SNR_RANGE = (10.0, 2500.0)  # galaxy signal-to-noise before the depth scale, log-uniform
+_SNR_RANGE = (8.0, 1500.0)   # galaxy signal-to-noise before the depth scale, log-uniform
 _STAR_SLOPE = 0.25           # dex of star counts per magnitude
-_SAT_SPAN = 4.5              # saturated stars up to this many magnitudes above MAGSAT
+# Saturated stars: up to this many magnitudes above MAGSAT, counts falling by this
+# many dex per magnitude brighter (plates: more big discs).
+_SAT_SPAN = {"ccd": 6.0, "plate": 8.0}
+_SAT_SLOPE = {"ccd": 0.3, "plate": 0.2}
 
 
-def _power_law_mag(rng: np.random.Generator, lo: float, hi: float) -> float:
-    """A magnitude in [lo, hi] with counts rising ``_STAR_SLOPE`` dex per magnitude."""
-    slope = _STAR_SLOPE * math.log(10)
+def _power_law_mag(rng: np.random.Generator, lo: float, hi: float,
+                   dex: float = _STAR_SLOPE) -> float:
+    """A magnitude in [lo, hi] with counts rising ``dex`` per magnitude (towards ``hi``)."""
+    slope = dex * math.log(10)
     u = rng.uniform()
     return float(lo + math.log1p(u * math.expm1(slope * (hi - lo))) / slope)
 
@@ -63,11 +67,11 @@ def wide_sources(rng: np.random.Generator, n: int, cond: WideConditions,
                  ) -> list[dict[str, Any]]:
     """``n`` sources of exposure ``cond`` in the survey's class mix (like ``sample_sources``).
 
-    Stars: a share ``cond.sat_share`` (at least one) saturate, up to 4.5 mag
-    above ``MAGSAT``; the rest follow rising counts from ``MAGSAT`` to 0.75 mag
+    Stars: a share ``cond.sat_share`` (at least one) saturate, up to 6 mag
+    (8 on a plate) above ``MAGSAT``, fewer the brighter; the rest follow rising counts from ``MAGSAT`` to 0.75 mag
     above ``MAGLIM``. Extended sources: half-light radius 0.6-6 times the PSF
-    FWHM (log-normal about each class's survey median over 0.85"), flux from a
-    signal-to-noise log-uniform in 10-2500 times ``DEPTH``.
+    FWHM (log-normal about each class's survey median over 1"), flux from a
+    signal-to-noise log-uniform in 8-1500 times ``DEPTH``.
     """
     classes = draw_classes(rng, n)
     n_stars = int(np.count_nonzero(classes == "star"))
@@ -77,7 +81,9 @@ def wide_sources(rng: np.random.Generator, n: int, cond: WideConditions,
     for name in (str(c) for c in classes):
         if name == "star":
             if star_k < n_sat:
-                mag = cond.mag_sat - _SAT_SPAN * float(rng.uniform()) ** 1.5
+                span = _SAT_SPAN[cond.detector]
+                mag = _power_law_mag(rng, cond.mag_sat - span, cond.mag_sat,
+                                     _SAT_SLOPE[cond.detector])
             else:
                 mag = _power_law_mag(rng, cond.mag_sat, max(cond.mag_lim - 0.75,
                                                             cond.mag_sat + 0.5))

@@ -4,6 +4,9 @@ Contract (``docs/architecture.md``; others code against it)
 -----------------------------------------------------------
 - ``image`` (source, band, y, x), float32, chunked along ``source`` only:
   chunks ``(chunk_sources, n_band, stamp, stamp)``, the last may be shorter.
+  ``chunk_sources`` follows from config ``ingest.chunk-bytes`` (16 MiB: 1,024
+  stamps of 64x64x1, 7 of 423x423x3) unless ``ingest.chunk-sources`` or a
+  call's ``chunk_sources`` sets it (:func:`sources_per_chunk`).
   Uncompressed by default (config ``ingest.image-compression``: noisy float32
   stamps shrink only to ~0.86 with zstd, and reading them back costs 2-4x more).
   Background-subtracted ADU; NaN where the stamp falls outside the image.
@@ -13,6 +16,16 @@ Contract (``docs/architecture.md``; others code against it)
   str, ``ccd`` int16, ``x``, ``y``, ``ra``, ``dec`` float64, ``flux``, ``a``,
   ``b``, ``theta``, ``fwhm``, ``psf_fwhm``, ``sky``, ``sky_rms``, ``snr``
   float32, ``flags`` int32, and ``label`` str where truth is known.
+  ``psf_fwhm`` (px) is the PSF FWHM of the source's exposure/CCD (ingest:
+  from its stars, :func:`pipeline.ingest.detect.estimate_psf_fwhm`, else the
+  header) or frame (import-images: the low mode of its stamps' apparent FWHM;
+  NaN when unknown).
+- optional per-source coordinates (:data:`OPTIONAL_COORDS`; checked when
+  present, stores written before them lack them and still open and classify):
+  ``radius`` float32, the source's half-light radius in px, the radius of the
+  circle holding half its Kron flux (:mod:`pipeline.imaging.radius`; ingest
+  measures it on the exposure at detection, import-images on the stamp; NaN
+  where unmeasured, and for whole-exposure items).
 - ``stamp_bg``, ``stamp_noise`` (source, band) and ``stamp_fwhm`` (source),
   float32, chunked like ``image``: per-stamp statistics measured when each chunk
   is written (:mod:`pipeline.imaging.stamp_stats`).  Optional: stores written before
@@ -26,7 +39,10 @@ Contract (``docs/architecture.md``; others code against it)
 - attrs: ``skysieve_version``, ``kind="cutouts"``, ``stamp``, ``bands``,
   ``pixel_scale``, ``chunk_sources``, ``inputs``, ``classes`` (when labelled),
   ``rejects``, ``created``; and ``rejects.parquet`` (file, hdu, reason) inside
-  the directory.
+  the directory.  ``bands`` names the ``band`` axis (ingest: the FITS filter;
+  import-images: ``["grey"]``, ``["R", "G", "B"]`` or the ``--bands`` names,
+  with ``band_channels`` saying which image channel each came from); a model
+  must take as many bands (:func:`check_model_bands`).
 
 Stores are built in a hidden sibling directory and renamed into place when
 whole (:func:`building`).

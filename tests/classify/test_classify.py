@@ -78,11 +78,21 @@ def test_catalogue_contract(store: Path, client, tmp_path: Path) -> None:
     assert (df["healpix"].to_numpy() == expected).all()
     assert df["blur_score"].notna().mean() > 0.95
     assert (df["psf_fwhm"] > 0).all()
+    # the bundled model carries OOD statistics: every row is scored, FLAG_OOD follows the score
+    assert (df[["ood_score", "ood_energy"]].dtypes == np.float32).all()
+    assert df["ood_score"].between(0.0, 1.0).all() and np.isfinite(df["ood_energy"]).all()
+    flagged = (df["flags"].to_numpy() & catalogue.FLAG_OOD) != 0
+    np.testing.assert_array_equal(flagged, df["ood_score"].to_numpy() > 0.99)
+    assert summary.ood_threshold == 0.99 and summary.ood_flagged == int(flagged.sum())
+    assert summary.ood_fraction == pytest.approx(flagged.mean()) and summary.ood_fraction < 0.2
+    assert meta["ood"]["threshold"] == 0.99 and len(meta["ood"]["sha256"]) == 64
     # Parquet details analysts rely on: zstd and the metadata key in every part.
     part = sorted(out.glob("part-*.parquet"))[0]
     assert pq.ParquetFile(part).metadata.row_group(0).column(0).compression == "ZSTD"
     written = json.loads((out / "_summary.json").read_text())
     assert written["rows"] == n and written["cutouts_per_s"] > 0
+    assert written["ood_fraction"] == pytest.approx(summary.ood_fraction)
+    assert "out of domain" in summary.describe()
 
 
 def test_each_worker_preloads_the_model_once(store: Path, client, tmp_path: Path) -> None:

@@ -43,3 +43,11 @@ def test_neighbours_are_masked_and_empty_stamps_are_nan() -> None:
     assert np.isnan(half_light_radius(np.full((1, 1, 16, 16), np.nan))).all()
     with pytest.raises(ValueError, match="stamps must be"):
         half_light_radius(np.zeros((2, 2)))
+
+
+def test_wide_stamps_are_measured_block_averaged() -> None:
+    stamps = _gaussians([12.0, 20.0], stamp=200, noise=0.5)
+    full = half_light_radius(stamps, max_side=1000)
+    binned = half_light_radius(stamps)  # 200 px > 160: measured at 2x2 blocks
+    np.testing.assert_allclose(binned, full, rtol=0.03)
+    np.testing.assert_allclose(full, np.sqrt(2 * np.log(2)) * np.array([12.0, 20.0]), rtol=0.1)

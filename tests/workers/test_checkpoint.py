@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from workers.checkpoint import (CheckpointError, ModelCard, checkpoint_paths, file_sha256,
-                                load_card, load_checkpoint, save_checkpoint)
+                                load_card, load_checkpoint, load_ood_stats, save_checkpoint)
 from workers.models import create_model
 
 CLASSES = ["galaxy", "star", "qso"]
@@ -186,3 +188,41 @@ def test_checkpoint_files_are_readable_by_others(tmp_path):
         os.umask(old)
     for name in ("m.pt", "m.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+
+
+BUNDLED = Path(__file__).resolve().parents[2] / "pipeline" / "bundled"
+
+
+@pytest.mark.parametrize("name", ["default", "star-galaxy"])
+def test_bundled_models_carry_checked_ood_statistics(name):
+    """The shipped models score out-of-distribution stamps: statistics beside them, sha256 in
+    the card, fitted on this model's features and ranked on held-out stamps."""
+    pt = BUNDLED / f"{name}.pt"
+    card = load_card(pt)
+    assert card.sha256 == file_sha256(pt)
+    assert card.ood["file"] == f"{name}.ood.npz"
+    assert card.ood["sha256"] == file_sha256(BUNDLED / card.ood["file"])
+    stats = load_ood_stats(pt, card)
+    assert stats.num_classes == card.num_classes and stats.dim == card.ood["dim"]
+    assert card.ood["n_val"] >= 500 and stats.val_mahalanobis.size == card.ood["n_val"]
+    assert card.ood_threshold == 0.99 and card.ood["fitted_on"]["data_sha256"]
+    model, _ = load_checkpoint(pt)  # checks the statistics fit the head
+    assert model.head.in_features == stats.dim
+
+
+def test_ood_sidecar_is_readable_by_others(tmp_path):
+    import stat
+
+    from workers.ood import OODStats
+
+    stats = OODStats(center=np.zeros(84), transform=np.eye(84, 3), means=np.zeros((2, 3)),
+                     val_mahalanobis=[1.0], val_energy=[0.0])
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(create_model("lenet5", num_classes=2, image_size=32),
+                        ModelCard(arch="lenet5", classes=["a", "b"], image_size=32),
+                        tmp_path / "m.pt", ood=stats)
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.ood.npz", "m.pt"]
+    assert stat.S_IMODE((tmp_path / "m.ood.npz").stat().st_mode) == 0o644

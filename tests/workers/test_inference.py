@@ -253,3 +253,34 @@ def test_tasks_of_a_multithreaded_worker_run_one_torch_thread_each():
             distributed.Client(cluster) as client:
         threads = client.gather([client.submit(_torch_threads, pure=False) for _ in range(4)])
         assert threads == [1, 1, 1, 1]
+
+
+def test_cached_predictor_scores_with_the_checkpoints_statistics(checkpoint, x, tmp_path):
+    """get_predictor loads the statistics the card names; the same weights with and without
+    statistics are two cache entries (never one answering for the other)."""
+    import shutil
+
+    from workers.checkpoint import write_ood_stats
+    from workers.ood import OODStats
+
+    path, card, _ = checkpoint
+    rng = np.random.default_rng(0)
+    with_stats = tmp_path / "with.pt"
+    shutil.copyfile(path, with_stats)
+    shutil.copyfile(path.replace(".pt", ".json"), with_stats.with_suffix(".json"))
+    stats = OODStats(center=rng.normal(size=96), transform=rng.normal(size=(96, 4)),
+                     means=rng.normal(size=(3, 4)), val_mahalanobis=rng.gamma(3.0, size=20) * 30,
+                     val_energy=rng.normal(size=20))
+    write_ood_stats(with_stats, stats)
+    clear_cache()
+    plain = get_predictor(path, sha256=card.sha256, batch_size=16)
+    scored = get_predictor(with_stats, sha256=card.sha256, batch_size=16)
+    assert plain is not scored and plain.ood is None and scored.ood is not None
+    a, b = plain.predict(x), scored.predict(x)
+    np.testing.assert_allclose(a.proba, b.proba, rtol=1e-6)
+    np.testing.assert_allclose(a.energy, b.energy, rtol=1e-6)
+    assert np.isnan(a.ood_score).all() and np.isfinite(b.ood_score).all()
+    assert ((b.ood_score >= 0) & (b.ood_score <= 1)).all()
+    np.testing.assert_allclose(b.proba, plain.predict_proba(x), rtol=1e-6)
+    assert len(cache_info()["keys"]) == 2
+    clear_cache()
