@@ -398,7 +398,9 @@ def cv_table(cv: dict[str, Any]) -> list[dict[str, Any]]:
 def markdown(log: UnitLog, command: str) -> str:
     """The short Markdown report written beside the JSON."""
     s = log.summary
-    lines = ["# real_skies (issue 16)", "", f"`{command}`", ""]
+    runs = list(dict.fromkeys([r["command"] for r in log.runs if r.get("command")] + [command]))
+    lines = ["# real_skies (issue 16)", "", "Runs that made these units (each resumes the last):",
+             ""] + [f"- `{c}`" for c in runs] + [""]
     if "default_zero_shot" in s:
         d = s["default_zero_shot"]
         lines += ["## default_zero_shot: bundled `default` on every star_galaxy cutout", "",

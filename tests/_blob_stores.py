@@ -67,7 +67,7 @@ def make_store(path: Path, *, n: int = 300, size: int = 32, n_exp: int = 3, seed
     ds = xr.Dataset({"image": (("source", "band", "y", "x"), images)}, coords=coords,
                     attrs={"skysieve_version": "test", "kind": "cutouts", "stamp": size,
                            "bands": ["r"], "pixel_scale": 1.0, "chunk_sources": n,
-                           "inputs": [], "classes": sorted(set(names) - {""}), "rejects": 0,
+                           "inputs": [], "classes": sorted(set(names) - {""}), "rejects": [],
                            "created": "2000-01-01T00:00:00+00:00"})
     with warnings.catch_warnings():  # zarr: fixed-length strings have no v3 spec yet
         warnings.simplefilter("ignore")

@@ -288,7 +288,7 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
     import dask
     import zarr
 
-    from pipeline.store import open_store
+    from pipeline.store import check_model_bands, open_store
 
     t0 = time.perf_counter()
     store, out = Path(store), Path(out)
@@ -297,6 +297,8 @@ def classify(store: Path, out: Path, *, model: str | Path | None = None,
     model_name = str(config.resolve("classify.model", model))
     checkpoint = bundled.resolve(model_name)
     card = load_card(checkpoint)
+    check_model_bands(ds.attrs["bands"], in_chans=card.in_chans, model_bands=card.bands,
+                      store=str(store), model=model_name)
     load_checkpoint(checkpoint, sha256=card.sha256)  # a bad checkpoint: one error here, not one per part
     batch_size = int(config.resolve("classify.batch-size", batch_size))
     order = int(config.get("classify.healpix-order"))

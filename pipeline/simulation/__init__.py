@@ -1,1 +1,1 @@
-"""Synthetic surveys with known truth: survey exposures, pointed exposures, source builders, the instrument."""
+"""Synthetic skies with known truth: the survey, the wide (randomised) domain, pointed exposures."""

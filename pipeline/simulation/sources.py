@@ -72,7 +72,7 @@ def sample_sources(rng: np.random.Generator, n: int, magzp: float) -> list[dict[
 
 
 def draw_classes(rng: np.random.Generator, n: int) -> np.ndarray:
-    """The classes of ``n`` sources in the survey's mix, stratified (largest remainders), shuffled."""
+    """Classes of ``n`` sources in the survey's mix: stratified (largest remainders), shuffled."""
     names = list(_CLASS_MIX)
     quota = np.array([_CLASS_MIX[c] for c in names]) * n
     counts = np.floor(quota).astype(int)

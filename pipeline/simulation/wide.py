@@ -69,7 +69,7 @@ PIXSCALE_RANGE = (0.04, 1.7)
 #: PSF FWHM in pixels: undersampled to broad (blurred exposures take the top).
 FWHM_PX_RANGE = (1.3, 8.0)
 _SHARP_TOP = 4.5             # px: sharp exposures below, blurred ones above
-_PLATE_SHARE = 0.6           # share of plates among exposures of >= 0.5 "/px
+_PLATE_SHARE = 0.75          # share of plates among exposures of >= 0.5 "/px
 _SPACE_SHARE = 0.7           # share of space-like exposures among sharp ones of <= 0.15 "/px
 _JPEG_SHARE = 0.35
 _CROWDED_SHARE = 0.2         # exposures with 2.5-5 times the survey's density (else 0.5-2)
@@ -151,7 +151,7 @@ class WideConditions:
 
 def draw_conditions(rng: np.random.Generator, index: int, blurred: bool) -> WideConditions:
     """Draw the instrument, detector, sky and source mix of wide exposure ``index``."""
-    pixscale = _loguniform(rng, *PIXSCALE_RANGE)
+    pixscale = float(f"{_loguniform(rng, *PIXSCALE_RANGE):.6g}")   # as the header has it
     plate = pixscale >= 0.5 and rng.uniform() < _PLATE_SHARE
     space = (not plate and not blurred and pixscale <= 0.15 and rng.uniform() < _SPACE_SHARE)
     jpeg = bool(rng.uniform() < _JPEG_SHARE)
@@ -208,12 +208,12 @@ def draw_conditions(rng: np.random.Generator, index: int, blurred: bool) -> Wide
         if space:
             gain, rdnoise = float(rng.uniform(1.0, 2.5)), float(rng.uniform(2.5, 5.0))
             sky = _loguniform(rng, 2, 100)
-            cosmic_rate = _loguniform(rng, 1e-4, 1e-3)
+            cosmic_rate = _loguniform(rng, 5e-5, 5e-4)
             mag_lim = float(rng.uniform(24.0, 28.5))
         else:
             gain, rdnoise = float(rng.uniform(0.8, 4.0)), float(rng.uniform(2.0, 10.0))
             sky = _loguniform(rng, 3, 5000)
-            cosmic_rate = _loguniform(rng, 2e-5, 4e-4)
+            cosmic_rate = _loguniform(rng, 1e-5, 2e-4)
             mag_lim = float(rng.uniform(20.0, 25.5))
         full_well = _loguniform(rng, 3e4, 2.5e5)
         saturate = min(full_well / gain, 65535.0)
@@ -431,7 +431,7 @@ def wide_cards(cond: WideConditions, *, seed: int, skylevel: float, saturate: fl
     r = round
     return {
         "DOMAIN": ("wide", "skysieve synth domain: randomised instrument"),
-        "PIXSCALE": (r(cond.pixscale, 6), "[arcsec/px] pixel scale"),
+        "PIXSCALE": (cond.pixscale, "[arcsec/px] pixel scale"),
         "PSF_FWHM": (r(cond.fwhm, 5), "[arcsec] true PSF FWHM"),
         "PSFPIX": (r(cond.fwhm_px, 4), "[px] true PSF FWHM"),
         "SEEING": (r(cond.fwhm, 5), "[arcsec] PSF FWHM"),

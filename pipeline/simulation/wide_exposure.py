@@ -67,11 +67,11 @@ def wide_sources(rng: np.random.Generator, n: int, cond: WideConditions,
                  ) -> list[dict[str, Any]]:
     """``n`` sources of exposure ``cond`` in the survey's class mix (like ``sample_sources``).
 
-    Stars: a share ``cond.sat_share`` (at least one) saturate, up to 6 mag
-    (8 on a plate) above ``MAGSAT``, fewer the brighter; the rest follow rising counts from ``MAGSAT`` to 0.75 mag
-    above ``MAGLIM``. Extended sources: half-light radius 0.6-6 times the PSF
-    FWHM (log-normal about each class's survey median over 1"), flux from a
-    signal-to-noise log-uniform in 8-1500 times ``DEPTH``.
+    Stars: a share ``cond.sat_share`` (at least one) saturate, up to 6 mag (8 on
+    a plate) above ``MAGSAT``, fewer the brighter; the rest follow rising counts
+    from ``MAGSAT`` to 0.75 mag above ``MAGLIM``. Extended sources: half-light
+    radius 0.6-6 times the PSF FWHM (log-normal about each class's survey median
+    over 1"), flux from a signal-to-noise log-uniform in 8-1500 times ``DEPTH``.
     """
     classes = draw_classes(rng, n)
     n_stars = int(np.count_nonzero(classes == "star"))

@@ -167,6 +167,31 @@ def test_store_without_stamp_statistics_gives_the_same_catalogue(store: Path, cl
     assert new_cat["label"].tolist() == old_cat["label"].tolist()
 
 
+def test_a_model_of_other_bands_is_refused_before_any_part(store: Path, client,
+                                                           tmp_path: Path) -> None:
+    """A 1-band model on a 3-band store: one StoreError naming both band lists and the fix."""
+    import xarray as xr
+
+    from pipeline.errors import StoreError
+    from pipeline.store import open_store
+
+    ds = open_store(store).isel(source=slice(0, 64))
+    three = xr.concat([ds["image"]] * 3, dim="band").transpose("source", "band", "y", "x")
+    rgb = ds.drop_vars(["image", "stamp_bg", "stamp_noise", "band"], errors="ignore")
+    rgb["image"] = three.chunk({"source": 64, "band": 3})
+    rgb.attrs = {**ds.attrs, "bands": ["g", "r", "i"]}
+    for name in ("stamp_bg", "stamp_noise"):
+        if name in ds:
+            rgb[name] = xr.concat([ds[name]] * 3, dim="band").transpose("source", "band")
+    path = tmp_path / "rgb.zarr"
+    for v in rgb.variables.values():
+        v.encoding.clear()
+    rgb.to_zarr(path, zarr_format=3, mode="w")
+    with pytest.raises(StoreError, match=r"\['g', 'r', 'i'\].*--bands grey"):
+        classify(path, tmp_path / "cat", progress=False)
+    assert not (tmp_path / "cat").exists() or not list((tmp_path / "cat").glob("part-*.parquet"))
+
+
 def test_accuracy_against_truth(store: Path, client, tmp_path: Path) -> None:
     out = tmp_path / "cat"
     classify(store, out, progress=False)

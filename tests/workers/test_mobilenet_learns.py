@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from test_train import CLASSES, make_store  # tests/ is on sys.path (rootdir mode)
+from _blob_stores import CLASSES, make_store  # tests/ is on sys.path (rootdir mode)
 from torch import nn
 
 from pipeline.training.metrics import classification_metrics
