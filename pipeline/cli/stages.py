@@ -105,9 +105,12 @@ def ingest(exposures: tuple[Path, ...], out: Path, source_table: Path | None, tr
                    "images, grey for greyscale ones.")
 @click.option("--stamp", type=int, default=None,
               help="Stamp side in pixels (default: the images' own size when all are equal).")
+@click.option("--resize", type=int, default=None,
+              help="Downscale each whole image to this side (antialiased) instead of cropping "
+                   "it: for cutouts already scaled to their source, such as Galaxy Zoo's.")
 @_user_errors
 def import_images(directory: Path, labels: Path, out: Path, overwrite: bool, bands: str | None,
-                  stamp: int | None) -> None:
+                  stamp: int | None, resize: int | None) -> None:
     """Turn a labelled folder of PNG/JPEG cutouts into a cutout store.
 
     DIRECTORY is the folder the CSV's path column is relative to. Chunks hold
@@ -115,7 +118,8 @@ def import_images(directory: Path, labels: Path, out: Path, overwrite: bool, ban
     """
     from pipeline.ingest.images import import_images as run_import
 
-    summary = run_import(directory, labels, out, overwrite=overwrite, bands=bands, stamp=stamp)
+    summary = run_import(directory, labels, out, overwrite=overwrite, bands=bands, stamp=stamp,
+                         resize=resize)
     click.echo(summary.describe())
     if summary.store is None:
         sys.exit(1)

@@ -197,7 +197,7 @@ def _missing_hint(table: pd.DataFrame, directory: Path, labels_csv: Path) -> str
 
 
 def _load_chunk(entries: Sequence[dict[str, Any]], plan: Sequence[tuple[str, str]],
-                stamp: int) -> np.ndarray:
+                stamp: int, resize: int | None = None) -> np.ndarray:
     """Second pass: one chunk's images as stamps ``(n, band, stamp, stamp)`` float32."""
     out = np.empty((len(entries), len(plan), stamp, stamp), np.float32)
     for k, entry in enumerate(entries):
@@ -205,8 +205,28 @@ def _load_chunk(entries: Sequence[dict[str, Any]], plan: Sequence[tuple[str, str
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise ImageFolderError(f"{entry['path']}: changed while being imported; run the "
                                    "import again")
-        out[k] = fit_stamp(select_bands(read_planes(entry["path"]), plan), stamp)[0]
+        planes = select_bands(read_planes(entry["path"]), plan)
+        if resize is not None:
+            planes = downscale(planes, resize)
+        out[k] = fit_stamp(planes, stamp)[0]
     return out
+
+
+def downscale(planes: np.ndarray, side: int) -> np.ndarray:
+    """Resample ``planes`` (C, ny, nx) to (C, side, side), antialiased (the area each pixel covers).
+
+    For image sets already cut to each source's size (Galaxy Zoo scales its
+    cutouts to the galaxy): the whole galaxy, downscaled, as the CNN-comparison
+    study planned, instead of its centre cropped.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if planes.shape[-2:] == (side, side):
+        return planes
+    x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[None]
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False,
+                         antialias=True)[0].numpy()
 
 
 def _frame_psf(exposure: np.ndarray, fwhm: np.ndarray, padded: np.ndarray, by_frame: bool
@@ -224,7 +244,8 @@ def _frame_psf(exposure: np.ndarray, fwhm: np.ndarray, padded: np.ndarray, by_fr
 def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path, *,
                   overwrite: bool = False, stamp: int | None = None,
                   chunk_sources: int | None = None, bands: str | Sequence[str] | None = None,
-                  chunk_bytes: int | str | None = None) -> ImportSummary:
+                  chunk_bytes: int | str | None = None, resize: int | None = None
+                  ) -> ImportSummary:
     """Turn a labelled folder of PNG/JPEG cutouts into a cutout store (module docstring).
 
     Parameters
@@ -249,6 +270,10 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
         :func:`pipeline.ingest.image_files.band_plan`); default from the images.
     chunk_bytes : int or str, optional
         Bytes of ``image`` per chunk (config ``ingest.chunk-bytes``).
+    resize : int, optional
+        Downscale every whole image to ``resize`` x ``resize`` px (antialiased,
+        :func:`downscale`) before it is fitted to the stamp, which defaults to
+        ``resize``; without it, images are centre-cropped or padded.
 
     Returns
     -------
@@ -273,6 +298,8 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
                                      error=ImageFolderError)
     if stamp is not None:
         stamp = validate_int("stamp", stamp, 4, 1024, error=ImageFolderError)
+    if resize is not None:
+        resize = validate_int("resize", resize, 4, 1024, error=ImageFolderError)
     plan = band_plan(bands)
     table = _read_table(labels_csv)
     out = prepare_output(out, overwrite=overwrite)  # refuse before any work
@@ -288,6 +315,9 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
         plan = auto_band_plan([e["colour"] for e in entries], [e["rel"] for e in entries],
                               str(directory))
     band_names = [name for name, _ in plan]
+    if resize is not None:
+        for e in entries:
+            e["shape"] = (resize, resize)
     shapes = {e["shape"] for e in entries}
     if stamp is None:
         only = next(iter(shapes))
@@ -339,7 +369,7 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
                      extra_attrs={"source": "import-images",
                                   "band_channels": {name: ch for name, ch in plan}})
         for start in range(0, n, chunk):
-            stamps = _load_chunk(entries[start:start + chunk], plan, stamp)
+            stamps = _load_chunk(entries[start:start + chunk], plan, stamp, resize)
             sky, rms = _ring_stats(stamps)
             stamps -= sky[:, :, None, None]
             part = slice(start, start + len(stamps))

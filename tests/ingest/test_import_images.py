@@ -294,3 +294,24 @@ def test_paths_relative_to_another_folder_get_a_hint(tmp_path: Path) -> None:
     table.to_csv(csv, index=False)  # the CSV's paths are relative to tmp_path, not colour/
     summary = import_images(folder, csv, tmp_path / "s.zarr")
     assert summary.store is None and f"relative to {tmp_path}" in summary.describe()
+
+
+def test_resize_downscales_the_whole_image_instead_of_cropping(tmp_path: Path) -> None:
+    """--resize: a Gaussian of sigma s on 96 px becomes sigma s/3 on 32 px, all of it kept."""
+    folder = tmp_path / "big"
+    rows = [(f"g{k}.png", "galaxy", _gaussian_png(folder / f"g{k}.png", 12.0, size=96))
+            for k in range(3)]
+    csv = tmp_path / "big.csv"
+    pd.DataFrame(rows, columns=["path", "label", "md5"]).to_csv(csv, index=False)
+    import_images(folder, csv, tmp_path / "small.zarr", resize=32)
+    import_images(folder, csv, tmp_path / "crop.zarr", stamp=32)
+    small, crop = open_store(tmp_path / "small.zarr"), open_store(tmp_path / "crop.zarr")
+    assert small["image"].shape == crop["image"].shape == (3, 1, 32, 32)
+    # the downscaled galaxy: half-light radius 1.1774 * 12 / 3 px; the crop sees its core only
+    assert np.allclose(small["radius"].values / (1.1774 * 4.0), 1, atol=0.12)
+    corner = {name: float(ds["image"].values[0, 0, 0, 0] + ds["sky"].values[0])
+              for name, ds in (("small", small), ("crop", crop))}
+    assert corner["crop"] > 40  # cropped: the galaxy still bright at the corner (10 + 220 e^-1.78)
+    assert corner["small"] < 12  # downscaled: the sky (10) at the corner
+    with pytest.raises(ImageFolderError, match="resize"):
+        import_images(folder, csv, tmp_path / "bad.zarr", resize=2)
