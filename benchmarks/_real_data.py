@@ -1,6 +1,7 @@
 """Real data for ``real_skies``: cached stores, stamps, classify-exact predictions, folds.
 
-The real sets live outside the repository (``--data DIR``, default ``<repo>/../shared/data``);
+The real sets live outside the repository (``--data DIR``, or the folder named by
+``$SKYSIEVE_REAL_DATA``);
 stores made from them go to a cache folder (``--cache``, default ``/tmp/skysieve-real-skies``),
 never into ``benchmarks/results``.  A store is named after the sha256 of the labels table it
 was made from, so a rerun reuses it and a changed table makes a new one.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import pandas as pd
 __all__ = ["DEFAULT_DATA", "DEFAULT_CACHE", "dataset", "csv_sha256", "subsample", "cached_import",
            "read_store", "predict", "frame_fields", "assign_folds", "scores", "stratified_split"]
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The real data folder when ``--data`` is not given: ``$SKYSIEVE_REAL_DATA`` (None when unset).
+DEFAULT_DATA = Path(os.environ["SKYSIEVE_REAL_DATA"]) if os.environ.get("SKYSIEVE_REAL_DATA") else None
 DEFAULT_CACHE = Path("/tmp/skysieve-real-skies")
 
 

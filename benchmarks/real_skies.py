@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=rd.DEFAULT_DATA,
                    help="folder holding star_galaxy/, dss_galaxies/, gz1_galaxies/ "
-                        "(default <repo>/../shared/data)")
+                        "(default: $SKYSIEVE_REAL_DATA)")
     p.add_argument("--cache", type=Path, default=rd.DEFAULT_CACHE,
                    help="where stores and trained checkpoints go (default %(default)s)")
     p.add_argument("--results", type=Path, default=None,
@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "if present, else the model is skipped with a reason)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.data is None:
+        p.error("no real data folder: pass --data DIR (the folder holding star_galaxy/, "
+                "dss_galaxies/, gz1_galaxies/) or set SKYSIEVE_REAL_DATA")
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     bad = [s for s in parts if s not in PARTS]
     if bad or not parts:

@@ -49,6 +49,7 @@ _RATIO_RANGE = (0.6, 6.0)    # galaxy half-light radius / PSF FWHM
 _RATIO_SIGMA = 0.5           # log-normal width of that ratio
 _SNR_RANGE = (8.0, 1500.0)   # galaxy signal-to-noise before the depth scale, log-uniform
 _STAR_SLOPE = 0.25           # dex of star counts per magnitude
+_STAR_FAINT = 1.25           # faintest stars this many mag above MAGLIM (S/N about 16)
 # Saturated stars: up to this many magnitudes above MAGSAT, counts falling by this
 # many dex per magnitude brighter (plates: more big discs).
 _SAT_SPAN = {"ccd": 6.0, "plate": 8.0}
@@ -69,7 +70,7 @@ def wide_sources(rng: np.random.Generator, n: int, cond: WideConditions,
 
     Stars: a share ``cond.sat_share`` (at least one) saturate, up to 6 mag (8 on
     a plate) above ``MAGSAT``, fewer the brighter; the rest follow rising counts
-    from ``MAGSAT`` to 0.75 mag above ``MAGLIM``. Extended sources: half-light
+    from ``MAGSAT`` to 1.25 mag above ``MAGLIM``. Extended sources: half-light
     radius 0.6-6 times the PSF FWHM (log-normal about each class's survey median
     over 1"), flux from a signal-to-noise log-uniform in 8-1500 times ``DEPTH``.
     """
@@ -85,7 +86,7 @@ def wide_sources(rng: np.random.Generator, n: int, cond: WideConditions,
                 mag = _power_law_mag(rng, cond.mag_sat - span, cond.mag_sat,
                                      _SAT_SLOPE[cond.detector])
             else:
-                mag = _power_law_mag(rng, cond.mag_sat, max(cond.mag_lim - 0.75,
+                mag = _power_law_mag(rng, cond.mag_sat, max(cond.mag_lim - _STAR_FAINT,
                                                             cond.mag_sat + 0.5))
             star_k += 1
             specs.append({"class": "star", "mag": mag, "size": 0.0, "extent": 0.0,
