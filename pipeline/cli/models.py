@@ -73,12 +73,15 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
               help="Input stretch of the model, recorded in its card [default: asinh].")
 @click.option("--softening", type=float, default=None,
               help="Stretch softening in units of the noise [default: 3].")
+@click.option("--exclude-class", "exclude_classes", multiple=True, metavar="LABEL",
+              help="Leave the sources of this label out (repeatable), e.g. Galaxy Zoo's "
+                   "'uncertain'.")
 @_user_errors
 def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
           split_seed: int | None, image_size: int | None, split_by: str, val_fraction: float,
           patience: int, init: Path | None, init_sha256: str | None, teacher: Path | None,
           kd_alpha: float, kd_temperature: float, augment: str, stretch: str | None,
-          softening: float | None) -> None:
+          softening: float | None, exclude_classes: tuple[str, ...]) -> None:
     """Train ARCH on the labelled cutouts in STORE and write a checkpoint with its card."""
     from pipeline.training.fit import train as run_train
 
@@ -88,7 +91,8 @@ def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: f
                      init=init, init_sha256=init_sha256, teacher=teacher, kd_alpha=kd_alpha,
                      kd_temperature=kd_temperature, augment=augment,
                      stretch={k: v for k, v in (("name", stretch), ("softening", softening))
-                              if v is not None} or None)
+                              if v is not None} or None,
+                     exclude_classes=exclude_classes)
     m = card.metrics
     click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): validation accuracy "
                f"{m.get('accuracy', float('nan')):.4f}, balanced accuracy "

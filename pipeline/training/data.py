@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from pipeline.store import open_store
 __all__ = ["load_labelled"]
 
 
-def load_labelled(store: Path) -> dict[str, Any]:
+def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Read the labelled sources of a cutout store into memory.
 
     Parameters
@@ -22,6 +22,9 @@ def load_labelled(store: Path) -> dict[str, Any]:
     store : Path
         Cutout store (Zarr, opened and checked by :func:`pipeline.store.open_store`)
         with per-source ``label`` (``""`` = unknown, skipped).
+    exclude : sequence of str, default: ()
+        Labels to treat as unknown (e.g. Galaxy Zoo's ``"uncertain"``): skipped too,
+        and counted in ``n_excluded``.
 
     Returns
     -------
@@ -33,7 +36,7 @@ def load_labelled(store: Path) -> dict[str, Any]:
         labelled stamps' float32 pixels), ``n_unlabelled``, and ``x``,
         ``y`` (0-based pixel position on the exposure, x = column), ``ra``,
         ``dec`` (deg), ``psf_fwhm`` (px) of each labelled source (float64, NaN where
-        the store has none).
+        the store has none), ``n_excluded`` (sources whose label is in ``exclude``).
 
     Raises
     ------
@@ -48,9 +51,11 @@ def load_labelled(store: Path) -> dict[str, Any]:
                              "exposure of each source (ingest with --truth)")
     labels = np.asarray(ds["label"].values, dtype=object).astype(str)
     exposures = np.asarray(ds["exposure"].values, dtype=object).astype(str)
-    known = np.flatnonzero(labels != "")
+    excluded = np.isin(labels, [str(c) for c in exclude]) & (labels != "")
+    known = np.flatnonzero((labels != "") & ~excluded)
     if known.size == 0:
-        raise StoreError(f"{store}: no labelled sources (every 'label' is empty)")
+        raise StoreError(f"{store}: no labelled sources (every 'label' is empty"
+                         + (f" or one of {sorted(exclude)!r})" if len(exclude) else ")"))
     image = ds["image"]
     images = (image.values if known.size == labels.size
               else image.isel(source=known).values).astype(np.float32, copy=False)
@@ -72,4 +77,5 @@ def load_labelled(store: Path) -> dict[str, Any]:
     return {"images": images, "labels": labels[known], "exposures": exposures[known],
             "bands": [str(b) for b in bands], "data_sha256": h.hexdigest(),
             "pixels_sha256": hashlib.sha256(np.ascontiguousarray(images, "<f4").data).hexdigest(),
-            "n_unlabelled": int(labels.size - known.size), **positions}
+            "n_unlabelled": int(labels.size - known.size - excluded.sum()),
+            "n_excluded": int(excluded.sum()), **positions}

@@ -329,7 +329,7 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
     net, card = load_checkpoint(path)
     _say(progress, f"model {path} ({card.arch}, sha256 {card.sha256[:12]}…) on {dev}")
 
-    data = load_labelled(store)
+    data = load_labelled(store, exclude=card.training.get("excluded_classes", ()))
     unknown = sorted(set(data["labels"].tolist()) - set(card.classes))
     if unknown:
         raise StoreError(f"{store}: labels {unknown!r} are not classes of the model "

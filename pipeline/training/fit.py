@@ -15,7 +15,7 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -150,7 +150,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
           split_seed: int | None = None, init: Path | None = None,
           init_sha256: str | None = None, teacher: Path | None = None,
           kd_alpha: float = 0.5, kd_temperature: float = 4.0, augment: str = "full",
-          stretch: dict[str, Any] | None = None) -> ModelCard:
+          stretch: dict[str, Any] | None = None,
+          exclude_classes: Sequence[str] = ()) -> ModelCard:
     """Train ``arch`` on the labelled sources of a cutout store and write a checkpoint.
 
     All labelled stamps are read into memory and normalised once (S/N units,
@@ -226,6 +227,9 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         The stretch of the model input (see
         :func:`pipeline.imaging.preprocess.validate_stretch`); default
         :data:`pipeline.imaging.preprocess.DEFAULT_STRETCH`.
+    exclude_classes : sequence of str, default: ()
+        Labels left out of training (treated as unknown), e.g. Galaxy Zoo's
+        ``"uncertain"``; the card records them, and ``evaluate`` leaves them out too.
 
     Returns
     -------
@@ -257,7 +261,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     source = read_weights(Path(init), sha256=init_sha256) if init is not None else None
     kd = (load_teacher(Path(teacher), alpha=kd_alpha, temperature=kd_temperature)
           if teacher is not None else None)
-    data = load_labelled(store)
+    exclude_classes = sorted({str(c) for c in exclude_classes})
+    data = load_labelled(store, exclude=exclude_classes)
     labels, exposures = data["labels"], data["exposures"]
     classes = sorted(set(labels.tolist()))
     if len(classes) < 2:
@@ -364,6 +369,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             "weight_decay": weight_decay, "patience": patience, "device": str(dev),
             "stamp": [int(height), int(width)],
             "augment": augment, "augment_detail": AUGMENTS[augment],
+            "excluded_classes": exclude_classes, "n_excluded": data["n_excluded"],
             "loss": loss,
             **extra,
             "optimizer": "AdamW, 1-epoch warm-up + cosine",

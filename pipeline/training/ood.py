@@ -156,7 +156,7 @@ def fit_checkpoint_ood(model: str | Path, store: Path, out: Path, *,
     except ValueError as exc:
         raise TrainingError(str(exc)) from exc
     net, card = load_checkpoint(source, sha256=card.sha256, device=dev, check_ood=False)
-    data = load_labelled(store)
+    data = load_labelled(store, exclude=card.training.get("excluded_classes", ()))
     known = np.isin(data["labels"], card.classes)
     if not known.any():
         raise StoreError(f"{store}: no labelled source of the model's classes "

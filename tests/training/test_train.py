@@ -358,3 +358,28 @@ def test_split_by_field_never_splits_a_field(tmp_path):
     assert card.training["split"]["by"] == "frame" and "groups" not in card.training["split"]
     assert card.training["augment"] == "geometric"
     assert card.stretch == {"name": "linear", "softening": 2.0, "scale": 1.0}
+
+
+def test_excluded_classes_are_left_out_of_training_and_evaluation(tmp_path):
+    """--exclude-class: a label treated as unknown (Galaxy Zoo's 'uncertain'), recorded in the card."""
+    from pipeline.training.data import load_labelled
+    from pipeline.training.evaluate import evaluate
+
+    names = [("uncertain" if i % 7 == 0 else CLASSES[i % 3]) for i in range(300)]
+    path = blob_store(tmp_path / "u.zarr", n=300, size=32, n_exp=3, labels=names)
+    data = load_labelled(path, exclude=["uncertain"])
+    assert data["n_excluded"] == names.count("uncertain") and "uncertain" not in data["labels"]
+    assert len(data["labels"]) == 300 - names.count("uncertain")
+    card = train(path, arch="smallcnn", out=tmp_path / "m.pt", epochs=1, seed=0,
+                 split_by="source", progress=False, exclude_classes=["uncertain"])
+    assert card.classes == sorted(CLASSES)
+    assert card.training["excluded_classes"] == ["uncertain"]
+    assert card.training["n_excluded"] == names.count("uncertain")
+    # evaluate leaves the card's excluded label out instead of refusing the store
+    result = evaluate(tmp_path / "m.pt", path, out=tmp_path / "ev", subset="all", speed=False,
+                      blur_sweep=(0,))
+    assert result["n"] == 300 - names.count("uncertain")
+    # without the exclusion the store has four classes
+    four = train(path, arch="smallcnn", out=tmp_path / "m4.pt", epochs=1, seed=0,
+                 split_by="source", progress=False)
+    assert "uncertain" in four.classes
