@@ -15,7 +15,8 @@ from pipeline.cli import cli
 
 CLI_DIR = Path(pipeline.cli.__file__).parent
 COMMANDS = {"synth", "ingest", "import-images", "info", "classify", "run", "demo", "query",
-            "plan", "train", "evaluate", "compare", "catalogue", "report", "cluster", "submit"}
+            "plan", "train", "evaluate", "compare", "ood-fit", "catalogue", "report", "cluster",
+            "submit"}
 
 
 def _imports(path: Path) -> set[str]:
