@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="checkpoint for gz1_morphology (default the bundled sdss-morphology "
                         "if present, else the model is skipped with a reason)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="default",
+                   help="the model of the zero-shot parts (default_zero_shot, dss_nebula_share): "
+                        "a bundled name or a checkpoint path (default %(default)s)")
     args = p.parse_args(argv)
     if args.data is None:
         p.error("no real data folder: pass --data DIR (the folder holding star_galaxy/, "
@@ -131,13 +134,13 @@ def default_zero_shot(log: UnitLog, args: argparse.Namespace) -> None:
         log.skipped["default_zero_shot"] = why
         return
     table = _star_galaxy_table(folder, args.sample, args.seed)
-    settings = {"data": rd.csv_sha256(table), "model": "default",
-                "model_sha256": _model_sha("default"), "n": len(table)}
+    settings = {"data": rd.csv_sha256(table), "model": str(args.model),
+                "model_sha256": _model_sha(args.model), "n": len(table)}
 
     def work() -> dict[str, Any]:
         store = rd.cached_import(folder, table, args.cache, "star_galaxy")
         rows = rd.read_store(store, ("label",))
-        probs, classes, sha = rd.predict("default", rows)
+        probs, classes, sha = rd.predict(args.model, rows)
         true = rows["label"]
         is_star = true == "star"
         star = classes.index("star")
@@ -175,8 +178,8 @@ def dss_nebula_share(log: UnitLog, args: argparse.Namespace) -> None:
     labels = pd.read_csv(folder / "labels.csv", dtype=str)
     from pipeline.ingest.fits_io import file_sha256
 
-    settings = {"data": rd.csv_sha256(labels), "model": "default",
-                "model_sha256": _model_sha("default"),
+    settings = {"data": rd.csv_sha256(labels), "model": str(args.model),
+                "model_sha256": _model_sha(args.model),
                 "files": {f: file_sha256(folder / f)[0] for f in labels["file"]}}
 
     def work() -> dict[str, Any]:
@@ -191,7 +194,7 @@ def dss_nebula_share(log: UnitLog, args: argparse.Namespace) -> None:
                 raise RuntimeError(f"ingest found no sources: {summary.describe()}")
         attrs = dict(open_store(store).attrs)
         rows = rd.read_store(store, ("flags", "snr"))
-        probs, classes, sha = rd.predict("default", rows)
+        probs, classes, sha = rd.predict(args.model, rows)
         best = np.asarray(classes)[probs.argmax(axis=1)]
 
         def shares(mask: np.ndarray) -> dict[str, Any]:
