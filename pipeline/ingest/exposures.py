@@ -40,6 +40,7 @@ from pipeline.ingest.detect import FLAG_EDGE, detect, estimate_psf_fwhm, header_
 from pipeline.ingest.fits_io import read_ccd
 from pipeline.ingest.scan import (
     compute_tasks,
+    reject_lines,
     reject_row,
     scan_inputs,
     validate_int,
@@ -104,12 +105,7 @@ class IngestSummary:
                     f"{self.stamp}x{self.stamp} px stamps in {self.seconds:.1f} s")
             if self.n_labelled:
                 head += f"; {self.n_labelled:,} labelled from truth"
-        lines = [head, f"rejects: {len(self.rejects)}"]
-        for r in self.rejects[:10]:
-            lines.append(f"  {r['file']}[{r['hdu']}]: {r['reason']}")
-        if len(self.rejects) > 10:
-            lines.append(f"  ... {len(self.rejects) - 10} more (see rejects.parquet)")
-        return "\n".join(lines)
+        return "\n".join([head, *reject_lines(self.rejects)])
 
 
 # ---------------------------------------------------------------------------- tasks

@@ -18,8 +18,8 @@ import numpy as np
 from pipeline.errors import BadExposure, SkysieveError
 from pipeline.ingest.fits_io import exposure_name, file_sha256, image_hdus, open_fits
 
-__all__ = ["compute_tasks", "reject_row", "scan_file", "scan_inputs", "validate_int",
-           "validate_paths"]
+__all__ = ["compute_tasks", "reject_lines", "reject_row", "scan_file", "scan_inputs",
+           "validate_int", "validate_paths"]
 
 
 def validate_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -71,6 +71,15 @@ def compute_tasks(tasks: list[Any]) -> list[Any]:
 def reject_row(path: str, hdu: int, reason: str) -> dict[str, Any]:
     """One row of a store's rejects table: ``{"file", "hdu" (-1: the whole file), "reason"}``."""
     return {"file": str(path), "hdu": int(hdu), "reason": str(reason)}
+
+
+def reject_lines(rejects: list[dict[str, Any]], *, show: int = 10) -> list[str]:
+    """The CLI's lines for a rejects table: the count, then the first ``show`` rows."""
+    lines = [f"rejects: {len(rejects)}"]
+    lines += [f"  {r['file']}[{r['hdu']}]: {r['reason']}" for r in rejects[:show]]
+    if len(rejects) > show:
+        lines.append(f"  ... {len(rejects) - show} more (see rejects.parquet)")
+    return lines
 
 
 def scan_file(path: str, with_headers: bool) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from pipeline.ingest.detect import (
 from pipeline.ingest.fits_io import read_ccd
 from pipeline.ingest.scan import (
     compute_tasks,
+    reject_lines,
     reject_row,
     scan_inputs,
     validate_int,
@@ -140,12 +141,7 @@ class WholeSummary:
                          f"{self.dropped[1]} column(s) that did not fill a block")
             if self.n_labelled:
                 head += f"; {self.n_labelled} labelled from truth"
-        lines = [head, f"rejects: {len(self.rejects)}"]
-        for r in self.rejects[:10]:
-            lines.append(f"  {r['file']}[{r['hdu']}]: {r['reason']}")
-        if len(self.rejects) > 10:
-            lines.append(f"  ... {len(self.rejects) - 10} more (see rejects.parquet)")
-        return "\n".join(lines)
+        return "\n".join([head, *reject_lines(self.rejects)])
 
 
 def block_average(image: np.ndarray, factor: int) -> tuple[np.ndarray, tuple[int, int]]:
