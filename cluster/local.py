@@ -23,6 +23,9 @@ def default_shape(cores: int | None = None) -> tuple[int, int]:
     return n_workers, max(1, cores // n_workers)
 
 
+_DASK_MALLOC_TRIM = "65536"  # distributed.nanny.pre-spawn-environ's value
+
+
 @contextmanager
 def local_cluster(*, n_workers: int | None = None, threads_per_worker: int | None = None,
                   memory_limit: str | float = "auto", processes: bool = True,
@@ -30,8 +33,12 @@ def local_cluster(*, n_workers: int | None = None, threads_per_worker: int | Non
     """Start a local cluster bound to localhost; stop it on exit.
 
     Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker, which
-    made small torch models 2-3x slower here (docs/architecture.md); it is unset.
+    made small torch models 2-3x slower here (docs/architecture.md); it is unset,
+    also when a Dask cluster started earlier in this process left dask's value in
+    ``os.environ`` for new workers to inherit.
     """
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") == _DASK_MALLOC_TRIM:
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
     shape = default_shape()
     n_workers = n_workers or shape[0]
     threads_per_worker = threads_per_worker or shape[1]
