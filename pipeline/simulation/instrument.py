@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.files import atomic_write
 
 __all__ = ["PIXSCALE", "GAIN", "RDNOISE", "SATURATE", "EXPTIME", "FILTER", "CCD_GAP",
-           "GSPARAMS_KW", "Psf", "Pointing", "gsparams", "make_psf", "draw_pointing",
+           "GSPARAMS_KW", "Psf", "Pointing", "add_truth", "gsparams", "make_psf", "draw_pointing",
            "header_cards", "image_header", "draw_into", "draw_sources", "observe", "write_fits"]
 
 # Camera and site (a 4 m class telescope, r band).
@@ -296,14 +296,21 @@ def draw_sources(model: np.ndarray, specs: list[dict[str, Any]], xy: np.ndarray,
             half_stamp = max(half_stamp, 64 if spec["mag"] < 16 else 14)
         half_stamp = min(max(half_stamp, 12), 127)
         draw_into(model, obj, x, y, half_stamp)
-        cat["x"].append(float(x))
-        cat["y"].append(float(y))
-        cat["class"].append(spec["class"])
-        cat["flux"].append(float(spec["flux"]))
-        cat["mag"].append(float(spec["mag"]))
-        cat["size"].append(float(spec["size"]))
-        cat["psf_fwhm"].append(float(fwhm))
+        add_truth(cat, spec, x, y, fwhm)
     return cat
+
+
+def add_truth(cat: dict[str, list[Any]], spec: dict[str, Any], x: float, y: float,
+              psf_fwhm: float) -> None:
+    """Append one drawn source's truth row (``x``, ``y``, ``class``, ``flux``, ``mag``,
+    ``size``, ``psf_fwhm``) to the column lists of ``cat``."""
+    cat["x"].append(float(x))
+    cat["y"].append(float(y))
+    cat["class"].append(spec["class"])
+    cat["flux"].append(float(spec["flux"]))
+    cat["mag"].append(float(spec["mag"]))
+    cat["size"].append(float(spec["size"]))
+    cat["psf_fwhm"].append(float(psf_fwhm))
 
 
 def observe(rng: np.random.Generator, model: np.ndarray, sky: float) -> np.ndarray:

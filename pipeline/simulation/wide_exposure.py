@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.simulation.instrument import CCD_GAP, Pointing, draw_into, gsparams, image_header
+from pipeline.simulation.instrument import (CCD_GAP, Pointing, add_truth, draw_into, gsparams,
+                                            image_header)
 from pipeline.simulation.responses import (
     jpeg_encode,
     observe_ccd,
@@ -128,13 +129,7 @@ def _draw(model: np.ndarray, specs: list[dict[str, Any]], xy: np.ndarray,
             half = int(math.ceil(spec["extent"] / cond.pixscale + 4 * cond.fwhm_px)) + 4
             peak = draw_into(model, obj, float(x), float(y), min(max(half, 12), 127),
                              scale=cond.pixscale)
-        cat["x"].append(float(x))
-        cat["y"].append(float(y))
-        cat["class"].append(spec["class"])
-        cat["flux"].append(float(spec["flux"]))
-        cat["mag"].append(float(spec["mag"]))
-        cat["size"].append(float(spec["size"]))
-        cat["psf_fwhm"].append(float(cond.fwhm))
+        add_truth(cat, spec, x, y, cond.fwhm)
         cat["saturated"].append(bool(peak + cond.sky >= cond.sat_lin))
     return cat
 
