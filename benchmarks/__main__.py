@@ -19,8 +19,10 @@ from benchmarks._common import markdown_table, results_dir
 __all__ = ["BENCHMARKS", "EXTRA", "main", "goals"]
 
 BENCHMARKS = ["raw_model", "classify_throughput", "naive", "dataloader", "ingest_cutouts",
-              "memory", "gpu"]
-EXTRA = ["profile_classify", "real_skies"]  # run only when named (real_skies: own options)
+              "ingest_vs_sextractor", "memory", "gpu"]
+# run only when named (release_scale: ~20 min at full size; --quick for a small one)
+EXTRA = ["profile_classify", "real_skies", "ood_real", "release_scale"]
+OWN_OPTIONS = ("real_skies", "ood_real")  # take options of their own (--data DIR, ...)
 
 
 def goals() -> list[dict]:
@@ -52,6 +54,31 @@ def goals() -> list[dict]:
             if name == "ingest_cutouts":
                 holds = res[key] >= 10
             rows.append({"goal": label, "measured": fmt.format(res[key]), "holds": holds})
+    ivs = load("ingest_vs_sextractor")
+    if ivs:
+        rows.append({"goal": "ingest end to end >= 0.8 x sep alone",
+                     "measured": f"{ivs['ratio_to_sep_alone']:.2f}x",
+                     "holds": ivs["ratio_to_sep_alone"] >= 0.8})
+        sex = ivs.get("sextractor", {})
+        rows.append({"goal": "ingest >= 5x SExtractor + Cutout2D + FITS per cutout",
+                     "measured": (f"{sex['speedup']:.1f}x, matched "
+                                  f"{sex['matched_fraction_of_sextractor']:.3f}"
+                                  if sex.get("status") == "measured" else "skipped"),
+                     "holds": sex["speedup"] >= 5 if sex.get("status") == "measured" else "?"})
+    release = load("release_scale")
+    if release:
+        st = release["stages"]
+        rows.append({"goal": "release scale: >= 2e6 cutouts classified, >= 500 exposures "
+                             "ingested, worker memory bounded",
+                     "measured": (f"{st['classify_full']['cutouts']:,} at "
+                                  f"{st['classify_full']['cutouts_per_s']:,.0f}/s; "
+                                  f"{release['settings']['exposures']} exposures at "
+                                  f"{st['ingest_full']['cutouts_per_s']:,.0f}/s; peak RSS full/tenth "
+                                  + ", ".join(f"{v:.2f}" for v in
+                                              release["worker_peak_growth_full_over_tenth"].values())),
+                     "holds": (st["classify_full"]["cutouts"] >= 2e6
+                               and release["settings"]["exposures"] >= 500
+                               and max(release["worker_peak_growth_full_over_tenth"].values()) <= 1.10)})
     gpu = load("gpu")
     if gpu:
         rows.append({"goal": "GPU end to end vs raw GPU model",
@@ -65,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}; "
-                             f"also, only when named: {', '.join(EXTRA)} (real_skies takes "
-                             "options of its own: python -m benchmarks.real_skies --help)")
+                             f"also, only when named: {', '.join(EXTRA)} ({', '.join(OWN_OPTIONS)} "
+                             "take options of their own: python -m benchmarks.NAME --help)")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     parser.add_argument("--only", nargs="*", default=None, help="same as NAME ...")
     args, extra = parser.parse_known_args(argv)  # the rest goes to the benchmarks named
@@ -75,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown!r}; choose from "
                      f"{', '.join(BENCHMARKS + EXTRA)}")
-    if extra and names != ["real_skies"]:  # only real_skies takes options of its own
+    if extra and not (len(names) == 1 and names[0] in OWN_OPTIONS):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     failed = 0
     for name in names or BENCHMARKS:

@@ -55,6 +55,50 @@ def _restricted(probs: np.ndarray, classes: list[str], true: np.ndarray,
     return {k: s[k] for k in ("balanced_accuracy", "accuracy", "recall", "support", "confusion")}
 
 
+THREE = ["elliptical", "merger", "spiral"]
+TEST_FRACTION = 0.2
+
+
+def gz1_split(folder: Path, *, seed: int = 0, sample: int = 0
+              ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The benchmark's table of GZ1 objects and its held-out split, by object.
+
+    Parameters
+    ----------
+    folder : Path
+        The ``gz1_galaxies`` folder (``labels.csv`` and ``images/``).
+    seed : int
+        Seed of the stratified split (the benchmark's ``--seed``).
+    sample : int
+        At most ``4 * sample`` objects per class (0 = all).
+
+    Returns
+    -------
+    table, train_idx, test_idx
+        The rows of the three learned classes sorted by path, and the sorted indices of
+        the training objects and of the held-out ``TEST_FRACTION`` of each class.
+    """
+    table = pd.read_csv(folder / "labels.csv", dtype=str)
+    table = table[table["label"].isin(THREE)]
+    if sample:
+        table = rd.subsample(table, sample * 4, ["label"], seed)
+    table = table.sort_values("path", kind="stable").reset_index(drop=True)
+    train_idx, test_idx = rd.stratified_split(table["label"].to_numpy(str), TEST_FRACTION, seed)
+    return table, train_idx, test_idx
+
+
+def write_training_csv(folder: Path, out: Path, *, seed: int = 0) -> int:
+    """Write the labels CSV of the benchmark's GZ1 *training* objects (held-out ones left out).
+
+    A model trained on ``skysieve import-images FOLDER --labels OUT ...`` has never seen
+    the galaxies ``gz1_morphology`` scores it on.  Returns the number of rows written.
+    """
+    table, train_idx, _ = gz1_split(folder, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.iloc[train_idx].to_csv(out, index=False)
+    return int(train_idx.size)
+
+
 def gz1_morphology(log: UnitLog, args: argparse.Namespace) -> None:
     """A checkpoint and the hand-feature baseline on a held-out 20% of GZ1 galaxies."""
     folder, why = rd.dataset(args.data, "gz1_galaxies")
@@ -63,16 +107,11 @@ def gz1_morphology(log: UnitLog, args: argparse.Namespace) -> None:
         return
     from pipeline import bundled
 
-    table = pd.read_csv(folder / "labels.csv", dtype=str)
-    table = table[table["label"].isin(["elliptical", "spiral", "merger"])]
-    if args.sample:
-        table = rd.subsample(table, args.sample * 4, ["label"], args.seed)
-    table = table.sort_values("path", kind="stable").reset_index(drop=True)
-    train_idx, test_idx = rd.stratified_split(table["label"].to_numpy(str), 0.2, args.seed)
+    table, train_idx, test_idx = gz1_split(folder, seed=args.seed, sample=args.sample)
     true = table["label"].to_numpy(str)
     data_sha = rd.csv_sha256(table)
-    three = ["elliptical", "merger", "spiral"]
-    base = {"data": data_sha, "seed": args.seed, "test_fraction": 0.2,
+    three = THREE
+    base = {"data": data_sha, "seed": args.seed, "test_fraction": TEST_FRACTION,
             "n_test": int(test_idx.size)}
     summary: dict[str, Any] = {"n_test": int(test_idx.size)}
 
@@ -103,26 +142,48 @@ def gz1_morphology(log: UnitLog, args: argparse.Namespace) -> None:
 
         path = bundled.resolve(model)
         card = load_card(path)
-        if card.in_chans != 1:
-            log.skipped["gz1_morphology/model"] = (f"{model}: {card.in_chans} input bands; "
-                                                   "import-images makes one grey band")
+        imports = _import_settings(card)
+        if isinstance(imports, str):
+            log.skipped["gz1_morphology/model"] = f"{model}: {imports}"
         else:
-            stamp = (card.training or {}).get("stamp", [None])[0]
-
             def run_model() -> dict[str, Any]:
                 store = rd.cached_import(folder, table.iloc[test_idx], args.cache, "gz1-test",
-                                         stamp=stamp)
+                                         **imports)
                 rows = rd.read_store(store, ("label",))
                 probs, classes, sha = rd.predict(path, rows)
                 return {**report(probs, classes, rows["label"]), "checkpoint_sha256": sha,
-                        "classes": classes, "stamp": stamp,
-                        "note": "held out here by object; check the card's own split for overlap"}
+                        "classes": classes, "import": imports,
+                        "note": "held out here by object; a model trained on the rows of "
+                                "write_training_csv never saw them"}
 
             res = log.run("gz1_morphology/model", {**base, "model": str(model),
                                                    "model_sha256": file_sha256(path),
-                                                   "stamp": stamp}, run_model, machine=load)
+                                                   "import": imports}, run_model,
+                          machine=load)
             summary["model"] = {"name": str(model), **_gz1_row(res)}
     log.summary["gz1_morphology"] = summary
+
+
+def _import_settings(card: Any) -> dict[str, Any] | str:
+    """How to import the held-out images for ``card``'s model, or why it cannot take them.
+
+    As the model's training store was imported (the card's ``training.store_import``:
+    bands, ``resize``; the stamp is the training stamp); a one-band card without that
+    record gets the grey import at its training stamp.
+    """
+    training = card.training or {}
+    stamp = training.get("stamp", [None])[0]
+    made = training.get("store_import") or {}
+    channels = made.get("band_channels")
+    if channels:
+        bands = ",".join(f"{name}:{ch}" for name, ch in channels.items())
+        if len(channels) != card.in_chans:
+            return f"{card.in_chans} input bands but its store had {bands!r}"
+        return {"stamp": stamp, "bands": bands, "resize": made.get("resize")}
+    if card.in_chans == 1:
+        return {"stamp": stamp}
+    return (f"{card.in_chans} input bands and no record of how its training images were "
+            "imported (card training.store_import)")
 
 
 def _gz1_row(res: dict[str, Any]) -> dict[str, Any]:

@@ -50,22 +50,26 @@ def subsample(table: pd.DataFrame, per_group: int, by: list[str], seed: int = 0)
 
 
 def cached_import(folder: Path, table: pd.DataFrame, cache: Path, tag: str, *,
-                  stamp: int | None = None) -> Path:
+                  stamp: int | None = None, bands: str | None = None,
+                  resize: int | None = None) -> Path:
     """The store ``skysieve import-images`` makes of ``table``'s rows of ``folder`` (cached).
 
     The labels CSV of the rows is written to the cache beside the store; the store's
-    name carries the CSV's sha256 (and the stamp), so an existing one is reused.
+    name carries the CSV's sha256 and the import settings (``stamp``, ``bands``,
+    ``resize``, as in ``import_images``), so an existing one is reused.
     """
     from pipeline.ingest.images import import_images
 
     cache.mkdir(parents=True, exist_ok=True)
-    key = csv_sha256(table)[:16] + (f"-s{stamp}" if stamp else "")
+    key = csv_sha256(table)[:16] + (f"-s{stamp}" if stamp else "") + (
+        f"-r{resize}" if resize else "") + (f"-b{bands.replace(':', '').replace(',', '')}"
+                                            if bands else "")
     store = cache / f"{tag}-{key}.zarr"
     if store.is_dir():  # written whole or not at all (pipeline.store.building)
         return store
     csv = cache / f"{tag}-{key}.csv"
     table.to_csv(csv, index=False)
-    summary = import_images(folder, csv, store, stamp=stamp)
+    summary = import_images(folder, csv, store, stamp=stamp, bands=bands, resize=resize)
     if summary.store is None:
         raise RuntimeError(f"import-images made no store from {csv}: {summary.describe()}")
     return store
@@ -77,7 +81,8 @@ def read_store(store: Path, names: tuple[str, ...] = ()) -> dict[str, np.ndarray
     from pipeline.store import open_store, read_rows
 
     n = int(open_store(store).sizes["source"])
-    rows, _ = read_rows(store, 0, n, ("image", "source_id", "exposure", *STAMP_STATS, *names))
+    rows, _ = read_rows(store, 0, n, ("image", "source_id", "exposure", "psf_fwhm", *STAMP_STATS,
+                                      *names))
     for key in ("label", "exposure"):
         if key in rows:
             rows[key] = np.asarray(rows[key], dtype=object).astype(str)
@@ -101,6 +106,7 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
 
     from pipeline import bundled
     from pipeline.imaging.preprocess import prepare
+    from pipeline.imaging.rescale import scale_for_model
     from workers.checkpoint import file_sha256, load_checkpoint
     from workers.inference import Predictor
 
@@ -113,11 +119,13 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
     out = []
     for start in range(0, idx.size, block):
         sel = idx[start:start + block]
+        images, bg, noise = scale_for_model(
+            rows["image"][sel].astype(np.float32, copy=False), card.input_scale,
+            rows["psf_fwhm"][sel] if "psf_fwhm" in rows else None,
+            rows["stamp_bg"][sel] if stored else None, rows["stamp_noise"][sel] if stored else None)
         with torch.inference_mode():
-            x = prepare(rows["image"][sel].astype(np.float32, copy=False), stretch=card.stretch,
-                        image_size=card.image_size,
-                        background=rows["stamp_bg"][sel] if stored else None,
-                        noise=rows["stamp_noise"][sel] if stored else None)
+            x = prepare(images, stretch=card.stretch, image_size=card.image_size,
+                        background=bg, noise=noise)
         p = predictor.predict_proba(x).astype(np.float64)
         out.append(p / p.sum(axis=1, keepdims=True))
     probs = np.concatenate(out) if out else np.zeros((0, len(card.classes)))
@@ -199,3 +207,24 @@ def stratified_split(labels: np.ndarray, fraction: float,
         test.extend(members[:max(1, int(round(fraction * members.size)))].tolist())
     test_idx = np.sort(np.asarray(test, np.int64))
     return np.setdiff1d(np.arange(labels.size), test_idx), test_idx
+
+
+def shown_command(name: str, argv: list[str]) -> str:
+    """The command line a result file records: ``OMP_NUM_THREADS`` as set, the data folder as ``DIR``.
+
+    The real data lie outside the repository, so the recorded command names its folder by
+    the placeholder the docs use (``--data DIR``); the JSON's ``data`` field keeps the path.
+    """
+    import os
+    import shlex
+
+    shown = list(argv)
+    for i, arg in enumerate(shown):
+        if arg == "--data" and i + 1 < len(shown):
+            shown[i + 1] = "DIR"
+        elif arg.startswith("--data="):
+            shown[i] = "--data=DIR"
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return " ".join(filter(None, [f"OMP_NUM_THREADS={threads}" if threads else "",
+                                  shlex.join(["python", "-m", "benchmarks", name, *shown])]))
+

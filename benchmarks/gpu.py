@@ -6,8 +6,9 @@ Only where CUDA is available (a lent GPU machine with a CUDA build of torch).
 Otherwise the JSON says ``"status": "no GPU lent"`` and nothing is measured.
 With a GPU: each listed model alone on the GPU (bf16 autocast, channels_last,
 batch 256/1024), then ``classify`` on a cluster with the GPU (``--cluster auto``:
-dask-cuda when installed, else a LocalCluster whose worker picks ``cuda:0``),
-while ``nvidia-smi`` samples utilisation every 0.2 s.
+dask-cuda's ``LocalCUDACluster`` when installed, else a LocalCluster whose worker picks
+``cuda:0``; one worker, 4 threads, so tasks read and write on the CPU while another's
+stretch and model run on the GPU), while ``nvidia-smi`` samples utilisation every 0.2 s.
 Writes ``benchmarks/results/gpu.json`` (``pipeline.hpc.plan`` uses its rates).
 """
 
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     with scratch("skysieve-bench-gpu-") as tmp:
         store = make_store(tmp / "bench.zarr", n, 64, chunk)
         with nvidia_smi_sampler() as smi:
-            e2e = end_to_end(store, args.model, 1024, 1, 4, repeats=1 if args.quick else 3)
+            e2e = end_to_end(store, args.model, 1024, 1, 4, repeats=1 if args.quick else 3,
+                             kind="auto")
     raw = rows[0]["cutouts_per_s"]
     rows.append({"model": args.model, "arch": rows[0]["arch"], "image_size": 64,
                  "what": "skysieve classify end to end (1 GPU worker)", "cutouts_per_s": e2e,

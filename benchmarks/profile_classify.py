@@ -13,7 +13,10 @@ of issue #6 and as it is now:
   (before; still so for older stores) vs given the store's ``stamp_bg`` and
   ``stamp_noise`` (now: measured once at ingest, :mod:`pipeline.imaging.stamp_stats`);
 - the blur score (``apparent_fwhm``): now measured at ingest, so not a classify stage;
-- the model at batch 64 and 256, with batch norms folded (now) and not (before).
+- the model at batch 64 and 256, with batch norms folded (now) and not (before);
+- issue #15, the rest of a task: reading one chunk's every variable through Zarr
+  (before) vs ``read_rows`` decoding the chunk files itself (now), and writing the part
+  with its fsync in the task (before) vs handing it to the writer thread (now).
 
 It prints the ceiling ratio ``model / (read + preprocess + blur + model)`` before
 and now, which is what limits classify end to end vs the raw model on a CPU where
@@ -27,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import _templates, median_time, parse_args, report, scratch
+from benchmarks._common import (_templates, make_store, median_time, parse_args, report,
+                                scratch)
 
 __all__ = ["main"]
 
@@ -66,6 +70,39 @@ def _read_variants(images: np.ndarray, folder: Path, repeats: int) -> dict[str, 
     return out
 
 
+def _task_io(folder: Path, n: int, repeats: int) -> dict[str, float]:
+    """Seconds per chunk of a task's read and part write, before and now (issue #15)."""
+    import pyarrow as pa
+
+    from pipeline.catalogue import part_files
+    from pipeline.classify.chunk import COORDS
+    from pipeline.imaging.stamp_stats import STAMP_STATS
+    from pipeline.store import read as store_read
+
+    store = make_store(folder / "io.zarr", n, 64, n)
+    names = ("image", *COORDS, "label", "healpix", *STAMP_STATS)
+    present = list(store_read.read_rows(store, 0, n, names)[0])
+    rng = np.random.default_rng(0)
+    table = pa.table({"source_id": pa.array(np.arange(n, dtype=np.int64)),
+                      "exposure": pa.array([f"exp{i % 4}" for i in range(n)], pa.string()),
+                      **{f"c{k}": pa.array(rng.random(n).astype(np.float32)) for k in range(16)}})
+    count = iter(range(10**6))
+
+    def soon() -> None:
+        part_files.write_part_soon(table, folder / f"part-{next(count):05d}.parquet", metadata={})
+
+    out = {"read: every variable of a chunk through Zarr (before)":
+           median_time(lambda: store_read._read_with_zarr(store, 0, n, present), repeats=repeats),
+           "read: read_rows, chunk files decoded directly (now)":
+           median_time(lambda: store_read.read_rows(store, 0, n, names), repeats=repeats),
+           "write: part written and fsynced in the task (before)":
+           median_time(lambda: part_files.write_part(table, folder / "p.parquet", metadata={}),
+                       repeats=repeats),
+           "write: part handed to the writer thread (now)": median_time(soon, repeats=repeats)}
+    part_files.flush_parts(folder)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the profile and write its JSON; return the payload."""
     import torch
@@ -101,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
                 median_time(lambda: pred.predict_proba(x), repeats=repeats)
     with scratch("skysieve-bench-prof-") as tmp:
         reads = _read_variants(images, tmp, repeats)
+        times.update(_task_io(tmp, n, repeats))  # one chunk of n stamps
     rows = [{"stage": f"read: {k}", "ms_per_1000": 1e6 * t / n, "MB_on_disk": s / 1e6}
             for k, (t, s) in reads.items()]
     rows += [{"stage": k, "ms_per_1000": 1e6 * t / n, "MB_on_disk": float("nan")}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from functools import partial
@@ -41,7 +40,7 @@ import pandas as pd
 from benchmarks import _baselines as bl
 from benchmarks import _real_data as rd
 from benchmarks._common import markdown_table, results_dir
-from benchmarks._gz1 import gz1_morphology
+from benchmarks._gz1 import gz1_morphology, write_training_csv
 from benchmarks._units import UnitLog, load
 from pipeline.classify.run_lock import exclusive
 from pipeline.files import atomic_write
@@ -84,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gz1-model", default=None,
                    help="checkpoint for gz1_morphology (default the bundled sdss-morphology "
                         "if present, else the model is skipped with a reason)")
+    p.add_argument("--write-gz1-train", type=Path, default=None, metavar="CSV",
+                   help="write the labels CSV of gz1_morphology's training objects (its "
+                        "held-out 20%% left out; paths relative to DATA/gz1_galaxies) and exit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="default",
                    help="the model of the zero-shot parts (default_zero_shot, dss_nebula_share): "
@@ -450,9 +452,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the chosen parts; return ``{"path", "ran", "reused", "skipped", "summary"}``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    command = " ".join(filter(None, [
-        f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ
-        else "", shlex.join(["python", "-m", "benchmarks", "real_skies", *argv])]))
+    if args.write_gz1_train is not None:
+        folder, why = rd.dataset(args.data, "gz1_galaxies")
+        if folder is None:
+            raise SystemExit(f"real_skies: {why}")
+        n = write_training_csv(folder, args.write_gz1_train, seed=args.seed)
+        print(f"wrote {n} training objects to {args.write_gz1_train} "
+              f"(import them from {folder})")
+        return {"path": args.write_gz1_train, "ran": 0, "reused": 0, "skipped": {},
+                "summary": {"gz1_training_objects": n}}
+    command = rd.shown_command("real_skies", argv)
     run = {"command": command, "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                           time.gmtime()),
            "parts": args.parts, "machine": _machine()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __all__ = [
     "SkysieveError", "BadExposure", "StoreError", "SourceTableError", "ImageFolderError",
-    "SynthError", "TrainingError", "EvaluationError", "CompareError", "PlanError",
+    "SynthError", "TrainingError", "TrainingStopped", "EvaluationError", "CompareError", "PlanError",
     "HatsExportError", "CatalogueError", "OutputLocked", "OutputNotWritable", "ConfigError",
 ]
 
@@ -47,6 +47,10 @@ class SynthError(SkysieveError, ValueError):
 
 class TrainingError(SkysieveError, ValueError):
     """Training settings or data that ``train`` cannot use."""
+
+
+class TrainingStopped(SkysieveError):
+    """``train`` stopped at its time limit with its state saved; the same command goes on."""
 
 
 class EvaluationError(SkysieveError, ValueError):

@@ -18,11 +18,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -31,16 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers.model_card import OOD_SUFFIX, ModelCard
 from workers.models import create_model
 from workers.ood import DEFAULT_THRESHOLD, OODStats, last_linear, ood_bytes, ood_from_bytes
 
 __all__ = ["CheckpointError", "ModelCard", "save_checkpoint", "load_checkpoint", "load_card",
            "file_sha256", "checkpoint_paths", "load_ood_stats", "write_ood_stats",
            "OOD_SUFFIX"]
-
-#: Suffix of the out-of-distribution statistics beside ``MODEL.pt``: ``MODEL.ood.npz``.
-OOD_SUFFIX = ".ood.npz"
-
 
 class CheckpointError(ValueError):
     """A checkpoint or model card that cannot be used; the message names the file and why."""
@@ -51,143 +46,6 @@ def _software_version() -> str:
         return version("skysieve")
     except PackageNotFoundError:  # a source tree that was never installed
         return "0+unknown"
-
-
-_REQUIRED = ("arch", "classes")
-
-
-@dataclass
-class ModelCard:
-    """What a checkpoint is and how to use it; stored as ``MODEL.json`` beside ``MODEL.pt``.
-
-    Attributes
-    ----------
-    arch : str
-        Registry name (``workers.models.list_models()``).
-    classes : list of str
-        Class names in logit order.
-    in_chans, image_size : int
-        Input bands and stamp side (pixels) the model expects.
-    bands : list of str
-        Band names in channel order.
-    stretch : dict
-        The normalisation of ``pipeline.imaging.preprocess`` (``{"name": "asinh", ...}``).
-    temperature : float
-        Logit temperature from calibration (1.0 until calibrated).
-    sha256 : str
-        Of the ``.pt`` file; filled in by :func:`save_checkpoint`.
-    params : int
-        Number of parameters; filled in by :func:`save_checkpoint`.
-    training, metrics : dict
-        Provenance (store, data checksum, split, seed, command...) and validation metrics.
-    ood : dict
-        Out-of-distribution statistics, when fitted: ``file`` (the sidecar's name, beside
-        the card), its ``sha256``, ``threshold`` (of ``ood_score``, default 0.99) and what
-        was fitted on what (see :mod:`workers.ood`); empty (and not written) without them.
-    skysieve_version, created : str
-        Software version and ISO-8601 UTC time of writing.
-    extra : dict
-        Keys this version does not know; written back unchanged (forward compatibility).
-    """
-
-    arch: str
-    classes: list[str]
-    in_chans: int = 1
-    image_size: int = 64
-    bands: list[str] = field(default_factory=list)
-    stretch: dict[str, Any] = field(default_factory=dict)
-    temperature: float = 1.0
-    sha256: str = ""
-    params: int = 0
-    training: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    ood: dict[str, Any] = field(default_factory=dict)
-    skysieve_version: str = ""
-    created: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (logits)."""
-        return len(self.classes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the card as a JSON-ready dict (``extra`` keys merged at the top level).
-
-        ``ood`` is left out when empty, so a card without statistics reads as before.
-        """
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name != "extra" and not (f.name == "ood" and not self.ood)}
-        for key, value in self.extra.items():
-            out.setdefault(key, value)
-        return out
-
-    def to_json(self) -> str:
-        """Return the card as indented JSON text."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=True) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        """Build a card from a dict; unknown keys go to ``extra``.
-
-        Raises
-        ------
-        ValueError
-            A required key (``arch``, ``classes``) is missing or a field has the wrong type.
-        """
-        if not isinstance(data, dict):
-            raise ValueError(f"a model card is a JSON object, got {type(data).__name__}")
-        missing = [k for k in _REQUIRED if k not in data]
-        if missing:
-            raise ValueError(f"model card lacks {', '.join(missing)}")
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kw = {k: v for k, v in data.items() if k in known}
-        extra = dict(data.get("extra", {})) if isinstance(data.get("extra"), dict) else {}
-        extra.update({k: v for k, v in data.items() if k not in known and k != "extra"})
-        card = cls(**kw, extra=extra)
-        card._validate()
-        return card
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        """Parse a card from JSON text (see :meth:`from_dict`)."""
-        return cls.from_dict(json.loads(text))
-
-    def _validate(self) -> None:
-        if not isinstance(self.arch, str) or not self.arch:
-            raise ValueError(f"card 'arch' must be a model name, got {self.arch!r}")
-        if (not isinstance(self.classes, list) or not self.classes
-                or not all(isinstance(c, str) for c in self.classes)):
-            raise ValueError(f"card 'classes' must be a non-empty list of names, got {self.classes!r}")
-        if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"card 'classes' has duplicates: {self.classes!r}")
-        for key in ("in_chans", "image_size", "params"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"card {key!r} must be a non-negative integer, got {value!r}")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise ValueError(f"card 'temperature' must be a positive number, got {self.temperature!r}")
-        for key in ("stretch", "training", "metrics", "ood"):
-            if not isinstance(getattr(self, key), dict):
-                raise ValueError(f"card {key!r} must be an object, got {getattr(self, key)!r}")
-        if self.ood:
-            name, digest = self.ood.get("file"), self.ood.get("sha256")
-            if (not isinstance(name, str) or not name.endswith(OOD_SUFFIX)
-                    or Path(name).name != name):
-                raise ValueError(f"card 'ood.file' must be a file name ending in {OOD_SUFFIX} "
-                                 f"beside the card, got {name!r}")
-            if not isinstance(digest, str) or len(digest) != 64:
-                raise ValueError(f"card 'ood.sha256' must be a 64-hex-digit digest: {digest!r}")
-            threshold = self.ood.get("threshold", DEFAULT_THRESHOLD)
-            if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                    or not 0.0 <= threshold <= 1.0):
-                raise ValueError(f"card 'ood.threshold' must be a fraction in [0, 1], got "
-                                 f"{threshold!r}")
-
-    @property
-    def ood_threshold(self) -> float | None:
-        """``ood_score`` above which a source is flagged, or ``None`` without OOD statistics."""
-        return float(self.ood.get("threshold", DEFAULT_THRESHOLD)) if self.ood else None
 
 
 def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -333,7 +191,7 @@ def write_ood_stats(path: str | os.PathLike[str], stats: OODStats, *,
     path : path-like
         ``MODEL.pt``, ``MODEL.json`` or the stem; the checkpoint must load (sha256 checked).
     stats : workers.ood.OODStats
-        Fitted with :func:`workers.ood.fit_ood_stats` on this model's features.
+        Fitted on this model's features (by ``train`` or ``skysieve ood-fit``).
     entry : dict, optional
         More keys of the card's ``ood`` entry.
 

@@ -15,9 +15,10 @@ class probabilities, ``batch_size`` stamps per forward pass under
 
 :meth:`Predictor.predict` also scores how far each stamp lies from the training data
 (:mod:`workers.ood`), in the same forward pass: the energy of the logits, and, when the
-checkpoint carries OOD statistics, the Mahalanobis distance of the input of the last
-``nn.Linear`` (taken by a forward pre-hook into a per-thread buffer: the tasks of a
-multi-threaded worker share one predictor) ranked against the validation stamps.
+checkpoint carries OOD statistics, the raw OOD score (:meth:`workers.ood.OODStats.distance`:
+from the kNN distance of the input of the last ``nn.Linear``, taken by a forward pre-hook into
+a per-thread buffer, as the tasks of a multi-threaded worker share one predictor, and the
+confidence) ranked against the validation stamps.
 
 Nothing here touches CUDA at import time.
 """
@@ -50,17 +51,17 @@ class Prediction:
         ``(N, K)`` float32 calibrated probabilities (see :meth:`Predictor.predict_proba`).
     energy : numpy.ndarray
         ``(N,)`` float32 energy ``-T logsumexp(logits / T)`` (lower = more familiar).
-    mahalanobis : numpy.ndarray
-        ``(N,)`` float32 squared Mahalanobis distance to the nearest class; NaN without
+    distance : numpy.ndarray
+        ``(N,)`` float32 raw OOD distance (:meth:`workers.ood.OODStats.distance`); NaN without
         OOD statistics.
     ood_score : numpy.ndarray
-        ``(N,)`` float32 fraction of validation stamps with a lower Mahalanobis distance
-        (1.0 = beyond everything seen); NaN without OOD statistics.
+        ``(N,)`` float32 fraction of validation stamps with a lower distance
+        (1.0 = at or beyond the largest); NaN without OOD statistics.
     """
 
     proba: np.ndarray
     energy: np.ndarray
-    mahalanobis: np.ndarray
+    distance: np.ndarray
     ood_score: np.ndarray
 
 
@@ -224,7 +225,7 @@ class Predictor:
 
     def _forward(self, x: torch.Tensor | np.ndarray, *,
                  distances: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits ``(N, K)`` and (``distances``) Mahalanobis distances ``(N,)``, on the CPU."""
+        """Logits ``(N, K)`` and (``distances``) OOD distances ``(N,)``, on the CPU."""
         x = self._check(x)
         n = x.shape[0]
         distances = distances and self.ood is not None
@@ -251,7 +252,7 @@ class Predictor:
                 finally:
                     self._tap.sink = None
                 if sink:
-                    dists.append(self.ood.mahalanobis(sink[-1].flatten(1)))
+                    dists.append(self.ood.distance(sink[-1].flatten(1), outs[-1]))
             logits = torch.cat(outs)
             dist = torch.cat(dists).to("cpu") if distances else None
         return logits.to("cpu").float(), dist
@@ -271,7 +272,7 @@ class Predictor:
         Returns
         -------
         Prediction
-            ``mahalanobis`` and ``ood_score`` are NaN when the model has no OOD statistics.
+            ``distance`` and ``ood_score`` are NaN when the model has no OOD statistics.
         """
         logits, dist = self._forward(x, distances=True)
         temperature = float(self.card.temperature)
@@ -280,8 +281,8 @@ class Predictor:
         if dist is None:
             nan = np.full(logits.shape[0], np.nan, np.float32)
             return Prediction(proba, energy.astype(np.float32), nan, nan.copy())
-        maha = dist.numpy().astype(np.float32)
-        return Prediction(proba, energy.astype(np.float32), maha, self.ood.quantile(maha))
+        d = dist.numpy().astype(np.float32)
+        return Prediction(proba, energy.astype(np.float32), d, self.ood.quantile(d))
 
     def predict_proba(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """Return class probabilities ``(N, K)``, float32, rows summing to 1.

@@ -1,27 +1,45 @@
 """Out-of-distribution scores of a classifier, from the forward pass that gives its probabilities.
 
-Two scores per stamp, both "higher = less like the training data":
+Every score is "higher = less like the training data":
 
-* the **energy** ``E(x) = -T logsumexp(f(x) / T)`` of the logits ``f(x)`` (Liu et al. 2020,
-  "Energy-based out-of-distribution detection"), ``T`` the card's temperature;
-* the **Mahalanobis distance** of the penultimate features ``h(x)`` to the nearest class
-  (Lee et al. 2018, "A simple unified framework for detecting out-of-distribution samples"):
-  class-conditional Gaussians with one shared covariance ``S`` fitted on the training split,
-  ``M(x) = min_k (h - mu_k)^T S^-1 (h - mu_k)``.
+* the **k-nearest-neighbour distance** (Sun et al. 2022, "Out-of-distribution detection with
+  deep nearest neighbors") of the penultimate features ``h(x)``: the Euclidean distance from
+  ``h/|h|`` to the ``k``-th nearest (``k`` = :data:`KNN_K`) of a bank of L2-normalised
+  training features (at most :data:`MAX_BANK`, subsampled evenly, stored as float16);
+* **1 - confidence**, ``1 - max softmax(f(x) / T)`` of the logits ``f(x)``, ``T`` the card's
+  temperature;
+* the catalogue's ``ood_score`` combines them (:meth:`OODStats.distance`):
+  ``max(q_knn, q_conf)``, each the score's quantile among the validation stamps (1 where the
+  Mahalanobis distance below exceeds every validation stamp's), then ranked again among the
+  validation stamps' own combined scores.  A source is flagged when it lies far from the
+  training features *or* the model is unusually unsure of it: on real skies the kNN distance
+  separates real sets from synthetic stamps best and 1 - confidence ranks errors best, and
+  their maximum keeps most of both (docs/models.md, the measured table).  The kNN distance
+  of normalised features ignores their magnitude: the Mahalanobis guard catches stamps whose
+  features blow up (a 40-sigma checkerboard);
+* the **energy** ``E(x) = -T logsumexp(f(x) / T)`` (Liu et al. 2020, "Energy-based
+  out-of-distribution detection"), recorded raw;
+* the **Mahalanobis distance** of ``h(x)`` to the nearest class (Lee et al. 2018, "A simple
+  unified framework for detecting out-of-distribution samples"): class-conditional Gaussians
+  with one shared covariance ``S`` fitted on the training split,
+  ``M(x) = min_k (h - mu_k)^T S^-1 (h - mu_k)``.  On real skies it ranks faint real stamps as
+  *more* familiar than synthetic ones; it is what ``ood_score`` ranks for statistics without a
+  bank (sidecars written before it), and kept for comparison.
 
 The penultimate features are the input of the model's last ``nn.Linear`` (the head), taken
 by a forward pre-hook: generic across the zoo (:func:`last_linear`), and untouched by
 :func:`workers.fuse.fuse_conv_bn` (which only replaces convolutions and batch norms).
 
-:class:`OODStats` holds what scoring needs, in a whitened form so that one stamp costs one
-``D x d`` matrix product: ``z = (h - c) A`` with ``A = V U diag(s)^-1/2`` (``V`` an optional
-PCA projection to ``d <= max_dim`` dimensions for wide heads, ``U, s`` the eigen-decomposition
-of the shrunk shared covariance), so ``M(x) = min_k |z - m_k|^2`` with ``m_k`` the whitened
-class means.  It also keeps the sorted validation scores, the in-distribution reference:
-:meth:`OODStats.quantile` is the fraction of validation stamps with a lower score (1.0 =
-beyond everything seen).  The statistics are written as a small ``.npz`` (:func:`ood_bytes`,
-byte-identical for identical statistics, read with ``allow_pickle=False``) whose sha256 the
-model card records (:mod:`workers.checkpoint`).
+:class:`OODStats` holds what scoring needs: the bank (one ``B x D`` product and a top-``k``
+per stamp), the sorted validation scores (the in-distribution reference of each quantile), and
+the Mahalanobis statistics in a whitened form: ``z = (h - c) A`` with ``A = V U diag(s)^-1/2``
+(``V`` an optional PCA projection to ``d <= max_dim`` dimensions for wide heads, ``U, s`` the
+eigen-decomposition of the shrunk shared covariance), so ``M(x) = min_k |z - m_k|^2`` with
+``m_k`` the whitened class means.  :meth:`OODStats.quantile` is the fraction of validation
+stamps with a lower score, linear between them (:func:`ecdf`; 1.0 = at or beyond the largest).  The statistics are written as a
+small ``.npz`` (:func:`ood_bytes`, byte-identical for identical statistics, read with
+``allow_pickle=False``) whose sha256 the model card records (:mod:`workers.checkpoint`);
+they are fitted by ``pipeline.training.ood``.
 """
 
 from __future__ import annotations
@@ -36,16 +54,46 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["OODStats", "last_linear", "energy_score", "penultimate_features", "fit_ood_stats",
-           "ledoit_wolf_shrinkage",
-           "ood_bytes", "ood_from_bytes", "DEFAULT_THRESHOLD", "MAX_DIM"]
+__all__ = ["OODStats", "ecdf", "last_linear", "energy_score", "unconfidence", "penultimate_features",
+           "l2_normalise", "knn_distance", "ood_bytes", "ood_from_bytes", "DEFAULT_THRESHOLD",
+           "MAX_DIM", "KNN_K", "MAX_BANK", "COMBINED"]
 
 #: Default ``ood_score`` above which a source is flagged (the 0.99 validation quantile).
 DEFAULT_THRESHOLD = 0.99
 #: Widest feature space kept as it is; wider heads are PCA-projected to this many dimensions.
 MAX_DIM = 512
+#: The neighbour whose distance is the kNN score (real-sky AUROCs within 0.01 for k = 1, 50).
+KNN_K = 10
+#: Most training features in the kNN bank (subsampled evenly beyond).  The cost grows with
+#: it (one core: ~35 ms per 1,000 stamps for 2,323 x 96, ~230 ms for 20,000, beside ~350 ms
+#: for the default model's predict); the real-sky AUROCs did not (a bank of 250: within 0.02).
+MAX_BANK = 2_500
+#: What ``ood_score`` ranks with a bank (:meth:`OODStats.distance`).
+COMBINED = "max(q_knn, q_confidence); 1 beyond the validation Mahalanobis distances"
 _ARRAYS = ("center", "transform", "means", "val_mahalanobis", "val_energy")
-_MAX_REFERENCE = 200_000  # validation scores kept (evenly spaced order statistics beyond)
+#: Arrays of the combined score, all present or all absent (sidecars written before it).
+_KNN_ARRAYS = ("bank", "knn_k", "temperature", "val_knn", "val_unconfidence", "val_combined")
+_DTYPES = {"bank": np.float16, "knn_k": np.int64}  # the rest float32
+
+
+def ecdf(ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The empirical distribution function of sorted ``ref`` at ``x``, continuous in ``x``.
+
+    Linear between consecutive order statistics (``ref[i]`` maps to ``i / (n - 1)``), 0 at
+    and below the smallest, 1 at and above the largest, NaN for NaN.  Continuous, so that a
+    rounding-level change of a score (another thread count, batch size or device) moves its
+    quantile by as little, never by a whole rank.
+    """
+    n = ref.numel()
+    if n < 2:
+        return torch.where(torch.isnan(x), x, (x >= ref.reshape(-1)[0]).to(x.dtype))
+    idx = torch.searchsorted(ref, x.to(ref.dtype)).clamp(1, n - 1)
+    lo, hi = ref[idx - 1], ref[idx]
+    gap = hi - lo
+    frac = torch.where(gap > 0, (x - lo) / torch.where(gap > 0, gap, torch.ones_like(gap)),
+                       torch.zeros_like(gap))
+    q = ((idx - 1).to(x.dtype) + frac.clamp(0.0, 1.0)) / (n - 1)
+    return torch.where(x >= ref[-1], torch.ones_like(q), q)  # ties at the top: 1
 
 
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -84,6 +132,43 @@ def energy_score(logits: torch.Tensor | np.ndarray, temperature: float = 1.0) ->
     t = torch.as_tensor(logits).float()
     temp = float(temperature)
     return (-temp * torch.logsumexp(t / temp, dim=1)).numpy().astype(np.float32)
+
+
+def unconfidence(logits: torch.Tensor | np.ndarray, temperature: float = 1.0) -> torch.Tensor:
+    """``1 - max softmax(logits / T)`` per row, float32, on the logits' device.
+
+    Parameters
+    ----------
+    logits : torch.Tensor or numpy.ndarray
+        ``(N, K)`` raw logits.
+    temperature : float, default: 1.0
+        ``T`` (the card's calibration temperature).
+    """
+    t = torch.as_tensor(logits).float()
+    return 1.0 - torch.softmax(t / float(temperature), dim=1).max(dim=1).values
+
+
+def l2_normalise(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32; all-zero rows stay zero)."""
+    f = np.asarray(features, np.float32)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def knn_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of each L2-normalised feature row to its ``k``-th nearest bank row, ``(N,)``.
+
+    Parameters
+    ----------
+    features : torch.Tensor
+        ``(N, D)`` features (normalised here).
+    bank : torch.Tensor
+        ``(B, D)`` L2-normalised reference features, ``B >= k``, on the same device.
+    k : int
+        Which neighbour (1 = the nearest).
+    """
+    z = torch.nn.functional.normalize(features.float(), dim=1)
+    kth = (z @ bank.T).topk(k, dim=1).values[:, -1]  # cosine similarity of the k-th neighbour
+    return (2.0 - 2.0 * kth).clamp_min(0.0).sqrt()
 
 
 def penultimate_features(model: nn.Module, batches: Iterable[torch.Tensor], *,
@@ -129,7 +214,7 @@ def penultimate_features(model: nn.Module, batches: Iterable[torch.Tensor], *,
 
 @dataclass
 class OODStats:
-    """Fitted statistics of the Mahalanobis score plus the in-distribution reference scores.
+    """Fitted OOD statistics: the kNN bank, the Mahalanobis statistics, the validation references.
 
     Attributes
     ----------
@@ -142,6 +227,16 @@ class OODStats:
         ``(K, d)`` whitened class means (NaN rows for classes absent from the fit).
     val_mahalanobis, val_energy : numpy.ndarray
         Sorted scores of the validation stamps.
+    bank : numpy.ndarray, optional
+        ``(B, D)`` float16 L2-normalised training features of the kNN score.  Without it
+        (sidecars written before it) ``ood_score`` ranks the Mahalanobis distance.
+    knn_k : int
+        The neighbour of the kNN score (with ``bank``).
+    temperature : float
+        Of the confidence (the card's, with ``bank``).
+    val_knn, val_unconfidence, val_combined : numpy.ndarray, optional
+        Sorted kNN distances, ``1 - confidence`` and combined scores of the validation stamps
+        (with ``bank``).
     info : dict
         What was fitted (dims, counts, shrinkage, quantiles), for the card; not in the file.
     """
@@ -151,6 +246,12 @@ class OODStats:
     means: np.ndarray
     val_mahalanobis: np.ndarray
     val_energy: np.ndarray
+    bank: np.ndarray | None = None
+    knn_k: int = 0
+    temperature: float = 1.0
+    val_knn: np.ndarray | None = None
+    val_unconfidence: np.ndarray | None = None
+    val_combined: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
     _cache: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False,
                                                           compare=False)
@@ -159,8 +260,14 @@ class OODStats:
         self.center = np.asarray(self.center, np.float32)
         self.transform = np.asarray(self.transform, np.float32)
         self.means = np.asarray(self.means, np.float32)
-        self.val_mahalanobis = np.sort(np.asarray(self.val_mahalanobis, np.float32))
-        self.val_energy = np.sort(np.asarray(self.val_energy, np.float32))
+        refs = ["val_mahalanobis", "val_energy"]
+        if self.bank is not None:
+            self.bank = np.asarray(self.bank, np.float16)
+            refs += ["val_knn", "val_unconfidence", "val_combined"]
+        for name in refs:
+            v = getattr(self, name)
+            setattr(self, name, None if v is None else np.sort(np.asarray(v, np.float32)))
+        self.knn_k, self.temperature = int(self.knn_k), float(self.temperature)
         d_in = self.center.shape[0] if self.center.ndim == 1 else -1
         problems = []
         if self.center.ndim != 1 or self.transform.ndim != 2 or self.transform.shape[0] != d_in:
@@ -170,9 +277,19 @@ class OODStats:
             problems.append(f"means {self.means.shape} must be (K, {self.transform.shape[1]})")
         elif not np.isfinite(self.means).all(axis=1).any():
             problems.append("no class has finite means")
-        for name in ("val_mahalanobis", "val_energy"):
+        if self.bank is not None:
+            if self.bank.ndim != 2 or self.bank.shape[1] != d_in:
+                problems.append(f"bank {self.bank.shape} must be (B, {d_in})")
+            elif not 1 <= self.knn_k <= self.bank.shape[0]:
+                problems.append(f"knn_k {self.knn_k} must lie in [1, {self.bank.shape[0]}] "
+                                "(the bank's rows)")
+            if not (np.isfinite(self.bank).all() and self.temperature > 0):
+                problems.append("bank is not finite or temperature is not positive")
+        elif any(getattr(self, n) is not None for n in _KNN_ARRAYS[3:]):
+            problems.append("kNN validation scores without a bank")
+        for name in refs:
             v = getattr(self, name)
-            if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
+            if v is None or v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
                 problems.append(f"{name} must be a non-empty 1-D array of finite scores")
         for name in ("center", "transform"):
             if not np.isfinite(getattr(self, name)).all():
@@ -190,6 +307,11 @@ class OODStats:
         """``K``: classes (rows of :attr:`means`)."""
         return int(self.means.shape[0])
 
+    @property
+    def score(self) -> str:
+        """What ``ood_score`` ranks: :data:`COMBINED` with a bank, else ``"mahalanobis"``."""
+        return COMBINED if self.bank is not None else "mahalanobis"
+
     def _tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         key = str(device)
         if key not in self._cache:
@@ -200,6 +322,22 @@ class OODStats:
                                 means, (means * means).sum(1))
         return self._cache[key]
 
+    def _knn_tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        key = f"knn:{device}"
+        if key not in self._cache:  # float32 (float16 products are slow on the CPU), unit rows
+            bank, ref_knn, ref_conf = (torch.as_tensor(np.asarray(a, np.float32), device=device)
+                                       for a in (self.bank, self.val_knn, self.val_unconfidence))
+            self._cache[key] = (nn.functional.normalize(bank, dim=1), ref_knn, ref_conf,
+                                torch.tensor(float(self.val_mahalanobis[-1]), device=device))
+        return self._cache[key]
+
+    def _features(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
+        f = torch.as_tensor(features)
+        if f.ndim != 2 or f.shape[1] != self.dim:
+            raise ValueError(f"OOD statistics expect features (N, {self.dim}), got "
+                             f"{tuple(f.shape)}")
+        return f
+
     def mahalanobis(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Squared Mahalanobis distance to the nearest class, ``(N,)`` float32, on the features' device.
 
@@ -208,144 +346,85 @@ class OODStats:
         features : torch.Tensor or numpy.ndarray
             ``(N, D)`` penultimate features.
         """
-        f = torch.as_tensor(features)
-        if f.ndim != 2 or f.shape[1] != self.dim:
-            raise ValueError(f"OOD statistics expect features (N, {self.dim}), got "
-                             f"{tuple(f.shape)}")
+        f = self._features(features)
         center, transform, means, means_sq = self._tensors(f.device)
         with torch.autocast(f.device.type, enabled=False):
             z = (f.float() - center) @ transform
             d = (z * z).sum(1, keepdim=True) - 2.0 * (z @ means.T) + means_sq
         return d.min(dim=1).values.clamp_min(0.0)
 
+    def knn(self, features: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Distance of the normalised features to the ``knn_k``-th nearest bank row, ``(N,)`` float32.
+
+        Parameters
+        ----------
+        features : torch.Tensor or numpy.ndarray
+            ``(N, D)`` penultimate features.
+
+        Raises
+        ------
+        ValueError
+            Statistics without a bank (written before it): refit them with ``skysieve ood-fit``.
+        """
+        if self.bank is None:
+            raise ValueError("these OOD statistics have no kNN bank (written before it, or "
+                             "fitted with knn_k=0); refit them with skysieve ood-fit")
+        f = self._features(features)
+        with torch.autocast(f.device.type, enabled=False):
+            return knn_distance(f, self._knn_tensors(f.device)[0], self.knn_k)
+
+    def distance(self, features: torch.Tensor | np.ndarray,
+                 logits: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+        """The raw score ``ood_score`` ranks (:attr:`score`), ``(N,)`` float32, on the features' device.
+
+        With a bank: ``max(q_knn, q_conf)``, the quantiles of the kNN distance and of
+        ``1 - confidence`` among the validation stamps, and 1 where the Mahalanobis distance
+        exceeds every validation stamp's (features blown up in magnitude, which the
+        normalised kNN does not see); without a bank: the Mahalanobis distance.
+
+        Parameters
+        ----------
+        features : torch.Tensor or numpy.ndarray
+            ``(N, D)`` penultimate features.
+        logits : torch.Tensor or numpy.ndarray, optional
+            ``(N, K)`` raw logits of the same stamps; needed with a bank.
+        """
+        if self.bank is None:
+            return self.mahalanobis(features)
+        if logits is None:
+            raise ValueError(f"the OOD score {COMBINED} needs the logits of the stamps too: "
+                             "call distance(features, logits)")
+        f = self._features(features)
+        _, ref_knn, ref_conf, max_maha = self._knn_tensors(f.device)
+        lg = torch.as_tensor(logits).to(f.device)
+        with torch.autocast(f.device.type, enabled=False):
+            q_knn = ecdf(ref_knn, self.knn(f).contiguous())
+            q_conf = ecdf(ref_conf, unconfidence(lg, self.temperature).contiguous())
+            q = torch.maximum(q_knn, q_conf).float()
+            return torch.where(self.mahalanobis(f) > max_maha, torch.ones_like(q), q)
+
     def quantile(self, scores: np.ndarray, *, energy: bool = False) -> np.ndarray:
-        """Fraction of validation stamps scoring lower than each of ``scores`` (NaN stays NaN).
+        """Fraction of validation stamps scoring lower than each of ``scores`` (:func:`ecdf`; NaN stays NaN).
 
         Parameters
         ----------
         scores : numpy.ndarray
-            Mahalanobis scores (or energies with ``energy=True``).
+            Scores of :meth:`distance` (or energies with ``energy=True``).
         energy : bool, default: False
             Rank against the validation energies instead.
         """
-        ref = self.val_energy if energy else self.val_mahalanobis
-        s = np.asarray(scores, np.float64)
-        q = np.searchsorted(ref, s, side="left").astype(np.float64) / ref.size
-        return np.where(np.isnan(s), np.nan, q).astype(np.float32)
+        ref = (self.val_energy if energy else
+               self.val_combined if self.bank is not None else self.val_mahalanobis)
+        s = torch.as_tensor(np.asarray(scores, np.float64))
+        return ecdf(torch.as_tensor(np.asarray(ref, np.float64)), s).numpy().astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays of the file (see :func:`ood_bytes`)."""
-        return {name: getattr(self, name) for name in _ARRAYS}
-
-
-def _shared_covariance(g: np.ndarray, y: np.ndarray,
-                       k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class means ``(k, d)`` (NaN rows for absent classes), the within-class residuals and
-    their pooled covariance."""
-    means = np.full((k, g.shape[1]), np.nan)
-    resid = np.empty_like(g)
-    for c in range(k):
-        rows = y == c
-        if rows.any():
-            means[c] = g[rows].mean(axis=0)
-            resid[rows] = g[rows] - means[c]
-    return means, resid, resid.T @ resid / max(g.shape[0], 1)
-
-
-def ledoit_wolf_shrinkage(resid: np.ndarray, cov: np.ndarray, *, max_rows: int = 20_000) -> float:
-    """Ledoit & Wolf (2004) shrinkage of ``cov`` towards ``mean(eigenvalues) * I``, in [0, 1].
-
-    ``resid`` are the centred rows ``cov`` was computed from (``cov = resid.T resid / n``);
-    the variance term is estimated on at most ``max_rows`` of them (evenly spaced).
-    """
-    n, p = resid.shape
-    mu = float(np.trace(cov)) / p
-    delta = float(((cov - mu * np.eye(p)) ** 2).sum()) / p
-    if delta <= 0 or n < 2:
-        return 1.0
-    x = resid[np.linspace(0, n - 1, min(n, max_rows)).round().astype(int)]
-    m = x.shape[0]
-    sq = (x * x).sum(axis=1)
-    # sum_i |x_i x_i^T - S|_F^2 = sum_i |x_i|^4 - 2 sum_i x_i^T S x_i + m |S|_F^2
-    spread = (sq ** 2).sum() - 2.0 * ((x @ cov) * x).sum() + m * (cov ** 2).sum()
-    beta = min(float(spread) / (m * m) / p * (m / n), delta)  # scaled to the n rows of cov
-    return float(np.clip(beta / delta, 0.0, 1.0))
-
-
-def fit_ood_stats(train_features: np.ndarray, train_labels: np.ndarray,
-                  val_features: np.ndarray, val_logits: np.ndarray, *, num_classes: int,
-                  temperature: float = 1.0, max_dim: int = MAX_DIM,
-                  shrinkage: float | None = None) -> OODStats:
-    """Fit the Mahalanobis statistics on training features; rank the validation scores.
-
-    Parameters
-    ----------
-    train_features : numpy.ndarray
-        ``(N, D)`` penultimate features of the training stamps (no augmentation).
-    train_labels : numpy.ndarray
-        ``(N,)`` class indices in ``[0, num_classes)``.
-    val_features, val_logits : numpy.ndarray
-        ``(M, D)`` features and ``(M, K)`` logits of held-out validation stamps.
-    num_classes : int
-        ``K``; classes without training stamps get NaN means and are left out of the minimum.
-    temperature : float, default: 1.0
-        Of the energy score (the card's temperature).
-    max_dim : int, default: :data:`MAX_DIM`
-        Features wider than this are projected on their first ``max_dim`` principal components.
-    shrinkage : float, optional
-        Weight ``a`` of the shrunk covariance ``(1 - a) S + a mean(eig S) I``; default the
-        Ledoit-Wolf estimate (:func:`ledoit_wolf_shrinkage`: near 0 for many training stamps
-        per feature, larger for few).  A floor of 1e-6 keeps it invertible (dead ReLU units).
-
-    Returns
-    -------
-    OODStats
-    """
-    f = np.asarray(train_features, np.float64)
-    y = np.asarray(train_labels).astype(np.int64)
-    if f.ndim != 2 or y.shape != (f.shape[0],) or f.shape[0] < 2:
-        raise ValueError(f"fit_ood_stats: need (N >= 2, D) features and (N,) labels, got "
-                         f"{f.shape} and {y.shape}")
-    if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(f"fit_ood_stats: labels must lie in [0, {num_classes})")
-    if np.asarray(val_features).shape[0] == 0:
-        raise ValueError("fit_ood_stats: no validation stamps to rank the scores against")
-    center = f.mean(axis=0)
-    g = f - center
-    dim = f.shape[1]
-    projection = None
-    if dim > max_dim:
-        _, vecs = np.linalg.eigh(g.T @ g / g.shape[0])
-        projection = vecs[:, ::-1][:, :max_dim]
-        g = g @ projection
-    means, resid, cov = _shared_covariance(g, y, num_classes)
-    if shrinkage is None:
-        shrinkage = ledoit_wolf_shrinkage(resid, cov)
-    shrinkage = max(float(shrinkage), 1e-6)
-    s, u = np.linalg.eigh(cov)
-    s = np.clip(s, 0.0, None)
-    scale = float(np.mean(s)) if np.mean(s) > 0 else 1.0
-    whiten = u / np.sqrt((1.0 - shrinkage) * s + shrinkage * scale)
-    transform = whiten if projection is None else projection @ whiten
-    stats = OODStats(center=center, transform=transform, means=means @ whiten,
-                     val_mahalanobis=np.zeros(1), val_energy=np.zeros(1))
-    val_m = stats.mahalanobis(torch.as_tensor(np.asarray(val_features, np.float32))).numpy()
-    val_e = energy_score(val_logits, temperature)
-    if val_m.size > _MAX_REFERENCE:
-        pick = np.linspace(0, val_m.size - 1, _MAX_REFERENCE).round().astype(int)
-        val_m, val_e = np.sort(val_m)[pick], np.sort(val_e)[pick]
-    levels = (0.5, 0.9, 0.95, 0.99)
-    info = {
-        "dim": int(dim), "reduced_dim": int(transform.shape[1]), "pca": projection is not None,
-        "covariance": "shared within-class, Ledoit-Wolf shrinkage towards a scaled identity",
-        "shrinkage": float(shrinkage), "energy_temperature": float(temperature),
-        "n_train": int(f.shape[0]), "n_val": int(np.asarray(val_features).shape[0]),
-        "classes_fitted": int(np.isfinite(means).all(axis=1).sum()),
-        "val_mahalanobis_quantiles": {str(q): float(np.quantile(val_m, q)) for q in levels},
-        "val_energy_quantiles": {str(q): float(np.quantile(val_e, q)) for q in levels},
-    }
-    return OODStats(center=center, transform=transform, means=means @ whiten,
-                    val_mahalanobis=val_m, val_energy=val_e, info=info)
+        """The arrays of the file (see :func:`ood_bytes`); those of the combined score with a bank."""
+        out = {name: getattr(self, name) for name in _ARRAYS}
+        if self.bank is not None:
+            out.update({name: np.asarray(getattr(self, name), _DTYPES.get(name, np.float32))
+                        for name in _KNN_ARRAYS})
+        return out
 
 
 def ood_bytes(stats: OODStats) -> bytes:
@@ -356,7 +435,7 @@ def ood_bytes(stats: OODStats) -> bytes:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             with zf.open(info, "w") as fh:
-                np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+                np.lib.format.write_array(fh, np.asarray(arr, order="C"), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -370,13 +449,23 @@ def ood_from_bytes(data: bytes, *, info: dict[str, Any] | None = None) -> OODSta
     """
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            knn = [n for n in _KNN_ARRAYS if n in npz.files]
             missing = [n for n in _ARRAYS if n not in npz.files]
+            if knn:  # all of them or none
+                missing += [n for n in _KNN_ARRAYS if n not in knn]
             if missing:
                 raise ValueError(f"lacks the array(s) {', '.join(missing)}")
-            arrays = {n: npz[n] for n in _ARRAYS}
+            arrays = {n: npz[n] for n in _ARRAYS + tuple(knn)}
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"not a readable .npz ({exc})") from exc
     for name, arr in arrays.items():
-        if arr.dtype != np.float32:
-            raise ValueError(f"array {name!r} is {arr.dtype}, expected float32")
+        want = np.dtype(_DTYPES.get(name, np.float32))
+        if arr.dtype != want:
+            raise ValueError(f"array {name!r} is {arr.dtype}, expected {want}")
+    for name in ("knn_k", "temperature"):
+        if name in arrays:
+            if arrays[name].shape != ():
+                raise ValueError(f"array {name!r} must be a scalar, got shape "
+                                 f"{arrays[name].shape}")
+            arrays[name] = arrays[name].item()
     return OODStats(**arrays, info=dict(info or {}))

@@ -5,11 +5,24 @@
 hand it to :func:`pipeline.files.atomic_write` with ``fsync``: a hidden
 temporary ``.part-NNNNN.parquet.<random>.tmp`` beside the target, then a rename,
 so a reader or a resumed run never sees half a part.
+
+:func:`write_part_soon` hands a part to this process's writer thread instead and
+returns at once, so a classify task never waits for the disk (the fsync of a
+1,024-row part took ~8 ms, as long as the rest of the task's non-model work):
+the thread writes each part exactly as :func:`write_part` does (temporary,
+fsync, rename, then one fsync of the directory for the parts it renamed
+together), so a crash still never leaves a part that looks whole.
+:func:`flush_parts` waits until every part handed over has been written and
+returns the ones that failed.  At most :data:`PENDING_PARTS` wait at a time
+(a task blocks beyond that), so memory stays bounded when the disk is slow.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +33,15 @@ from pipeline.catalogue.layout import METADATA_KEY, PART_GLOB
 from pipeline.errors import CatalogueError
 from pipeline.files import atomic_write
 
-__all__ = ["write_part", "write_table", "read_metadata", "read_footer", "parts"]
+__all__ = ["write_part", "write_part_soon", "flush_parts", "PENDING_PARTS", "write_table",
+           "read_metadata", "read_footer", "parts"]
+
+#: Parts handed to the writer thread and not yet written, at most (per process).
+PENDING_PARTS = 8
+
+#: Parquet encodings of a part: dictionaries only for the string columns (tried on the
+#: float columns, they cost 3.7 instead of 1.9 ms per 1,024 rows and made the file larger).
+_DICTIONARY_COLUMNS = ("exposure", "label", "true_label")
 
 
 def write_table(table: pa.Table, path: Path, **options: Any) -> Path:
@@ -63,8 +84,107 @@ def write_part(table: pa.Table, path: Path, *, metadata: dict[str, Any],
     """
     schema_meta = dict(table.schema.metadata or {})
     schema_meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True).encode()
+    strings = [name for name in _DICTIONARY_COLUMNS if name in table.column_names]
     write_table(table.replace_schema_metadata(schema_meta), Path(path), compression="zstd",
-                row_group_size=row_group_size, write_statistics=True)
+                row_group_size=row_group_size, write_statistics=True, use_dictionary=strings)
+
+
+class _Writer:
+    """This process's writer thread: parts in, whole parts on disk, failures kept."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[tuple[pa.Table, Path, dict[str, Any], int]] = queue.Queue(
+            maxsize=PENDING_PARTS)
+        self.failed: dict[Path, BaseException] = {}
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="skysieve-part-writer",
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.jobs.get()]
+            while True:  # everything waiting now shares one fsync of its directory
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            folders = set()
+            for table, path, metadata, row_group_size in batch:
+                try:
+                    write_part(table, path, metadata=metadata, row_group_size=row_group_size)
+                    folders.add(path.parent)
+                except BaseException as exc:  # noqa: BLE001 - reported by flush_parts
+                    with self.lock:
+                        self.failed[path] = exc
+            for folder in folders:
+                _fsync_dir(folder)
+            for _ in batch:
+                self.jobs.task_done()
+
+
+_WRITER: _Writer | None = None
+_WRITER_LOCK = threading.Lock()
+
+
+def _writer() -> _Writer:
+    global _WRITER
+    with _WRITER_LOCK:
+        if _WRITER is None or not _WRITER.thread.is_alive():
+            _WRITER = _Writer()
+        return _WRITER
+
+
+def write_part_soon(table: pa.Table, path: Path, *, metadata: dict[str, Any],
+                    row_group_size: int = 65536) -> None:
+    """Hand part ``table`` to this process's writer thread; it is written as by :func:`write_part`.
+
+    Returns at once unless :data:`PENDING_PARTS` parts are waiting already.  The part is
+    on disk, whole, after :func:`flush_parts` returns (it says which failed).
+
+    Parameters
+    ----------
+    table, path, metadata, row_group_size
+        As for :func:`write_part`.
+    """
+    _writer().jobs.put((table, Path(path), metadata, row_group_size))
+
+
+def flush_parts(folder: str | Path | None = None) -> dict[str, str]:
+    """Wait until every part handed to :func:`write_part_soon` in this process is written.
+
+    Parameters
+    ----------
+    folder : str or Path, optional
+        Report (and forget) only the failures of parts in this catalogue directory.
+
+    Returns
+    -------
+    dict
+        ``{part file name: repr(error)}`` of the parts that could not be written (none
+        of them is left in place, nor its temporary).
+    """
+    writer = _WRITER
+    if writer is None:
+        return {}
+    writer.jobs.join()
+    with writer.lock:
+        mine = [p for p in writer.failed if folder is None or p.parent == Path(folder)]
+        return {p.name: repr(writer.failed.pop(p)) for p in mine}
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

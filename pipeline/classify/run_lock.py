@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.errors import OutputLocked, OutputNotWritable, SkysieveError
+from pipeline.errors import OutputLocked, OutputNotWritable
 
 __all__ = ["exclusive", "lock_path", "OutputLocked", "OutputNotWritable"]
 

@@ -8,6 +8,7 @@ plain function (:func:`pipeline.training.fit.train`, :func:`pipeline.training.ev
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -18,6 +19,9 @@ __all__ = ["compare", "evaluate", "ood_fit", "parse_floats", "train"]
 
 _EXISTING = click.Path(exists=True, path_type=Path)
 _NEW = click.Path(path_type=Path)
+
+#: Exit status of a ``train`` stopped at its time limit, state saved (EX_TEMPFAIL: try again).
+EXIT_STOPPED = 75
 
 _user_errors = one_line_errors()  # TrainingError, EvaluationError, CompareError, StoreError, ...
 
@@ -76,23 +80,44 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
 @click.option("--exclude-class", "exclude_classes", multiple=True, metavar="LABEL",
               help="Leave the sources of this label out (repeatable), e.g. Galaxy Zoo's "
                    "'uncertain'.")
+@click.option("--psf-pixels", type=float, default=None, metavar="K",
+              help="Resample every stamp so its PSF FWHM (the store's psf_fwhm) spans K px, "
+                   "in training and wherever the model runs (recorded in the card).")
+@click.option("--resume", is_flag=True,
+              help="Save the training state after every epoch (MODEL.resume.pt) and go on from "
+                   "it when it is there: a killed or stopped run continues where it stopped.")
+@click.option("--time-limit", type=float, default=None, metavar="MINUTES",
+              help="With --resume: stop after the epoch that passes MINUTES, state saved, exit "
+                   "status 75 (rerun the same command to go on; for batch-job time limits).")
 @_user_errors
 def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
           split_seed: int | None, image_size: int | None, split_by: str, val_fraction: float,
           patience: int, init: Path | None, init_sha256: str | None, teacher: Path | None,
           kd_alpha: float, kd_temperature: float, augment: str, stretch: str | None,
-          softening: float | None, exclude_classes: tuple[str, ...]) -> None:
+          softening: float | None, exclude_classes: tuple[str, ...],
+          psf_pixels: float | None, resume: bool, time_limit: float | None) -> None:
     """Train ARCH on the labelled cutouts in STORE and write a checkpoint with its card."""
+    from pipeline.errors import TrainingStopped
     from pipeline.training.fit import train as run_train
 
-    card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
-                     seed=seed, split_seed=split_seed, image_size=image_size,
-                     split_by=split_by, val_fraction=val_fraction, patience=patience,
-                     init=init, init_sha256=init_sha256, teacher=teacher, kd_alpha=kd_alpha,
-                     kd_temperature=kd_temperature, augment=augment,
-                     stretch={k: v for k, v in (("name", stretch), ("softening", softening))
-                              if v is not None} or None,
-                     exclude_classes=exclude_classes)
+    if time_limit is not None and not resume:
+        raise click.UsageError("--time-limit needs --resume (the state must be saved to go on)")
+    try:
+        card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
+                         seed=seed, split_seed=split_seed, image_size=image_size,
+                         split_by=split_by, val_fraction=val_fraction, patience=patience,
+                         init=init, init_sha256=init_sha256, teacher=teacher, kd_alpha=kd_alpha,
+                         kd_temperature=kd_temperature, augment=augment,
+                         stretch={k: v for k, v in (("name", stretch), ("softening", softening))
+                                  if v is not None} or None,
+                         exclude_classes=exclude_classes,
+                         input_scale=(None if psf_pixels is None
+                                      else {"mode": "psf", "fwhm_px": psf_pixels}),
+                         resume=resume,
+                         time_limit_s=None if time_limit is None else 60.0 * time_limit)
+    except TrainingStopped as stop:
+        click.echo(str(stop), err=True)
+        sys.exit(EXIT_STOPPED)
     m = card.metrics
     click.echo(f"wrote {out} (sha256 {card.sha256[:12]}…): validation accuracy "
                f"{m.get('accuracy', float('nan')):.4f}, balanced accuracy "
@@ -121,12 +146,13 @@ def ood_fit(model: str, store: Path, out: Path, split_by: str | None, val_fracti
 
     card = fit_checkpoint_ood(model, store, out, split_by=split_by, val_fraction=val_fraction,
                               split_seed=split_seed, threshold=threshold, batch_size=batch_size)
-    q = card.ood.get("val_mahalanobis_quantiles", {})
+    q = card.ood.get("val_knn_quantiles", {})
     click.echo(f"wrote {out} (weights sha256 {card.sha256[:12]}… unchanged) and "
                f"{card.ood['file']} (sha256 {card.ood['sha256'][:12]}…): "
                f"{card.ood['n_train']} training / {card.ood['n_val']} validation stamps, "
-               f"{card.ood['dim']} features; validation Mahalanobis median "
-               f"{q.get('0.5', float('nan')):.1f}, 99% {q.get('0.99', float('nan')):.1f}")
+               f"{card.ood['dim']} features; ood_score = {card.ood.get('score', '?')}; "
+               f"validation kNN distance median {q.get('0.5', float('nan')):.3f}, "
+               f"99% {q.get('0.99', float('nan')):.3f}")
 
 
 @click.command(context_settings=CONTEXT)

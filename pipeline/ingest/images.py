@@ -366,7 +366,7 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
     with building(out, overwrite=overwrite) as tmp:
         create_store(tmp, coords, stamp=stamp, bands=band_names, chunk_sources=chunk,
                      pixel_scale=math.nan, inputs=inputs, rejects=rejects,
-                     extra_attrs={"source": "import-images",
+                     extra_attrs={"source": "import-images", "resize": resize,
                                   "band_channels": {name: ch for name, ch in plan}})
         for start in range(0, n, chunk):
             stamps = _load_chunk(entries[start:start + chunk], plan, stamp, resize)

@@ -10,7 +10,7 @@ rejects rows ``{file, hdu, reason}``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import dask
 import numpy as np
@@ -53,8 +53,27 @@ def validate_int(name: str, value: Any, low: int, high: int, *,
     return int(value)
 
 
-def compute_tasks(tasks: list[Any]) -> list[Any]:
-    """Compute delayed tasks on the current client, else the local threaded scheduler."""
+def compute_tasks(tasks: list[Any], *, on_error: Callable[[], None] | None = None) -> list[Any]:
+    """Compute delayed tasks on the current client, else the local threaded scheduler.
+
+    When a task fails, ``on_error()`` is called at once (e.g.
+    :func:`pipeline.store.request_abort`, so that tasks not yet started return
+    without writing), then every other task is awaited before the first error is
+    raised: when this returns or raises, no task is still running, so the caller may
+    remove what they write into.
+
+    Parameters
+    ----------
+    tasks : list of dask.delayed
+        One-function tasks (``dask.delayed(func)(*args)``).
+    on_error : callable, optional
+        Called once, with no argument, on the first failure.
+
+    Returns
+    -------
+    list
+        The tasks' results, in order.
+    """
     if not tasks:
         return []
     try:
@@ -64,8 +83,38 @@ def compute_tasks(tasks: list[Any]) -> list[Any]:
     except (ImportError, ValueError):
         client = None
     if client is not None:
-        return list(client.gather(client.compute(tasks)))
-    return list(dask.compute(*tasks, scheduler="threads"))
+        from distributed import as_completed, wait
+
+        futures = client.compute(tasks)
+        for future in as_completed(futures):
+            if future.status == "error":
+                if on_error is not None:
+                    on_error()
+                wait(futures)  # the running ones finish, the rest start and return
+                future.result()  # raises the error, with its traceback
+        return list(client.gather(futures))
+    return _compute_threads(tasks, on_error)
+
+
+def _compute_threads(tasks: list[Any], on_error: Callable[[], None] | None) -> list[Any]:
+    """:func:`compute_tasks` without a client: a thread pool of config ``num_workers``."""
+    import os
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
+    from concurrent.futures import wait as wait_all
+
+    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(tasks)))) as pool:
+        futures = [pool.submit(dask.compute, task, scheduler="sync") for task in tasks]
+        done, _ = wait_all(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in done and f.exception() is not None]
+        if failed:
+            if on_error is not None:
+                on_error()
+            for future in futures:
+                future.cancel()  # not started: never will; running: awaited on exit
+    if failed:
+        raise failed[0].exception()
+    return [f.result()[0] for f in futures]
 
 
 def reject_row(path: str, hdu: int, reason: str) -> dict[str, Any]:

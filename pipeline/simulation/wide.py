@@ -71,7 +71,9 @@ FWHM_PX_RANGE = (1.3, 8.0)
 _SHARP_TOP = 4.5             # px: sharp exposures below, blurred ones above
 _PLATE_SHARE = 0.75          # share of plates among exposures of >= 0.5 "/px
 _SPACE_SHARE = 0.7           # share of space-like exposures among sharp ones of <= 0.15 "/px
-_JPEG_SHARE = 0.35
+_JPEG_SHARE = 0.45
+_PREVIEW_SHARE, _PREVIEW_WHITE = 0.45, (4.0, 15.0)  # JPEGs with a survey preview stretch (sky
+# noise at tens of the 256 levels, white point 4-15 sigma up) and that white point
 _CROWDED_SHARE = 0.2         # exposures with 2.5-5 times the survey's density (else 0.5-2)
 _MOFFAT_TRUNC = 15.0         # core Moffat truncated at this many FWHM
 _BAND = (0.85, 0.93, 1.0, 1.07, 1.15)   # wavelengths / the central one, for the spikes
@@ -220,7 +222,13 @@ def draw_conditions(rng: np.random.Generator, index: int, blurred: bool) -> Wide
         skysub = bool(rng.uniform() < (0.5 if space else 0.25))
         exptime = _loguniform(rng, 10, 3600)
         band = str(rng.choice(_FILTERS))
-    if jpeg:
+    if jpeg and rng.uniform() < _PREVIEW_SHARE:  # a preview stretch: bright cores clipped flat
+        jpeg_p = {"quality": int(rng.integers(70, 101)),
+                  "stretch": str(rng.choice(["linear", "power", "asinh"], p=[0.5, 0.3, 0.2])),
+                  "black_sigma": float(rng.uniform(-4.0, -1.0)),
+                  "white_sigma": float(rng.uniform(*_PREVIEW_WHITE)),
+                  "soften_sigma": _loguniform(rng, 3, 30), "gamma": float(rng.uniform(0.6, 1.0))}
+    elif jpeg:
         jpeg_p = {"quality": int(rng.integers(40, 96)),
                   "stretch": str(rng.choice(["asinh", "log", "power", "linear"],
                                             p=[0.45, 0.25, 0.2, 0.1])),

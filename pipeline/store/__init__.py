@@ -26,6 +26,14 @@ Contract (``docs/architecture.md``; others code against it)
   circle holding half its Kron flux (:mod:`pipeline.imaging.radius`; ingest
   measures it on the exposure at detection, import-images on the stamp; NaN
   where unmeasured, and for whole-exposure items).
+- optional ``healpix`` int64: the nested HEALPix index of (``ra``, ``dec``) at order
+  ``attrs["healpix_order"]`` (config ``classify.healpix-order``), -1 without a
+  position; ingest computes it once so that classify can read it.
+- sharding (newer stores, ``attrs["shard_sources"]``): ``image`` and the per-stamp
+  statistics are Zarr v3 sharded, ``shard_sources`` sources (whole chunks) per file
+  (config ``ingest.shard-bytes``, :func:`sources_per_shard`), written a whole shard at
+  a time; the coordinates are sharded too.  Reading is unchanged (chunks are still
+  the read unit); stores without the attribute have one file per chunk.
 - ``stamp_bg``, ``stamp_noise`` (source, band) and ``stamp_fwhm`` (source),
   float32, chunked like ``image``: per-stamp statistics measured when each chunk
   is written (:mod:`pipeline.imaging.stamp_stats`).  Optional: stores written before
@@ -48,23 +56,19 @@ Stores are built in a hidden sibling directory and renamed into place when
 whole (:func:`building`).
 
 Modules: :mod:`~pipeline.store.contract` (names and dtypes),
-:mod:`~pipeline.store.ids` (``source_id``), :mod:`~pipeline.store.build`
-(the output transaction and writing), :mod:`~pipeline.store.read` (opening and
-reading), :mod:`~pipeline.store.validate` (checking the contract).
+:mod:`~pipeline.store.ids` (``source_id``), :mod:`~pipeline.store.transaction`
+(the output-folder transaction), :mod:`~pipeline.store.build` (writing),
+:mod:`~pipeline.store.read` (opening and reading), :mod:`~pipeline.store.validate`
+(checking the contract).
 """
 
 from __future__ import annotations
 
 from pipeline.store.build import (
-    building,
     chunk_byte_budget,
-    commit_store,
     create_store,
-    discard,
-    prepare_output,
     sources_per_chunk,
-    sweep_stale_temporaries,
-    temporary_sibling,
+    sources_per_shard,
     write_chunk,
     write_coords,
 )
@@ -72,19 +76,34 @@ from pipeline.store.contract import (
     COORDS,
     IMAGE_COMPRESSIONS,
     IMAGE_DIMS,
+    OPTIONAL_ATTRS,
     OPTIONAL_COORDS,
     REJECT_COLUMNS,
+)
+from pipeline.store.transaction import (
+    ABORT_FILE,
+    abort_requested,
+    building,
+    commit_store,
+    discard,
+    prepare_output,
+    request_abort,
+    sweep_stale_temporaries,
+    temporary_sibling,
 )
 from pipeline.store.ids import check_unique_ids, pack_source_id, path_source_id, unpack_source_id
 from pipeline.store.read import describe, open_store, read_rejects, read_rows
 from pipeline.store.validate import check_model_bands, validate_store
 
 __all__ = [
+    "ABORT_FILE",
     "COORDS",
     "IMAGE_COMPRESSIONS",
     "IMAGE_DIMS",
+    "OPTIONAL_ATTRS",
     "OPTIONAL_COORDS",
     "REJECT_COLUMNS",
+    "abort_requested",
     "building",
     "check_model_bands",
     "check_unique_ids",
@@ -99,7 +118,9 @@ __all__ = [
     "prepare_output",
     "read_rejects",
     "read_rows",
+    "request_abort",
     "sources_per_chunk",
+    "sources_per_shard",
     "sweep_stale_temporaries",
     "temporary_sibling",
     "unpack_source_id",

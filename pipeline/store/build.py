@@ -1,32 +1,19 @@
-"""Writing a cutout store: the output-folder transaction, then the store's arrays chunk by chunk.
+"""Writing a cutout store's arrays: chunk and shard sizes, the empty store, whole chunks or shards.
 
-A store is built in a hidden sibling directory and renamed into place only when
-whole, so ``out`` always holds the old store, the new one or nothing; every
-ingest path goes through :func:`building`::
+Inside the output-folder transaction (:mod:`pipeline.store.transaction`)::
 
-    out = prepare_output(out, overwrite=overwrite)      # refuse early, before any work
-    ...
-    with building(out, overwrite=overwrite) as tmp:     # sweeps dead runs' temporaries
-        create_store(tmp, table, ...)
-        write_chunk(tmp, 0, stamps)
-    # committed by rename here; on any error the temporary is removed instead
-
-The temporary's name, ``.<name>.tmp-<host>-<pid>-<random>``, says which process
-builds it, so a later run can remove the half-built stores of runs that were
-killed (SIGKILL, a lost node) without touching a live run's.
+    with building(out, overwrite=overwrite) as tmp:
+        create_store(tmp, table, ..., shard_sources=sources_per_shard(...))
+        write_chunk(tmp, 0, stamps)     # whole chunks; whole shards in a sharded store
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
+import math
 import warnings
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,160 +26,15 @@ from pipeline.errors import StoreError
 from pipeline.files import to_jsonable
 from pipeline.store.contract import COORDS, IMAGE_COMPRESSIONS, IMAGE_DIMS, OPTIONAL_COORDS
 
-__all__ = ["building", "chunk_byte_budget", "commit_store", "create_store", "discard", "prepare_output",
-           "sources_per_chunk", "sweep_stale_temporaries", "temporary_sibling", "write_chunk",
-           "write_coords"]
+__all__ = ["chunk_byte_budget", "create_store", "sources_per_chunk", "sources_per_shard",
+           "write_chunk", "write_coords"]
+
+#: Default of config ``ingest.shard-bytes`` where a configuration lacks the key.
+DEFAULT_SHARD_BYTES = "256 MiB"
+#: Chunks per shard of a per-source coordinate (written at once by the client).
+COORD_SHARD_CHUNKS = 1024
 
 
-# ---------------------------------------------------------------------------- output dir
-def _is_cutout_store(path: Path) -> bool:
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
-    try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return attrs.get("kind") == "cutouts"
-
-
-def prepare_output(out: str | Path, *, overwrite: bool = False) -> Path:
-    """Validate the output path before any work; return it as a Path.
-
-    Parameters
-    ----------
-    out : str or Path
-        The store directory to write; its parent is created when missing.
-    overwrite : bool, default: False
-        Whether an existing cutout store (or empty directory) may be replaced.
-
-    Raises
-    ------
-    StoreError
-        ``out`` exists and ``overwrite`` is False, or it exists and is not a
-        cutout store (never replaced, to protect unrelated files).
-    """
-    out = Path(out)
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise StoreError(f"{out}: already exists; pass --overwrite (overwrite=True) to "
-                             "replace it, or choose another --out")
-        if not out.is_dir() or not (_is_cutout_store(out) or not any(out.iterdir())):
-            raise StoreError(f"{out}: exists and is not a skysieve cutout store; refusing to "
-                             "replace it (remove it yourself or choose another --out)")
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _host_tag() -> str:
-    import socket
-
-    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
-
-
-def temporary_sibling(out: Path) -> Path:
-    """A fresh hidden directory name next to ``out`` to build the store in.
-
-    Its name, ``.<name>.tmp-<host>-<pid>-<random>``, says which process builds
-    it, so that :func:`sweep_stale_temporaries` can remove it after that
-    process died (SIGKILL, a lost node) without touching a live run's.
-    """
-    return out.with_name(f".{out.name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def sweep_stale_temporaries(out: str | Path) -> list[Path]:
-    """Remove the half-built stores of dead ingests of ``out`` (same host, pid gone).
-
-    Returns
-    -------
-    list of Path
-        The directories removed.
-    """
-    out = Path(out)
-    host, removed = _host_tag(), []
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        tail = tmp.name[len(f".{out.name}.tmp-"):]
-        parts = tail.rsplit("-", 2)
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-            continue  # another host's (or an unknown) build: never ours to remove
-        pid = int(parts[1])
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        shutil.rmtree(tmp, ignore_errors=True)
-        removed.append(tmp)
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def commit_store(tmp: Path, out: Path, *, overwrite: bool) -> Path:
-    """Rename the finished store ``tmp`` to ``out`` (replacing an old store if allowed)."""
-    old = None
-    if out.exists():
-        prepare_output(out, overwrite=overwrite)  # re-check: it may have appeared meanwhile
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return out
-
-
-def discard(tmp: Path | None) -> None:
-    """Remove a half-built store directory, if any."""
-    if tmp is not None and tmp.exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextmanager
-def building(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Build a store at ``out`` as one transaction: whole on success, absent on error.
-
-    Checks ``out`` (:func:`prepare_output`), removes the temporaries of earlier
-    runs of ``out`` that were killed (:func:`sweep_stale_temporaries`), and
-    yields a fresh hidden sibling path for the body to create the store in.
-    When the body returns, the store is renamed into place
-    (:func:`commit_store`); when it raises (``KeyboardInterrupt`` included),
-    the temporary is removed and the error propagates.
-
-    Parameters
-    ----------
-    out : str or Path
-        The store directory to write.
-    overwrite : bool, default: False
-        Replace an existing store at ``out``.
-
-    Yields
-    ------
-    Path
-        The temporary directory path (not yet created).
-
-    Raises
-    ------
-    StoreError
-        ``out`` exists and may not be replaced (see :func:`prepare_output`).
-    """
-    out = prepare_output(out, overwrite=overwrite)
-    sweep_stale_temporaries(out)
-    tmp = temporary_sibling(out)
-    try:
-        yield tmp
-        commit_store(tmp, out, overwrite=overwrite)
-    except BaseException:
-        discard(tmp)
-        raise
-
-
-# ---------------------------------------------------------------------------- writing
 def sources_per_chunk(stamp: int, n_bands: int = 1, *, chunk_sources: int | None = None,
                       chunk_bytes: int | str | None = None, error: type[Exception] = StoreError,
                       ) -> int:
@@ -238,24 +80,70 @@ def chunk_byte_budget(chunk_bytes: int | str | None = None, *,
     A number of bytes or a size string (``"16 MiB"``, parsed by
     :func:`dask.utils.parse_bytes`); raises ``error`` unless it is positive.
     """
+    from pipeline import config
+
+    return _bytes("ingest.chunk-bytes", config.resolve("ingest.chunk-bytes", chunk_bytes), error)
+
+
+def _bytes(key: str, budget: Any, error: type[Exception]) -> int:
+    """``budget`` (bytes, or a size string parsed by dask) as a positive int, else ``error``."""
     from dask.utils import parse_bytes
 
-    from pipeline import config
     from pipeline.checks import positive_int
 
-    budget = config.resolve("ingest.chunk-bytes", chunk_bytes)
     try:
         budget = parse_bytes(budget) if isinstance(budget, str) else budget
     except ValueError as exc:
-        raise error(f"ingest.chunk-bytes is {budget!r}; give bytes, e.g. 16777216 or "
-                    "'16 MiB'") from exc
-    return positive_int("ingest.chunk-bytes", budget, error=error)
+        raise error(f"{key} is {budget!r}; give bytes, e.g. 16777216 or '16 MiB'") from exc
+    return positive_int(key, budget, error=error)
+
+
+def sources_per_shard(chunk_sources: int, n_sources: int, stamp: int, n_bands: int = 1, *,
+                      shard_bytes: int | str | None = None, min_shards: int = 8,
+                      error: type[Exception] = StoreError) -> int | None:
+    """Sources per shard of ``image``: whole chunks filling ``ingest.shard-bytes``, or None.
+
+    A shard is one file holding several chunks (Zarr v3 sharding), so a release's file
+    count is bounded by its bytes, not its chunks.  Each ingest task writes whole shards,
+    so memory per task is one shard.  A small store is cut into at least ``min_shards``
+    shards (when it has as many chunks), so its writes still run in parallel.
+
+    Parameters
+    ----------
+    chunk_sources, n_sources : int
+        Sources per chunk and in the store.
+    stamp, n_bands : int
+        Stamp side (px) and bands of each source (float32 pixels).
+    shard_bytes : int or str, optional
+        Bytes of ``image`` per shard (default: config ``ingest.shard-bytes``, else
+        :data:`DEFAULT_SHARD_BYTES`); ``0`` or ``"none"`` (or config null): unsharded.
+    min_shards : int, default: 8
+        Fewest shards a store of that many chunks is cut into.
+
+    Returns
+    -------
+    int or None
+        A multiple of ``chunk_sources``; None for an unsharded store (shards of one
+        chunk would only add an index to every file).
+    """
+    import dask.config
+
+    if shard_bytes is None:
+        shard_bytes = dask.config.get("skysieve.ingest.shard-bytes", DEFAULT_SHARD_BYTES)
+    if shard_bytes in (None, 0, "0", "none", "None", "null"):
+        return None
+    budget = _bytes("ingest.shard-bytes", shard_bytes, error)
+    chunk_bytes = 4 * int(stamp) * int(stamp) * max(1, int(n_bands)) * int(chunk_sources)
+    per_shard = max(1, budget // chunk_bytes)
+    n_chunks = max(1, math.ceil(int(n_sources) / int(chunk_sources)))
+    per_shard = min(per_shard, max(1, math.ceil(n_chunks / max(1, int(min_shards)))))
+    return None if per_shard <= 1 else int(per_shard * chunk_sources)
 
 
 def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Sequence[str],
                  chunk_sources: int, pixel_scale: float, inputs: list[dict[str, Any]],
                  rejects: list[dict[str, Any]], extra_attrs: dict[str, Any] | None = None,
-                 image_compression: str | None = None) -> None:
+                 image_compression: str | None = None, shard_sources: int | None = None) -> None:
     """Create a store at ``path``: all coordinates and attrs, an empty ``image`` and statistics.
 
     ``image`` and the per-stamp statistics are created NaN-filled (Zarr fill
@@ -279,6 +167,12 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
         Provenance ``{path, sha256, bytes}`` and ``{file, hdu, reason}``.
     image_compression : {"none", "zstd"}, optional
         Codec of ``image`` (default: config ``ingest.image-compression``).
+    shard_sources : int, optional
+        Sources per shard (a multiple of ``chunk_sources``, :func:`sources_per_shard`):
+        ``image`` and the per-stamp statistics are then Zarr v3 sharded, one file per
+        shard, and must be written a whole shard at a time (:func:`write_chunk`); the
+        coordinates are sharded too, :data:`COORD_SHARD_CHUNKS` chunks a file.  None
+        (the default): one file per chunk, as stores before sharding.
     """
     import dask.array as da
     from zarr.codecs import ZstdCodec
@@ -306,12 +200,14 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
             coords[name] = ("source", table[name].to_numpy().astype(dtype))
     if "label" in table.columns:
         coords["label"] = ("source", table["label"].astype(str).to_numpy().astype(object))
+    # Never computed (compute=False: written later, a write unit at a time); chunked by
+    # that unit, a shard or a chunk, as xarray's safe-chunks check asks.
+    unit = shard_sources or chunk_sources
     image = da.full((n, nb, stamp, stamp), np.nan, dtype=np.float32,
-                    chunks=(chunk_sources, nb, stamp, stamp))
+                    chunks=(unit, nb, stamp, stamp))
     sizes = {"source": n, "band": nb}
     stats = {name: (dims, da.full(tuple(sizes[d] for d in dims), np.nan, dtype=np.float32,
-                                  chunks=tuple(chunk_sources if d == "source" else nb
-                                               for d in dims)))
+                                  chunks=tuple(unit if d == "source" else nb for d in dims)))
              for name, dims in STAMP_STATS.items()}
     ds = xr.Dataset({"image": (IMAGE_DIMS, image), **stats}, coords=coords)
     attrs: dict[str, Any] = {
@@ -322,6 +218,11 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
     }
     if "label" in table.columns:
         attrs["classes"] = sorted({str(v) for v in table["label"] if str(v)})
+    if shard_sources is not None:
+        if shard_sources < chunk_sources or shard_sources % chunk_sources:
+            raise StoreError(f"{path}: shard_sources {shard_sources!r} must be a multiple of "
+                             f"chunk_sources {chunk_sources!r}")
+        attrs["shard_sources"] = int(shard_sources)
     attrs.update(extra_attrs or {})
     attrs = to_jsonable(attrs)
     # An unknown pixel scale stays NaN (Zarr v3 writes it as "NaN" and reads it back);
@@ -332,10 +233,18 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
     encoding: dict[str, Any] = {"image": {
         "chunks": (chunk_sources, nb, stamp, stamp),
         "compressors": zstd if image_compression == "zstd" else None}}
-    for name, (dims, values) in stats.items():
-        encoding[name] = {"chunks": values.chunksize, "compressors": None}
+    for name, dims in STAMP_STATS.items():
+        encoding[name] = {"chunks": tuple(chunk_sources if d == "source" else nb for d in dims),
+                          "compressors": None}
+    if shard_sources is not None:
+        for name, enc in encoding.items():
+            enc["shards"] = (shard_sources, *enc["chunks"][1:])
+    coord_chunk = max(1, min(chunk_sources, n))
     for name in coords:
-        encoding[name] = {"chunks": (max(1, min(chunk_sources, n)),), "compressors": zstd}
+        encoding[name] = {"chunks": (coord_chunk,), "compressors": zstd}
+        if shard_sources is not None:
+            encoding[name]["shards"] = (coord_chunk * min(COORD_SHARD_CHUNKS,
+                                                          math.ceil(n / coord_chunk)),)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
@@ -353,30 +262,38 @@ def _write_rejects(path: Path, rejects: list[dict[str, Any]]) -> None:
 
 
 def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
-    """Write ``stamps`` (n, band, y, x) to ``image[start:start + n]``: one whole chunk.
+    """Write ``stamps`` (n, band, y, x) to ``image[start:start + n]``: whole chunks.
 
+    In a sharded store (``attrs["shard_sources"]``) the rows must be whole shards:
+    Zarr rewrites a shard whole, so two tasks writing parts of one shard would race.
     The per-stamp statistics (:mod:`pipeline.imaging.stamp_stats`) are measured here and
     written first, where the store has them.
 
     Raises
     ------
     StoreError
-        ``start`` not on a chunk boundary, or a partial chunk other than the last.
+        ``start`` not on a chunk (shard) boundary, or a partial chunk (shard) other
+        than the last.
     """
     import zarr
 
     array = zarr.open_array(Path(path) / "image", mode="r+")
-    cs = array.chunks[0]
+    unit = (array.shards or array.chunks)[0]
+    what = "shard" if array.shards else "chunk"
     stop = start + stamps.shape[0]
-    if start % cs or (stop % cs and stop != array.shape[0]) or stamps.shape[1:] != array.shape[1:]:
-        raise StoreError(f"{path}: rows {start}:{stop} of shape {stamps.shape!r} are not one "
-                         f"whole chunk of 'image' {array.shape!r} chunked {array.chunks!r}")
+    aligned = not start % unit and (not stop % unit or stop == array.shape[0])
+    if not aligned or stamps.shape[1:] != array.shape[1:]:
+        raise StoreError(f"{path}: rows {start}:{stop} of shape {stamps.shape!r} are not whole "
+                         f"{what}s of 'image' {array.shape!r} ({what}s of {unit} sources)")
     stamps = stamps.astype(np.float32, copy=False)
     if (Path(path) / "stamp_fwhm").is_dir():
         from pipeline.imaging.stamp_stats import stamp_statistics
 
-        for name, values in stamp_statistics(stamps).items():
-            zarr.open_array(Path(path) / name, mode="r+")[start:stop] = values
+        step = array.chunks[0]  # measured chunk by chunk: temporaries stay one chunk's
+        blocks = [stamp_statistics(stamps[i:i + step]) for i in range(0, len(stamps), step)]
+        for name in blocks[0] if blocks else ():
+            zarr.open_array(Path(path) / name, mode="r+")[start:stop] = np.concatenate(
+                [b[name] for b in blocks])
     array[start:stop] = stamps
 
 

@@ -5,8 +5,8 @@ The contract itself is described in :mod:`pipeline.store` and ``docs/architectur
 
 from __future__ import annotations
 
-__all__ = ["COORDS", "IMAGE_COMPRESSIONS", "IMAGE_DIMS", "OPTIONAL_COORDS", "REJECT_COLUMNS",
-           "REQUIRED_ATTRS"]
+__all__ = ["COORDS", "IMAGE_COMPRESSIONS", "IMAGE_DIMS", "OPTIONAL_ATTRS", "OPTIONAL_COORDS",
+           "REJECT_COLUMNS", "REQUIRED_ATTRS"]
 
 IMAGE_DIMS: tuple[str, ...] = ("source", "band", "y", "x")
 #: Codecs ``create_store`` offers for ``image`` (config ``ingest.image-compression``).
@@ -21,10 +21,16 @@ COORDS: dict[str, str] = {
     "snr": "float32", "flags": "int32",
 }
 #: Per-source coordinates newer stores carry; checked when present, older stores lack them.
-#: ``radius``: the source's half-light radius in px (:mod:`pipeline.imaging.radius`).
-OPTIONAL_COORDS: dict[str, str] = {"radius": "float32"}
+#: ``radius``: the source's half-light radius in px (:mod:`pipeline.imaging.radius`);
+#: ``healpix``: its nested HEALPix index at order ``attrs["healpix_order"]``, -1 without a
+#: position, computed once at ingest so that classify need not.
+OPTIONAL_COORDS: dict[str, str] = {"radius": "float32", "healpix": "int64"}
 #: Columns of ``rejects.parquet``.
 REJECT_COLUMNS: tuple[str, ...] = ("file", "hdu", "reason")
 #: Attributes every store carries.
 REQUIRED_ATTRS: tuple[str, ...] = ("skysieve_version", "kind", "stamp", "bands", "pixel_scale",
                                    "chunk_sources", "inputs", "rejects", "created")
+#: Attributes newer stores carry (older ones lack them and read the same):
+#: ``shard_sources`` (sources per Zarr v3 shard of ``image`` and the per-stamp statistics;
+#: absent: one file per chunk) and ``healpix_order`` (of the ``healpix`` coordinate).
+OPTIONAL_ATTRS: tuple[str, ...] = ("shard_sources", "healpix_order")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import xarray as xr
+from numcodecs.vlen import VLenUTF8
+from numcodecs.zstd import Zstd
 
 from pipeline.errors import StoreError
 from pipeline.store.validate import validate_store
@@ -22,9 +27,14 @@ def read_rows(path: str | Path, start: int, stop: int, names: Sequence[str],
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read rows ``[start, stop)`` of several store variables at once, and the store's attrs.
 
-    One round trip through Zarr's event loop: the group and every array are
-    opened, and every slice read, concurrently.  A chunk's dozen small
-    coordinate reads cost ~3x less this way than one after another.
+    Where ``[start, stop)`` is one whole chunk along ``source`` (what a classify task
+    reads) and a variable's chunk file is plain (the ``bytes`` or ``vlen-utf8`` codec,
+    optionally then ``zstd``; no sharding), its file is read and decoded directly, with
+    its metadata parsed once per process (cached by the ``zarr.json`` file's inode,
+    size and mtime): a chunk's ~15 variables cost ~0.1 ms of metadata instead of Zarr's
+    ~1 ms of event-loop work each.  Everything else (other slices, sharded or other
+    codecs, chunks never written, which hold the fill value) is read through Zarr in
+    one concurrent round trip.  Both give the same values.
 
     Parameters
     ----------
@@ -39,14 +49,36 @@ def read_rows(path: str | Path, start: int, stop: int, names: Sequence[str],
     Returns
     -------
     (dict, dict)
-        ``{name: numpy array}`` for the names present, and the group's attrs.
+        ``{name: numpy array}`` for the names present (native byte order; strings as
+        object arrays of ``str``), and the group's attrs.
     """
+    path = Path(path)
+    attrs = _root_attrs(path)
+    out: dict[str, np.ndarray] = {}
+    slow: list[str] = []
+    for name in names:
+        plan = _plan(path, name)
+        if plan is _ABSENT:
+            continue
+        values = plan.read(start, stop) if plan is not None else None
+        if values is None:
+            slow.append(name)
+        else:
+            out[name] = values
+    if slow:
+        out.update(_read_with_zarr(path, start, stop, slow))
+    return {name: out[name] for name in names if name in out}, attrs
+
+
+def _read_with_zarr(path: Path, start: int, stop: int,
+                    names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Rows ``[start, stop)`` of ``names`` through Zarr, every array concurrently."""
     import asyncio
 
     import zarr.api.asynchronous as zarr_async
     from zarr.core.sync import sync  # what zarr's own synchronous API runs on
 
-    async def read() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    async def read() -> dict[str, np.ndarray]:
         group = await zarr_async.open_group(str(path), mode="r")
         found = await asyncio.gather(*(group.getitem(n) for n in names), return_exceptions=True)
         for item in found:
@@ -54,9 +86,181 @@ def read_rows(path: str | Path, start: int, stop: int, names: Sequence[str],
                 raise item
         arrays = {n: a for n, a in zip(names, found) if not isinstance(a, BaseException)}
         values = await asyncio.gather(*(a.getitem(slice(start, stop)) for a in arrays.values()))
-        return {n: np.asarray(v) for n, v in zip(arrays, values)}, dict(group.attrs)
+        return {n: _native(np.asarray(v)) for n, v in zip(arrays, values)}
 
     return sync(read())
+
+
+def _native(values: np.ndarray) -> np.ndarray:
+    """Zarr v3 strings (numpy StringDType) as object arrays, like the direct reader's."""
+    return values.astype(object) if values.dtype.kind == "T" else values
+
+
+@dataclass(frozen=True)
+class _ChunkFiles:
+    """How to read one array's chunks along ``source`` without Zarr's codec pipeline."""
+
+    folder: Path
+    dtype: np.dtype | None  # None: vlen-utf8 strings
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]  # of one chunk (inside a shard for a sharded array)
+    separator: str
+    zstd: bool
+    fill: Any  # the value of chunks never written; _ABSENT: let Zarr decode them
+    shard: int | None = None  # rows per shard file; None: one file per chunk
+    index_at_end: bool = True
+    index_crc: bool = False
+
+    def read(self, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``[start, stop)`` if they are one whole chunk, else None (read through Zarr)."""
+        step, n = self.chunks[0], self.shape[0]
+        if start % step or stop != min(n, start + step) or start >= n:
+            return None
+        unit = self.shard or step
+        key = self.separator.join(["c", str(start // unit), *("0" * (len(self.shape) - 1))])
+        try:
+            raw = self._bytes(self.folder / key, (start % unit) // step, unit // step)
+        except FileNotFoundError:
+            raw = None
+        if raw is None:  # never written: every value is the fill value
+            if self.fill is _ABSENT:
+                return None
+            return np.full((stop - start, *self.chunks[1:]), self.fill,
+                           dtype=object if self.dtype is None else self.dtype.newbyteorder("="))
+        if self.zstd:
+            raw = _ZSTD.decode(raw)
+        values = _VLEN_UTF8.decode(raw) if self.dtype is None else np.frombuffer(raw, self.dtype)
+        inner = self.chunks[1:]
+        per_row = int(np.prod(inner, dtype=np.int64))
+        rows = values.size // per_row if per_row else 0
+        if per_row == 0 or values.size % per_row or rows not in (step, stop - start):
+            return None  # not the layout expected: let Zarr decide
+        values = values.reshape(rows, *inner)[:stop - start]
+        return values if self.dtype is None or self.dtype.isnative else values.astype(
+            self.dtype.newbyteorder("="))
+
+    def _bytes(self, file: Path, inner: int, per_shard: int) -> bytes | bytearray | None:
+        """The encoded chunk: the whole file, or (sharded) its range from the shard's index."""
+        if self.shard is None:
+            if self.dtype is not None and not self.zstd:
+                with open(file, "rb") as fh:  # straight into the array's memory
+                    buf = bytearray(os.fstat(fh.fileno()).st_size)
+                    fh.readinto(buf)
+                    return buf
+            return file.read_bytes()
+        index_bytes = 16 * per_shard + (4 if self.index_crc else 0)
+        with open(file, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(size - index_bytes if self.index_at_end else 0)
+            index = np.frombuffer(fh.read(16 * per_shard), dtype="<u8").reshape(per_shard, 2)
+            offset, nbytes = (int(v) for v in index[inner])
+            if offset == _EMPTY and nbytes == _EMPTY:
+                return None
+            fh.seek(offset)
+            return fh.read(nbytes)
+
+
+_ABSENT = object()  # the store has no such variable
+_EMPTY = 2**64 - 1  # a shard index entry of a chunk never written
+_PLANS: dict[tuple[str, str], tuple[tuple[int, int, int], Any]] = {}
+_ATTRS: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+_ZSTD = Zstd()
+_VLEN_UTF8 = VLenUTF8()
+_NUMERIC = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+            "float16", "float32", "float64"}
+
+
+def _signature(file: Path) -> tuple[int, int, int] | None:
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _root_attrs(path: Path) -> dict[str, Any]:
+    """The group's attributes, parsed once per version of its ``zarr.json``."""
+    file = path / "zarr.json"
+    sig = _signature(file)
+    if sig is None:
+        raise StoreError(f"{path}: no zarr.json; not a cutout store (write it with "
+                         "`skysieve ingest` or `skysieve import-images`)")
+    cached = _ATTRS.get(str(path))
+    if cached is None or cached[0] != sig:
+        cached = (sig, dict(json.loads(file.read_bytes()).get("attributes", {})))
+        _ATTRS[str(path)] = cached
+    return dict(cached[1])
+
+
+def _plan(path: Path, name: str) -> _ChunkFiles | None | object:
+    """How to read ``name`` directly (``None``: through Zarr; :data:`_ABSENT`: no such array)."""
+    file = path / name / "zarr.json"
+    sig = _signature(file)
+    if sig is None:
+        return _ABSENT
+    cached = _PLANS.get((str(path), name))
+    if cached is None or cached[0] != sig:
+        cached = (sig, _parse_plan(path / name, json.loads(file.read_bytes())))
+        _PLANS[(str(path), name)] = cached
+    return cached[1]
+
+
+def _parse_plan(folder: Path, meta: dict[str, Any]) -> _ChunkFiles | None:
+    """A :class:`_ChunkFiles` for a Zarr v3 array's metadata, or None where Zarr must read it.
+
+    Direct: a regular grid along the first axis only (one chunk across the others), the
+    default chunk keys, and ``bytes`` or ``vlen-utf8`` optionally followed by ``zstd``,
+    alone or inside ``sharding_indexed`` (index of plain little-endian offsets, optionally
+    with a crc32c).
+    """
+    if meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or \
+            meta.get("storage_transformers") or meta.get("chunk_grid", {}).get("name") != "regular":
+        return None
+    key = meta.get("chunk_key_encoding", {})
+    shape = tuple(meta["shape"])
+    outer = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    if key.get("name") != "default" or not shape or len(outer) != len(shape) or \
+            outer[1:] != shape[1:]:
+        return None
+    codecs, chunks, extra = meta.get("codecs", []), outer, {}
+    if [c.get("name") for c in codecs] == ["sharding_indexed"]:
+        conf = codecs[0].get("configuration", {})
+        index = [c.get("name") for c in conf.get("index_codecs", [])]
+        endian = (conf.get("index_codecs", [{}])[0].get("configuration") or {}).get("endian")
+        chunks = tuple(conf.get("chunk_shape", ()))
+        if index not in (["bytes"], ["bytes", "crc32c"]) or endian not in (None, "little") or \
+                len(chunks) != len(shape) or chunks[1:] != shape[1:] or outer[0] % chunks[0]:
+            return None
+        codecs = conf.get("codecs", [])
+        extra = {"shard": outer[0], "index_at_end": conf.get("index_location", "end") == "end",
+                 "index_crc": index[-1] == "crc32c"}
+    names = [c.get("name") for c in codecs]
+    zstd = names[1:] == ["zstd"]
+    if len(names) not in (1, 2) or (len(names) == 2 and not zstd):
+        return None
+    kind = meta.get("data_type")
+    if names[0] == "vlen-utf8" and kind == "string":
+        dtype = None
+    elif names[0] == "bytes" and isinstance(kind, str) and kind in _NUMERIC:
+        endian = (codecs[0].get("configuration") or {}).get("endian", "little")
+        dtype = np.dtype(kind).newbyteorder("<" if endian == "little" else ">")
+    else:
+        return None
+    return _ChunkFiles(folder, dtype, shape, chunks,
+                       key.get("configuration", {}).get("separator", "/"), zstd,
+                       _fill_value(meta.get("fill_value"), dtype), **extra)
+
+
+def _fill_value(value: Any, dtype: np.dtype | None) -> Any:
+    """A Zarr v3 fill value as a Python value (:data:`_ABSENT` for encodings left to Zarr)."""
+    if dtype is None:
+        return value if isinstance(value, str) else _ABSENT
+    special = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}
+    if dtype.kind == "f" and value in special:
+        return special[value]
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and dtype.kind in "biuf"):
+        return value
+    return _ABSENT
 
 
 def open_store(path: str | Path) -> xr.Dataset:

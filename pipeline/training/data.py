@@ -11,7 +11,12 @@ import numpy as np
 from pipeline.errors import StoreError
 from pipeline.store import open_store
 
-__all__ = ["load_labelled"]
+__all__ = ["load_labelled", "IMPORT_ATTRS"]
+
+#: Store attributes of an ``import-images`` store that say how its images were made into
+#: stamps; ``train`` copies them to the card (``training.store_import``), so the same import
+#: can be repeated for the images a model is run on.
+IMPORT_ATTRS = ("source", "band_channels", "resize")
 
 
 def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]:
@@ -33,7 +38,8 @@ def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]
         ``labels`` and ``exposures`` (str arrays), ``bands`` (list of str),
         ``data_sha256`` (hash of every label, exposure and source id: identifies
         the labelled data a card was trained on), ``pixels_sha256`` (hash of the
-        labelled stamps' float32 pixels), ``n_unlabelled``, and ``x``,
+        labelled stamps' float32 pixels), ``import`` (the store's :data:`IMPORT_ATTRS`
+        present), ``n_unlabelled``, and ``x``,
         ``y`` (0-based pixel position on the exposure, x = column), ``ra``,
         ``dec`` (deg), ``psf_fwhm`` (px) of each labelled source (float64, NaN where
         the store has none), ``n_excluded`` (sources whose label is in ``exclude``).
@@ -76,6 +82,7 @@ def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]
         positions[name] = v[known]
     return {"images": images, "labels": labels[known], "exposures": exposures[known],
             "bands": [str(b) for b in bands], "data_sha256": h.hexdigest(),
+            "import": {key: ds.attrs[key] for key in IMPORT_ATTRS if key in ds.attrs},
             "pixels_sha256": hashlib.sha256(np.ascontiguousarray(images, "<f4").data).hexdigest(),
             "n_unlabelled": int(labels.size - known.size - excluded.sum()),
             "n_excluded": int(excluded.sum()), **positions}

@@ -36,6 +36,7 @@ from pipeline.errors import EvaluationError, StoreError
 from pipeline.files import to_jsonable, write_json
 from pipeline.imaging.blur_score import apparent_fwhm
 from pipeline.imaging.preprocess import background_noise, prepare
+from pipeline.imaging.rescale import scale_for_model
 from pipeline.training.data import load_labelled
 from pipeline.training.metrics import (classification_metrics, expected_calibration_error, nll,
                                        reliability_bins, roc_auc_ovr, softmax)
@@ -160,17 +161,27 @@ def _reference_psf(images: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- inference
-def _logits(predictor: Predictor, images: np.ndarray, *, sigma: np.ndarray | None = None,
+def _logits(predictor: Predictor, images: np.ndarray, psf: np.ndarray, *,
+            sigma: np.ndarray | None = None,
             gen: torch.Generator | None = None) -> np.ndarray:
-    """Logits of raw stamps, block by block, prepared as ``classify`` does (optionally blurred)."""
+    """Logits of raw stamps, block by block, prepared as ``classify`` does (optionally blurred).
+
+    ``psf`` is each stamp's PSF FWHM (px) as ingest would measure it, for a model that
+    resamples to it (card ``input_scale``): blurred by ``sigma``, it widens in quadrature.
+    """
     card = predictor.card
+    if sigma is not None:
+        psf = np.hypot(psf, 2.3548 * sigma)
     out = []
     for start in range(0, images.shape[0], _BLOCK):
         block = images[start:start + _BLOCK]
         if sigma is not None:
             block = _blur(block, sigma[start:start + _BLOCK], gen)
         with torch.inference_mode():
-            x = prepare(block, stretch=card.stretch, image_size=card.image_size)
+            block, bg, noise = scale_for_model(np.asarray(block), card.input_scale,
+                                               psf[start:start + _BLOCK])
+            x = prepare(block, stretch=card.stretch, image_size=card.image_size,
+                        background=bg, noise=noise)
         out.append(predictor.predict_logits(x).numpy())
     return (np.concatenate(out) if out
             else np.zeros((0, card.num_classes), np.float32)).astype(np.float64)
@@ -342,11 +353,11 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
     idx, used, why = _select(data, card, subset, store)
     images = data["images"][idx]
     y = np.searchsorted(np.asarray(card.classes), data["labels"][idx]).astype(np.int64)
-    psf = data["psf_fwhm"][idx]
+    psf = stamp_psf = data["psf_fwhm"][idx]  # stamp_psf: as the store has it (NaN: unknown)
     _say(progress, f"evaluating on {idx.size} sources: {why}")
 
     predictor = Predictor(net, card, device=dev, batch_size=batch_size)
-    logits = _logits(predictor, images)
+    logits = _logits(predictor, images, stamp_psf)
     t = float(card.temperature)
     proba_raw, proba_cal = softmax(logits), softmax(logits, t)
     pred = logits.argmax(axis=1)
@@ -383,7 +394,7 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
             lf = logits
         else:
             gen = torch.Generator().manual_seed(seed * 1000 + k)
-            lf = _logits(predictor, images, sigma=fwhm_to_sigma(f * psf), gen=gen)
+            lf = _logits(predictor, images, stamp_psf, sigma=fwhm_to_sigma(f * psf), gen=gen)
         m = classification_metrics(y, lf.argmax(axis=1), list(card.classes))
         curve.append({"factor": f, "added_fwhm_px_median": float(f * np.median(psf)) if psf.size
                       else None, "accuracy": m["accuracy"],

@@ -11,24 +11,24 @@ records the data, the split, the command and the metrics.
 from __future__ import annotations
 
 import contextlib
-import math
 import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.checks import fraction, positive_int, positive_number
-from pipeline.errors import SkysieveError, StoreError, TrainingError
+from pipeline.errors import SkysieveError, StoreError, TrainingError, TrainingStopped
 from pipeline.imaging.preprocess import apply_stretch, resize, to_snr, validate_stretch
-from pipeline.training.augment import AUGMENT_KW, AUGMENTS, augment as augment_stamps
+from pipeline.imaging.rescale import psf_zoom, rescale, validate_input_scale
+from pipeline.training.augment import AUGMENT_KW, AUGMENTS
 from pipeline.training.data import load_labelled
-from pipeline.training.distill import bind_teacher, kd_loss, load_teacher
+from pipeline.training.distill import bind_teacher, load_teacher
+from pipeline.training.loop import ResumeFile, amp_settings, fit_epochs, logits_of
 from pipeline.training.metrics import (classification_metrics, expected_calibration_error,
                                        fit_temperature, nll, softmax)
 from pipeline.training.ood import fit_training_ood
@@ -39,68 +39,6 @@ from workers.inference import pick_device
 from workers.models import create_model, is_model
 
 __all__ = ["train"]
-
-
-# --------------------------------------------------------------------------- the loop's pieces
-def _amp_settings(device: torch.device, *,
-                  bf16_supported: bool | None = None) -> tuple[bool, torch.dtype]:
-    """Mixed precision for training on ``device``: ``(enabled, dtype)``.
-
-    CUDA: autocast to bfloat16 where the GPU supports it (``bf16_supported``,
-    default ``torch.cuda.is_bf16_supported()``), else float16 (with a gradient
-    scaler).  CPU: disabled (bf16 autocast was 4-50x slower on AVX2 CPUs, see
-    docs/architecture.md), ``(False, torch.float32)``.
-    """
-    if torch.device(device).type != "cuda":
-        return False, torch.float32
-    if bf16_supported is None:
-        bf16_supported = bool(torch.cuda.is_bf16_supported())
-    return True, (torch.bfloat16 if bf16_supported else torch.float16)
-
-
-class _EpochBar:
-    """An in-place progress bar for one epoch on a terminal (carriage returns); else silent."""
-
-    def __init__(self, stream: TextIO, *, epoch: int, epochs: int, total: int, enabled: bool):
-        self.stream, self.epoch, self.epochs, self.total = stream, epoch, epochs, total
-        self.enabled, self.last, self.width = enabled, -math.inf, 0
-
-    def update(self, done: int, loss: float) -> None:
-        """Show ``done`` of ``total`` batches and the running loss (at most 10 times a second)."""
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.1 and done < self.total):
-            return
-        self.last = now
-        filled = int(20 * done / max(self.total, 1))
-        text = (f"epoch {self.epoch}/{self.epochs} [{'#' * filled}{'.' * (20 - filled)}] "
-                f"{done}/{self.total} loss {loss:.4f}")
-        self.stream.write("\r" + text.ljust(self.width))
-        self.stream.flush()
-        self.width = len(text)
-
-    def close(self) -> None:
-        """Erase the bar, so that the epoch summary line takes its place."""
-        if self.enabled and self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
-def _logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
-            batch_size: int) -> np.ndarray:
-    model.eval()
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size].to(device)
-            outs.append(model(xb.contiguous(memory_format=torch.channels_last)).float().cpu())
-    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
 
 
 # --------------------------------------------------------------------------- train
@@ -151,7 +89,9 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
           init_sha256: str | None = None, teacher: Path | None = None,
           kd_alpha: float = 0.5, kd_temperature: float = 4.0, augment: str = "full",
           stretch: dict[str, Any] | None = None,
-          exclude_classes: Sequence[str] = ()) -> ModelCard:
+          exclude_classes: Sequence[str] = (),
+          input_scale: dict[str, Any] | None = None, resume: bool = False,
+          time_limit_s: float | None = None) -> ModelCard:
     """Train ``arch`` on the labelled sources of a cutout store and write a checkpoint.
 
     All labelled stamps are read into memory and normalised once (S/N units,
@@ -230,6 +170,16 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     exclude_classes : sequence of str, default: ()
         Labels left out of training (treated as unknown), e.g. Galaxy Zoo's
         ``"uncertain"``; the card records them, and ``evaluate`` leaves them out too.
+    input_scale : dict, optional
+        ``{"mode": "psf", "fwhm_px": K}``: every stamp resampled so its PSF (the store's
+        ``psf_fwhm``) spans ``K`` px (:mod:`pipeline.imaging.rescale`); recorded in the card.
+    resume : bool, default: False
+        Save the loop's state after every epoch to ``MODEL.resume.pt`` and, when that file is
+        there (from a run killed or stopped with the same settings and data), go on from it
+        (:mod:`pipeline.training.loop`); removed once the checkpoint is written.
+    time_limit_s : float, optional
+        With ``resume``: stop after the first epoch that ends this many seconds in, saving the
+        state, and raise :class:`~pipeline.errors.TrainingStopped` (rerun to go on).
 
     Returns
     -------
@@ -253,6 +203,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         raise TrainingError(f"train: unknown augment {augment!r}; valid: {', '.join(AUGMENTS)}")
     with _training_errors():
         stretch = validate_stretch(stretch)
+        input_scale = validate_input_scale(input_scale)
         dev = pick_device(device)
     if split_seed is None:
         split_seed = seed
@@ -291,6 +242,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
 
     z_all = to_snr(images)
     del images
+    if input_scale is not None:
+        z_all = rescale(z_all, psf_zoom(data["psf_fwhm"], input_scale["fwhm_px"]))
     z_train, y_train = z_all[train_idx], torch.as_tensor(y_all[train_idx])
     x_val = resize(apply_stretch(z_all[val_idx], stretch), image_size).contiguous()
     y_val = y_all[val_idx]
@@ -321,15 +274,30 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             model.to(dev)
             if kd is not None:
                 kd["model"].to(dev)
-            history = _fit(model, z_train, y_train, x_val, y_val, weights.to(dev), dev,
+            saved = (ResumeFile(out, {
+                "arch": arch, "classes": classes, "epochs": epochs, "batch_size": batch_size,
+                "lr": lr, "weight_decay": weight_decay, "seed": seed, "split_seed": split_seed,
+                "image_size": image_size, "split_by": split_by, "val_fraction": val_fraction,
+                "patience": patience, "augment": augment, "stretch": stretch,
+                "input_scale": input_scale, "exclude": exclude_classes,
+                "init": init_info and init_info.get("sha256"), "device": dev.type,
+                "teacher": kd and [kd["card"].sha256, kd_alpha, kd_temperature],
+                "data": [data["data_sha256"], data["pixels_sha256"]]},
+                time_limit_s=time_limit_s, started=t_start) if resume else None)
+            history = fit_epochs(model, z_train, y_train, x_val, y_val, weights.to(dev), dev,
                            classes=classes, stretch=stretch, image_size=image_size,
                            epochs=epochs, batch_size=batch_size, lr=lr,
                            weight_decay=weight_decay, patience=patience, seed=seed,
-                           progress=progress, kd=kd, augment=AUGMENT_KW[augment])
+                           progress=progress, kd=kd, augment=AUGMENT_KW[augment],
+                           resume=saved)
         finally:
             torch.use_deterministic_algorithms(det_was[0], warn_only=det_was[1])
 
-    logits = _logits(model, x_val, dev, 4 * batch_size)
+    if history is None:
+        raise TrainingStopped(f"train: stopped at the time limit ({time_limit_s:g} s) after "
+                              f"epoch {len(saved.load()['history'])} of {epochs}; the state is "
+                              f"in {saved.path}: rerun the same command to go on")
+    logits = logits_of(model, x_val, dev, 4 * batch_size)
     temperature = fit_temperature(logits, y_val)
     proba_raw, proba_cal = softmax(logits), softmax(logits, temperature)
     metrics = classification_metrics(y_val, logits.argmax(axis=1), classes)
@@ -351,10 +319,11 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         extra["teacher"] = {"path": kd["path"], "sha256": kd["card"].sha256,
                             "arch": kd["card"].arch, "alpha": float(kd_alpha),
                             "temperature": float(kd_temperature)}
-    amp, amp_dtype = _amp_settings(dev)
+    amp, amp_dtype = amp_settings(dev)
     card = ModelCard(
         arch=arch, classes=classes, in_chans=int(n_chan), image_size=image_size,
         bands=data["bands"], stretch=stretch, temperature=temperature,
+        input_scale=input_scale or {},
         training={
             "store": str(store.resolve()), "data_sha256": data["data_sha256"],
             "pixels_sha256": data["pixels_sha256"],
@@ -368,6 +337,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             "best_epoch": history["best_epoch"], "batch_size": batch_size, "lr": lr,
             "weight_decay": weight_decay, "patience": patience, "device": str(dev),
             "stamp": [int(height), int(width)],
+            "store_import": data["import"],
             "augment": augment, "augment_detail": AUGMENTS[augment],
             "excluded_classes": exclude_classes, "n_excluded": data["n_excluded"],
             "loss": loss,
@@ -376,6 +346,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             "precision": str(amp_dtype).removeprefix("torch.") + (" autocast" if amp else ""),
             "seconds": round(time.perf_counter() - t_start, 2),
             "history": history["epochs"],
+            **({"resumed_after_epoch": history["resumed_after"]} if history["resumed_after"]
+               else {}),
             "command": shlex.join(sys.argv),
         },
         metrics=metrics,
@@ -385,95 +357,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
                            device=dev, batch_size=4 * batch_size)
     if out.suffix != ".pt":
         out = out.with_name(out.name + ".pt")
-    return save_checkpoint(model.cpu(), card, out, ood=ood)
-
-
-def _fit(model: torch.nn.Module, z_train: torch.Tensor, y_train: torch.Tensor,
-         x_val: torch.Tensor, y_val: np.ndarray, weights: torch.Tensor, dev: torch.device, *,
-         classes: list[str], stretch: dict[str, Any], image_size: int, epochs: int,
-         batch_size: int, lr: float, weight_decay: float, patience: int, seed: int,
-         progress: bool, kd: dict[str, Any] | None = None,
-         augment: dict[str, float] | None = None) -> dict[str, Any]:
-    """The epoch loop; leaves the best weights in ``model``."""
-    n = z_train.shape[0]
-    model.to(memory_format=torch.channels_last)  # 1.3-1.7x faster on the CPU; saved contiguous
-    if kd is not None:
-        kd["model"].to(memory_format=torch.channels_last)
-    amp, amp_dtype = _amp_settings(dev)
-    scaler = torch.amp.GradScaler(dev.type) if amp and amp_dtype == torch.float16 else None
-
-    def autocast() -> contextlib.AbstractContextManager[Any]:
-        return (torch.autocast(dev.type, dtype=amp_dtype) if amp
-                else contextlib.nullcontext())
-
-    bar_on = progress and _isatty(sys.stderr)
-    steps_per_epoch = max(1, n // batch_size + (1 if n % batch_size >= 2 else 0))
-    total = epochs * steps_per_epoch
-    warm = min(steps_per_epoch, max(total // 10, 1))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1.0 + math.cos(math.pi * s / total)))
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    best = {"bacc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
-    history = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.as_tensor(rng.permutation(n))
-        loss_sum, seen = 0.0, 0
-        bar = _EpochBar(sys.stderr, epoch=epoch, epochs=epochs, total=steps_per_epoch,
-                        enabled=bar_on)
-        for step, start in enumerate(range(0, n, batch_size), 1):
-            idx = perm[start:start + batch_size]
-            if idx.numel() < 2:  # BatchNorm needs two samples
-                continue
-            za = augment_stamps(z_train[idx], gen, **(augment or {}))
-            xb = resize(apply_stretch(za, stretch), image_size)
-            xb = xb.to(dev).contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits_b = model(xb).float()
-            loss = F.cross_entropy(logits_b, y_train[idx].to(dev), weight=weights)
-            if kd is not None:
-                xt = resize(apply_stretch(za, kd["stretch"]), kd["image_size"])
-                xt = xt.to(dev).contiguous(memory_format=torch.channels_last)
-                with torch.no_grad(), autocast():
-                    t_logits = kd["model"](xt).float()[:, kd["order"]]
-                loss = kd_loss(logits_b, t_logits, loss, alpha=kd["alpha"],
-                               temperature=kd["temperature"])
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * idx.numel()
-            seen += idx.numel()
-            bar.update(step, loss_sum / seen)
-        bar.close()
-        logits = _logits(model, x_val, dev, 4 * batch_size)
-        m = classification_metrics(y_val, logits.argmax(axis=1), classes)
-        val_loss = float(F.cross_entropy(torch.as_tensor(logits), torch.as_tensor(y_val),
-                                         weight=weights.cpu()))
-        row = {"epoch": epoch, "loss": round(loss_sum / max(seen, 1), 5),
-               "val_loss": round(val_loss, 5), "val_acc": round(m["accuracy"], 5),
-               "val_bacc": round(m["balanced_accuracy"], 5),
-               "seconds": round(time.perf_counter() - t0, 2)}
-        history.append(row)
-        if progress:
-            print(f"epoch {epoch}/{epochs} loss {row['loss']:.4f} val_loss {val_loss:.4f} "
-                  f"val_acc {m['accuracy']:.4f} val_bacc {m['balanced_accuracy']:.4f} "
-                  f"{row['seconds']:.1f}s", file=sys.stderr, flush=True)
-        bacc = m["balanced_accuracy"]
-        if bacc > best["bacc"] + 1e-9 or (abs(bacc - best["bacc"]) <= 1e-9
-                                          and val_loss < best["loss"]):
-            best = {"bacc": bacc, "loss": val_loss, "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        elif epoch - best["epoch"] >= patience:
-            break
-    model.load_state_dict(best["state"])
-    model.eval()
-    return {"epochs_run": len(history), "best_epoch": best["epoch"], "epochs": history}
+    card = save_checkpoint(model.cpu(), card, out, ood=ood)
+    if saved is not None:
+        saved.remove()
+    return card

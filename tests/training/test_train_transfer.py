@@ -22,7 +22,8 @@ from test_train import make_store  # tests/ is on sys.path (pytest's rootdir imp
 from pipeline.cli import cli
 from pipeline.errors import TrainingError
 from pipeline.training.distill import kd_loss
-from pipeline.training.fit import _amp_settings, train
+from pipeline.training.fit import train
+from pipeline.training.loop import amp_settings
 from pipeline.training.splits import split_validation
 from pipeline.training.transfer import read_weights, transfer_weights
 from workers.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
@@ -197,7 +198,7 @@ def test_bad_teachers_and_settings_are_refused(data, tmp_path):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_kd_loss_and_amp_settings():
+def test_kd_loss_andamp_settings():
     torch.manual_seed(0)
     s, t = torch.randn(8, 3), torch.randn(8, 3)
     ce = torch.tensor(0.7)
@@ -207,10 +208,10 @@ def test_kd_loss_and_amp_settings():
     kl = (p_t * (p_t.log() - torch.log_softmax(s / 2, 1))).sum(1).mean()
     assert kd_loss(s, t, ce, alpha=1.0, temperature=2.0).item() == pytest.approx(
         4 * kl.item(), rel=1e-5)
-    assert _amp_settings(torch.device("cpu")) == (False, torch.float32)
+    assert amp_settings(torch.device("cpu")) == (False, torch.float32)
     cuda = torch.device("cuda", 0)
-    assert _amp_settings(cuda, bf16_supported=True) == (True, torch.bfloat16)
-    assert _amp_settings(cuda, bf16_supported=False) == (True, torch.float16)
+    assert amp_settings(cuda, bf16_supported=True) == (True, torch.bfloat16)
+    assert amp_settings(cuda, bf16_supported=False) == (True, torch.float16)
 
 
 # --------------------------------------------------------------------------- progress, CLI

@@ -19,8 +19,9 @@ from workers.checkpoint import (CheckpointError, ModelCard, file_sha256, load_ch
 from workers.inference import Predictor
 from workers.model_cache import clear_cache, get_predictor
 from workers.models import create_model, list_models
-from workers.ood import (OODStats, energy_score, fit_ood_stats, last_linear,
-                         ledoit_wolf_shrinkage, ood_bytes, ood_from_bytes, penultimate_features)
+from pipeline.training.ood import fit_ood_stats, ledoit_wolf_shrinkage
+from workers.ood import (OODStats, energy_score, last_linear, ood_bytes, ood_from_bytes,
+                         penultimate_features)
 
 
 class Tiny(nn.Module):
@@ -83,7 +84,8 @@ def test_quantile_is_the_fraction_of_validation_stamps_below():
     stats = _stats(4, 2)
     stats.val_mahalanobis = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
     q = stats.quantile(np.array([0.5, 1.0, 2.5, 4.0, 9.0, np.nan]))
-    np.testing.assert_array_equal(q[:5], np.array([0.0, 0.0, 0.5, 0.75, 1.0], np.float32))
+    # linear between the order statistics (1 -> 0, 2 -> 1/3, 3 -> 2/3, 4 -> 1), so continuous
+    np.testing.assert_allclose(q[:5], np.array([0.0, 0.0, 0.5, 1.0, 1.0], np.float32), atol=1e-6)
     assert np.isnan(q[5]) and q.dtype == np.float32
 
 
@@ -139,7 +141,7 @@ def test_hook_takes_the_input_of_the_last_linear(name):
     pred = Predictor(model, card, ood=stats)
     out = pred.predict(x)
     expected = stats.mahalanobis(torch.from_numpy(feats)).numpy()
-    np.testing.assert_allclose(out.mahalanobis, expected, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(out.distance, expected, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(out.energy, energy_score(logits), rtol=1e-4, atol=1e-4)
 
 
@@ -169,8 +171,8 @@ def test_predictor_scores_in_one_pass_per_thread():
         outs = list(pool.map(pred.predict, xs * 3))
     assert len(calls) == 12 * 5  # one forward per batch of 8: no second pass for the scores
     for x, f, out in zip(xs * 3, feats * 3, outs):
-        np.testing.assert_allclose(out.mahalanobis, stats.mahalanobis(f).numpy(), rtol=1e-5)
-        np.testing.assert_allclose(out.ood_score, stats.quantile(out.mahalanobis))
+        np.testing.assert_allclose(out.distance, stats.mahalanobis(f).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(out.ood_score, stats.quantile(out.distance))
         np.testing.assert_allclose(out.proba.sum(1), 1.0, rtol=1e-5)
 
 
@@ -178,7 +180,7 @@ def test_predictor_without_statistics_gives_nan():
     model = Tiny().eval()
     pred = Predictor(model, ModelCard(arch="tiny", classes=["a", "b"], image_size=2), fuse=False)
     out = pred.predict(torch.randn(5, 1, 2, 2))
-    assert np.isnan(out.mahalanobis).all() and np.isnan(out.ood_score).all()
+    assert np.isnan(out.distance).all() and np.isnan(out.ood_score).all()
     assert np.isfinite(out.energy).all() and out.proba.shape == (5, 2)
     assert pred.predict(torch.zeros(0, 1, 2, 2)).proba.shape == (0, 2)
     with pytest.raises(ValueError, match="OOD statistics of 7 features.*takes 3"):

@@ -1,0 +1,249 @@
+"""Release scale, simulated: a night of >= 500 exposures ingested, >= 2 million cutouts classified.
+
+    python -m benchmarks release_scale [--quick] [--sources N] [--exposures M]
+
+Cheap synthetic data, never GalSim, on a LocalCluster of one single-threaded worker per core:
+
+- **ingest**: ``M`` FITS exposures (1024² px, sky + noise + ~300 Gaussian and Moffat sources
+  from a template bank, TAN WCS), written by the workers, then ``ingest`` of all of them in
+  one run, into a Zarr v3 sharded store (config ``ingest.shard-bytes``);
+- **classify**: a store of ``N`` cutouts (64 px stamps: templates plus noise from a bank,
+  written shard by shard by the workers through ``create_store`` / ``write_chunk``, so the
+  per-stamp statistics are measured as ingest measures them), classified by ``classify``,
+  together with the ingested store (several stores as one catalogue).
+
+Each stage is run at a tenth of its size too, on a fresh cluster, so that memory per worker
+is shown bounded: the peak RSS of every worker (a sampling thread inside it) and of the
+client, at 1/10 and at full size.  Reported for both stages: cutouts/s, peak RSS per worker
+and on the client, scheduler tasks/s (tasks the stage ran / its wall time) and files
+written per million cutouts (the catalogue's; the built store's: ``store_files``).
+Writes ``benchmarks/results/release_scale.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import (PeakRSS, parse_args, report, reset_worker_peaks, scratch,
+                                worker_peaks)
+
+__all__ = ["build_store", "cheap_exposures", "main"]
+
+_MIB = 2**20
+
+
+def _bank(stamp: int, count: int, seed: int) -> np.ndarray:
+    """``count`` unit-flux Gaussian (even) and Moffat (odd) profiles of side ``stamp``."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:stamp, :stamp] - stamp // 2
+    out = np.empty((count, stamp, stamp), np.float32)
+    for i in range(count):
+        dx, dy = rng.uniform(-0.5, 0.5, 2)
+        r2 = (x - dx) ** 2 + (y - dy) ** 2
+        img = np.exp(-r2 / (2 * rng.uniform(1.0, 2.5) ** 2)) if i % 2 == 0 else (
+            1 + r2 / rng.uniform(2.0, 8.0)) ** -2.5
+        out[i] = img / img.sum()
+    return out
+
+
+def cheap_exposures(folder: str, first: int, count: int, size: int, n_sources: int) -> int:
+    """Write exposures ``first .. first+count-1`` as ``exp_NNNNN.fits``; return how many."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    bank = _bank(15, 64, seed=first)
+    for k in range(first, first + count):
+        rng = np.random.default_rng(k)
+        image = rng.normal(400.0, 6.0, (size, size)).astype(np.float32)
+        pos = rng.integers(8, size - 8, (n_sources, 2))
+        flux = rng.uniform(2e3, 4e4, n_sources).astype(np.float32)
+        pick = rng.integers(0, len(bank), n_sources)
+        for (px, py), f, p in zip(pos, flux, pick):
+            image[py - 7:py + 8, px - 7:px + 8] += f * bank[p]
+        wcs = WCS(naxis=2)
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        wcs.wcs.crval = [(k * 0.07) % 360.0, -30.0 + (k % 600) * 0.1]
+        wcs.wcs.crpix = [size / 2, size / 2]
+        wcs.wcs.cd = np.diag([-0.25, 0.25]) / 3600
+        header = wcs.to_header()
+        header["FILTER"] = "r"
+        fits.PrimaryHDU(image, header=header).writeto(Path(folder) / f"exp_{k:05d}.fits")
+    return count
+
+
+def _write_shard(store: str, start: int, stop: int, stamp: int) -> int:
+    """Write rows ``[start, stop)`` of a benchmark store: bank templates + bank noise."""
+    from pipeline.store import write_chunk
+
+    rng = np.random.default_rng(start)
+    templates = 3000.0 * _bank(stamp, 256, seed=0)
+    noise = rng.normal(0.0, 3.0, (512, stamp, stamp)).astype(np.float32)
+    n = stop - start
+    stamps = templates[rng.integers(0, len(templates), n)]
+    stamps += np.roll(noise[rng.integers(0, len(noise), n)], int(rng.integers(stamp)), axis=2)
+    write_chunk(store, start, stamps[:, None])
+    return n
+
+
+def build_store(client: Any, path: Path, n: int, stamp: int = 64) -> Path:
+    """A sharded store of ``n`` cutouts, written shard by shard by the cluster's workers."""
+    import pandas as pd
+
+    from pipeline.store import create_store, pack_source_id, sources_per_chunk, sources_per_shard
+
+    chunk = sources_per_chunk(stamp, 1)
+    shard = sources_per_shard(chunk, n, stamp, 1)
+    rng = np.random.default_rng(n)
+    idx = np.arange(n)
+    exposure = np.char.add("sim_", (idx // 4000).astype("U6")).astype(object)
+    f32 = np.float32
+    table = pd.DataFrame({
+        "exposure": exposure, "ccd": np.zeros(n, np.int16), "x": rng.uniform(0, 4096, n),
+        "y": rng.uniform(0, 4096, n), "ra": rng.uniform(0, 360, n),
+        "dec": np.degrees(np.arcsin(rng.uniform(-1, 1, n))), "flux": np.full(n, 3000, f32),
+        "a": np.ones(n, f32), "b": np.ones(n, f32), "theta": np.zeros(n, f32),
+        "fwhm": np.full(n, 3.0, f32), "psf_fwhm": np.full(n, 3.0, f32),
+        "sky": np.zeros(n, f32), "sky_rms": np.full(n, 3.0, f32), "snr": np.full(n, 100, f32),
+        "flags": np.zeros(n, np.int32)})
+    table["source_id"] = pack_source_id(exposure, table["ccd"], idx % 4000)
+    create_store(path, table, stamp=stamp, bands=["r"], chunk_sources=chunk, pixel_scale=0.25,
+                 inputs=[], rejects=[], shard_sources=shard)
+    del table
+    step = shard or chunk
+    futures = [client.submit(_write_shard, str(path), s, min(n, s + step), stamp, pure=False)
+               for s in range(0, n, step)]
+    assert sum(client.gather(futures)) == n
+    return path
+
+
+def _files(path: Path) -> int:
+    return sum(1 for p in path.rglob("*") if p.is_file())
+
+
+def _stage(prepare, measure, n_workers: int) -> dict[str, Any]:
+    """On a fresh cluster: ``prepare(client)``, then time and watch ``measure(client)``.
+
+    ``measure`` returns ``(cutouts, tasks, files)``; the peaks of RSS (every worker, the
+    client) count from after ``prepare``, so they are the stage's own.
+    """
+    from cluster import connect
+
+    with connect("local", n_workers=n_workers, threads_per_worker=1) as client:
+        prepare(client)
+        reset_worker_peaks(client)
+        sampler = PeakRSS()
+        t0 = time.perf_counter()
+        cutouts, tasks, files = measure(client)
+        seconds = time.perf_counter() - t0
+        client_peak = sampler.stop()
+        peaks = worker_peaks(client)
+    return {"cutouts": int(cutouts), "seconds": seconds, "cutouts_per_s": cutouts / seconds,
+            "tasks": int(tasks), "scheduler_tasks_per_s": tasks / seconds,
+            "files": int(files), "files_per_million_cutouts": files / cutouts * 1e6,
+            "peak_rss_mib_per_worker": sorted(round(v / _MIB, 1) for v in peaks.values()),
+            "max_worker_peak_rss_mib": round(max(peaks.values()) / _MIB, 1),
+            "client_peak_rss_mib": round(client_peak / _MIB, 1)}
+
+
+def _ingest_stage(work: Path, label: str, count: int, size: int, per_exposure: int,
+                  n_workers: int) -> dict[str, Any]:
+    """``count`` cheap exposures written by the workers, then one ``ingest`` of them all."""
+    import zarr
+
+    from pipeline.ingest.exposures import ingest
+
+    folder, out = work / f"exposures_{label}", work / f"night_{label}.zarr"
+    folder.mkdir()
+
+    def prepare(client):
+        per_task = 25
+        client.gather([client.submit(cheap_exposures, str(folder), s, min(per_task, count - s),
+                                     size, per_exposure, pure=False)
+                       for s in range(0, count, per_task)])
+
+    def measure(client):
+        paths = sorted(folder.glob("*.fits"))
+        summary = ingest(paths, out)
+        image = zarr.open_group(str(out), mode="r")["image"]
+        unit = (image.shards or image.chunks)[0]
+        tasks = len(paths) + summary.n_ccds + math.ceil(summary.n_sources / unit)
+        return summary.n_sources, tasks, _files(out)
+
+    result = _stage(prepare, measure, n_workers)
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def _classify_stage(work: Path, label: str, count: int, model: str, n_workers: int,
+                    extra: list[Path]) -> dict[str, Any]:
+    """A cheap store of ``count`` cutouts, then one ``classify`` of it (and of ``extra``)."""
+    from pipeline.classify.graph import classify
+
+    store, out = work / f"release_{label}.zarr", work / f"catalogue_{label}"
+
+    def prepare(client):
+        build_store(client, store, count)
+
+    def measure(client):
+        summary = classify([store, *extra], out, model=model, progress=False)
+        return summary.rows, summary.parts_written, _files(out)
+
+    result = _stage(prepare, measure, n_workers)
+    result["store_files"] = _files(store)  # the sharded store's own files (its cutouts: count)
+    result["store_files_per_million_cutouts"] = _files(store) / count * 1e6
+    result["stores"] = [str(p.name) for p in (store, *extra)]
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; return the result payload."""
+    args = parse_args(__doc__, argv, quick_help="50 exposures of 512² px, a store of 40,000",
+                      options={"--sources": {"type": int, "default": None},
+                               "--exposures": {"type": int, "default": None},
+                               "--workers": {"type": int, "default": 2}})
+    n_store = args.sources or (40_000 if args.quick else 2_000_000)
+    n_exp = args.exposures or (50 if args.quick else 500)
+    size, per_exposure = (512, 100) if args.quick else (1024, 300)
+    results: dict[str, dict[str, Any]] = {}
+    with scratch("skysieve-bench-release-") as work:
+        for label, count in (("tenth", max(2, n_exp // 10)), ("full", n_exp)):
+            results[f"ingest_{label}"] = _ingest_stage(work, label, count, size, per_exposure,
+                                                       args.workers)
+        for label, count in (("tenth", n_store // 10), ("full", n_store)):
+            # the full store is classified with the ingested night: two stores, one catalogue
+            extra = [work / "night_full.zarr"] if label == "full" else []
+            results[f"classify_{label}"] = _classify_stage(work, label, count, args.model,
+                                                           args.workers, extra)
+    rows = [{"stage": k, "cutouts": v["cutouts"], "cutouts_per_s": v["cutouts_per_s"],
+             "max_worker_rss_mib": v["max_worker_peak_rss_mib"],
+             "client_rss_mib": v["client_peak_rss_mib"],
+             "tasks_per_s": v["scheduler_tasks_per_s"],
+             "files_per_M": v["files_per_million_cutouts"]} for k, v in results.items()]
+    growth = {s: results[f"{s}_full"]["max_worker_peak_rss_mib"]
+              / results[f"{s}_tenth"]["max_worker_peak_rss_mib"] for s in ("ingest", "classify")}
+    payload = {"settings": {"quick": args.quick, "model": args.model, "workers": args.workers,
+                            "threads_per_worker": 1, "store_cutouts": n_store,
+                            "exposures": n_exp, "exposure_size": size,
+                            "sources_per_exposure": per_exposure, "stamp": 64,
+                            "how": "each stage on a fresh LocalCluster; RSS sampled every 10 ms "
+                                   "by a thread in each worker and in the client, from the "
+                                   "start of the stage (after its inputs were written)"},
+               "stages": results, "rows": rows,
+               "worker_peak_growth_full_over_tenth": growth,
+               "goal": ">= 500 exposures ingested and >= 2e6 cutouts classified in one run, "
+                       "memory per worker bounded"}
+    return report("release_scale", payload, rows,
+                  f"worker peak RSS full / tenth: ingest {growth['ingest']:.2f}, classify "
+                  f"{growth['classify']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
