@@ -90,6 +90,7 @@ def stage_profile(store: Path, checkpoint: Path, batch_size: int, threads: int) 
     import torch
     import zarr
 
+    from pipeline import bundled
     from pipeline.catalogue.part_files import flush_parts
     from pipeline.classify.chunk import COORDS, classify_chunk
     from pipeline.imaging.blur_score import apparent_fwhm
@@ -100,6 +101,7 @@ def stage_profile(store: Path, checkpoint: Path, batch_size: int, threads: int) 
     from workers.model_cache import get_predictor
 
     torch.set_num_threads(threads)
+    checkpoint = str(bundled.resolve(checkpoint))  # a bundled name or a path
     card = load_card(checkpoint)
     predictor = get_predictor(checkpoint, sha256=card.sha256, batch_size=batch_size)
     arr = zarr.open_array(str(store / "image"), mode="r")
