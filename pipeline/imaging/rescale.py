@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.imaging.preprocess import background_noise
+
 __all__ = ["INPUT_SCALE_MODES", "validate_input_scale", "psf_zoom", "rescale", "scale_for_model"]
 
 INPUT_SCALE_MODES = ("none", "psf")
@@ -149,8 +151,6 @@ def scale_for_model(images: np.ndarray, scale: Mapping[str, Any] | None,
     if psf_fwhm is None:
         raise ValueError("this model resamples stamps to its PSF width (card input_scale) and "
                          "needs each stamp's psf_fwhm; the store has none: re-ingest it")
-    from pipeline.imaging.preprocess import background_noise
-
     if background is None or noise is None:
         background, noise = background_noise(images)
     bg = torch.as_tensor(np.asarray(background, np.float32))
