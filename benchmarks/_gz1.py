@@ -87,16 +87,21 @@ def gz1_split(folder: Path, *, seed: int = 0, sample: int = 0
     return table, train_idx, test_idx
 
 
-def write_training_csv(folder: Path, out: Path, *, seed: int = 0) -> int:
-    """Write the labels CSV of the benchmark's GZ1 *training* objects (held-out ones left out).
+def write_training_csv(folder: Path, out: Path, *, seed: int = 0, part: str = "train") -> int:
+    """Write the labels CSV of one side of the benchmark's GZ1 split.
 
-    A model trained on ``skysieve import-images FOLDER --labels OUT ...`` has never seen
-    the galaxies ``gz1_morphology`` scores it on.  Returns the number of rows written.
+    ``part="train"``: the training objects (held-out ones left out), so a model trained on
+    ``skysieve import-images FOLDER --labels OUT ...`` has never seen the galaxies
+    ``gz1_morphology`` scores it on; ``part="test"``: the held-out objects themselves
+    (a test store for ``skysieve compare --test-store``).  Returns the number of rows written.
     """
-    table, train_idx, _ = gz1_split(folder, seed=seed)
+    if part not in ("train", "test"):
+        raise ValueError(f"write_training_csv: part must be 'train' or 'test', got {part!r}")
+    table, train_idx, test_idx = gz1_split(folder, seed=seed)
+    rows = train_idx if part == "train" else test_idx
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.iloc[train_idx].to_csv(out, index=False)
-    return int(train_idx.size)
+    table.iloc[rows].to_csv(out, index=False)
+    return int(rows.size)
 
 
 def gz1_morphology(log: UnitLog, args: argparse.Namespace) -> None:

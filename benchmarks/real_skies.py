@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gz1-model", default=None,
                    help="checkpoint for gz1_morphology (default the bundled sdss-morphology "
                         "if present, else the model is skipped with a reason)")
+    p.add_argument("--write-gz1-test", type=Path, default=None, metavar="CSV",
+                   help="write the labels CSV of gz1_morphology's held-out objects and exit")
     p.add_argument("--write-gz1-train", type=Path, default=None, metavar="CSV",
                    help="write the labels CSV of gz1_morphology's training objects (its "
                         "held-out 20%% left out; paths relative to DATA/gz1_galaxies) and exit")
@@ -452,15 +454,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the chosen parts; return ``{"path", "ran", "reused", "skipped", "summary"}``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    if args.write_gz1_train is not None:
+    if args.write_gz1_train is not None or args.write_gz1_test is not None:
         folder, why = rd.dataset(args.data, "gz1_galaxies")
         if folder is None:
             raise SystemExit(f"real_skies: {why}")
-        n = write_training_csv(folder, args.write_gz1_train, seed=args.seed)
-        print(f"wrote {n} training objects to {args.write_gz1_train} "
-              f"(import them from {folder})")
-        return {"path": args.write_gz1_train, "ran": 0, "reused": 0, "skipped": {},
-                "summary": {"gz1_training_objects": n}}
+        counts = {}
+        for part, path in (("train", args.write_gz1_train), ("test", args.write_gz1_test)):
+            if path is not None:
+                counts[part] = write_training_csv(folder, path, seed=args.seed, part=part)
+                print(f"wrote {counts[part]} {part} objects to {path} "
+                      f"(import them from {folder})")
+        return {"path": args.write_gz1_train or args.write_gz1_test, "ran": 0, "reused": 0,
+                "skipped": {}, "summary": {f"gz1_{k}_objects": v for k, v in counts.items()}}
     command = rd.shown_command("real_skies", argv)
     run = {"command": command, "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                           time.gmtime()),

@@ -193,24 +193,52 @@ def evaluate(model: str, store: Path, out: Path, blur_sweep: str, subset: str, b
 @click.option("--image-size", type=int, default=None, help="Model input size (default: the stamp).")
 @click.option("--teacher-arch", default="wide_resnet16_4", show_default=True)
 @click.option("--teacher-epochs", type=int, default=None, help="Default: --epochs.")
-@click.option("--pretrain-store", type=_EXISTING, default=None,
-              help="Large store to pretrain on: adds the scratch vs pretrained+fine-tuned study.")
+@click.option("--teacher", "teacher_checkpoint", type=_EXISTING, default=None,
+              help="A trained checkpoint to distil from instead of training --teacher-arch.")
+@click.option("--pretrain-store", type=_EXISTING, multiple=True,
+              help="Large store to pretrain on: adds the scratch vs pretrained+fine-tuned study "
+                   "(repeat for one study per store).")
 @click.option("--pretrain-arch", default=None, help="Default: the first architecture without +kd.")
 @click.option("--pretrain-epochs", type=int, default=None, help="Default: --epochs.")
 @click.option("--blur-sweep", default="0,0.5,1,2,4", show_default=True)
+@click.option("--test-store", type=_EXISTING, default=None,
+              help="Score every run on this store of held-out objects or fields "
+                   "(default: the validation split that stops training).")
+@click.option("--split-by", type=click.Choice(["exposure", "frame", "field", "source"]),
+              default="exposure", show_default=True, help="How the validation split is held out.")
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--patience", type=int, default=8, show_default=True,
+              help="Early stopping: epochs without a better validation balanced accuracy.")
+@click.option("--augment", type=click.Choice(["full", "geometric", "robust"]), default="full",
+              show_default=True)
+@click.option("--softening", type=float, default=None,
+              help="Stretch softening in units of the noise [default: 3].")
+@click.option("--label-fractions", default="1", show_default=True,
+              help="Pretraining study: shares of the training labels, e.g. 0.05,0.2,1.")
+@click.option("--target", type=float, default=None,
+              help="Pretraining study: the validation balanced accuracy to time "
+                   "[default: 0.95 x the scratch runs' mean best].")
 @_user_errors
 def compare(store: Path, archs: str, seeds: int, out: Path, epochs: int, batch_size: int,
             image_size: int | None, teacher_arch: str, teacher_epochs: int | None,
-            pretrain_store: Path | None, pretrain_arch: str | None,
-            pretrain_epochs: int | None, blur_sweep: str) -> None:
+            teacher_checkpoint: Path | None, pretrain_store: tuple[Path, ...],
+            pretrain_arch: str | None, pretrain_epochs: int | None, blur_sweep: str,
+            test_store: Path | None, split_by: str, lr: float, patience: int, augment: str,
+            softening: float | None, label_fractions: str, target: float | None) -> None:
     """Train and evaluate several architectures over seeds on STORE; print the table."""
     from pipeline.training.compare import compare as run_compare
 
     result = run_compare(store, archs=[a.strip() for a in archs.split(",") if a.strip()],
                          seeds=seeds, out=out, epochs=epochs, batch_size=batch_size,
                          image_size=image_size, teacher_arch=teacher_arch,
-                         teacher_epochs=teacher_epochs, pretrain_store=pretrain_store,
+                         teacher_epochs=teacher_epochs, teacher=teacher_checkpoint,
+                         pretrain_store=list(pretrain_store) or None,
                          pretrain_arch=pretrain_arch, pretrain_epochs=pretrain_epochs,
-                         blur_sweep=parse_floats(blur_sweep, option="--blur-sweep"))
+                         blur_sweep=parse_floats(blur_sweep, option="--blur-sweep"),
+                         test_store=test_store, split_by=split_by, lr=lr, patience=patience,
+                         augment=augment, softening=softening,
+                         label_fractions=parse_floats(label_fractions,
+                                                      option="--label-fractions"),
+                         target=target)
     table = out / "compare.md"
     click.echo(table.read_text() if table.is_file() else json.dumps(result, indent=2, default=str))

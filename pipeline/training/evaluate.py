@@ -38,6 +38,7 @@ from pipeline.imaging.blur_score import apparent_fwhm
 from pipeline.imaging.preprocess import background_noise, prepare
 from pipeline.imaging.rescale import scale_for_model
 from pipeline.training.data import load_labelled
+from pipeline.training.machine import run_conditions
 from pipeline.training.metrics import (classification_metrics, expected_calibration_error, nll,
                                        reliability_bins, roc_auc_ovr, softmax)
 from pipeline.training.splits import WHOLE, split_validation
@@ -245,6 +246,7 @@ def _speed(predictor: Predictor, sample: torch.Tensor, *, batch_size: int) -> di
         "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
                         else platform.processor() or platform.machine()),
         "torch_threads": torch.get_num_threads(),
+        "conditions": run_conditions(),
         "what": "model forward on prepared stamps via Predictor.predict_logits "
                 "(channels_last; CUDA: autocast), torch.inference_mode",
         "batch1_ms_per_sample": round(1e3 * t1, 4),

@@ -32,7 +32,9 @@ from pipeline.training.loop import ResumeFile, amp_settings, fit_epochs, logits_
 from pipeline.training.metrics import (classification_metrics, expected_calibration_error,
                                        fit_temperature, nll, softmax)
 from pipeline.training.ood import fit_training_ood
-from pipeline.training.splits import SPLITS, WHOLE, group_fields, split_validation
+from pipeline.training.machine import run_conditions
+from pipeline.training.splits import (SPLITS, WHOLE, group_fields, label_subset,
+                                      split_validation)
 from pipeline.training.transfer import read_weights, transfer_summary, transfer_weights
 from workers.checkpoint import ModelCard, save_checkpoint
 from workers.inference import pick_device
@@ -91,7 +93,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
           stretch: dict[str, Any] | None = None,
           exclude_classes: Sequence[str] = (),
           input_scale: dict[str, Any] | None = None, resume: bool = False,
-          time_limit_s: float | None = None) -> ModelCard:
+          time_limit_s: float | None = None, train_fraction: float = 1.0) -> ModelCard:
     """Train ``arch`` on the labelled sources of a cutout store and write a checkpoint.
 
     All labelled stamps are read into memory and normalised once (S/N units,
@@ -180,6 +182,10 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     time_limit_s : float, optional
         With ``resume``: stop after the first epoch that ends this many seconds in, saving the
         state, and raise :class:`~pipeline.errors.TrainingStopped` (rerun to go on).
+    train_fraction : float, default: 1.0
+        Train on this seeded, class-stratified share of the training split only (a learning
+        curve; :func:`pipeline.training.splits.label_subset`, seeded by ``split_seed``); the
+        validation split is unchanged.
 
     Returns
     -------
@@ -234,6 +240,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             groups, labels, by=split_by, val_fraction=val_fraction, seed=split_seed)
     except TrainingError as exc:  # the arguments were checked: the store's groups cannot split
         raise StoreError(f"{store}: {exc}") from exc
+    n_split_train = int(train_idx.size)
+    train_idx = label_subset(train_idx, labels, train_fraction, seed=split_seed)
     images = data.pop("images")
     n_chan, height, width = images.shape[1:]
     image_size = int(image_size or height)
@@ -255,6 +263,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
                          f"split; add data or use split_by='source'")
     weights = torch.as_tensor(len(train_idx) / (len(classes) * present), dtype=torch.float32)
 
+    conditions = {"start": run_conditions()}
     det_was = (torch.are_deterministic_algorithms_enabled(),
                torch.is_deterministic_algorithms_warn_only_enabled())
     t_start = time.perf_counter()
@@ -278,6 +287,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
                 "arch": arch, "classes": classes, "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "weight_decay": weight_decay, "seed": seed, "split_seed": split_seed,
                 "image_size": image_size, "split_by": split_by, "val_fraction": val_fraction,
+                "train_fraction": train_fraction,
                 "patience": patience, "augment": augment, "stretch": stretch,
                 "input_scale": input_scale, "exclude": exclude_classes,
                 "init": init_info and init_info.get("sha256"), "device": dev.type,
@@ -331,6 +341,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
                       "val_exposures": (sorted(set(exposures[val_idx].tolist()))
                                         if split_by in WHOLE else []),
                       "n_train": int(train_idx.size), "n_val": int(val_idx.size),
+                      "train_fraction": train_fraction, "n_train_split": n_split_train,
                       **({"val_fields": val_groups, "groups": fields}
                          if split_by == "field" else {})},
             "seed": seed, "epochs": epochs, "epochs_run": history["epochs_run"],
@@ -345,6 +356,7 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             "optimizer": "AdamW, 1-epoch warm-up + cosine",
             "precision": str(amp_dtype).removeprefix("torch.") + (" autocast" if amp else ""),
             "seconds": round(time.perf_counter() - t_start, 2),
+            "conditions": {**conditions, "end": run_conditions()},
             "history": history["epochs"],
             **({"resumed_after_epoch": history["resumed_after"]} if history["resumed_after"]
                else {}),

@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info"]
+__all__ = ["machine_info", "run_conditions"]
 
 
 def _cpu_name() -> str:
@@ -45,3 +45,22 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": gpu, "python": platform.python_version(), "platform": platform.platform(),
             "versions": versions}
+
+
+def run_conditions() -> dict[str, Any]:
+    """What shares this machine right now, for a per-run record beside a speed or a time.
+
+    Returns
+    -------
+    dict
+        ``torch_threads``, ``cores`` and ``load_1min`` (the 1-minute load average, None
+        where the platform has none): a run's seconds compare with another's only when
+        its threads and the load beside it are known.
+    """
+    import torch
+
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        load = None
+    return {"torch_threads": torch.get_num_threads(), "cores": os.cpu_count(), "load_1min": load}

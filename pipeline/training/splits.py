@@ -6,7 +6,7 @@ import numpy as np
 
 from pipeline.errors import TrainingError
 
-__all__ = ["SPLITS", "WHOLE", "split_validation", "group_fields"]
+__all__ = ["SPLITS", "WHOLE", "split_validation", "group_fields", "label_subset"]
 
 #: The ways :func:`split_validation` can hold out a validation set.
 SPLITS = ("exposure", "frame", "field", "source")
@@ -219,3 +219,46 @@ def _offset_matches(a: np.ndarray, b: np.ndarray, *, bin_px: float, tol_px: floa
     offset = np.median(d[near], axis=0)
     dist, _ = cKDTree(b).query(a - offset, distance_upper_bound=tol_px)
     return int(np.count_nonzero(np.isfinite(dist)))
+
+
+def label_subset(train_idx: np.ndarray, labels: np.ndarray, fraction: float, *,
+                 seed: int = 0) -> np.ndarray:
+    """Keep a seeded, class-stratified ``fraction`` of the training sources (a learning curve).
+
+    Each class keeps ``round(fraction * n_class)`` of its training sources, at least one.
+    A smaller fraction's subset is contained in a larger one's for the same seed, so the
+    points of a learning curve add labels rather than draw new ones.
+
+    Parameters
+    ----------
+    train_idx : numpy.ndarray
+        Indices of the training sources (into ``labels``).
+    labels : numpy.ndarray
+        Class label of every source.
+    fraction : float
+        Share of each class to keep, in (0, 1]; 1 returns ``train_idx`` unchanged.
+    seed : int, default: 0
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted indices, a subset of ``train_idx``.
+
+    Raises
+    ------
+    pipeline.errors.TrainingError
+        ``fraction`` outside (0, 1].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise TrainingError(f"train_fraction must be in (0, 1], got {fraction!r}")
+    train_idx = np.asarray(train_idx)
+    if fraction == 1.0:
+        return train_idx
+    rng = np.random.default_rng(seed)
+    own = np.asarray(labels).astype(str)[train_idx]
+    keep = []
+    for c in np.unique(own):
+        members = train_idx[own == c]
+        order = members[rng.permutation(members.size)]
+        keep.append(order[:max(1, round(fraction * members.size))])
+    return np.sort(np.concatenate(keep))

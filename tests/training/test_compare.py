@@ -43,8 +43,10 @@ def test_table_rows_columns_and_files(run):
     out, result = run["out"], run["result"]
     assert [r["token"] for r in result["rows"]] == ARCHS
     md = (out / "compare.md").read_text()
-    for column in (("| arch | params | accuracy | balanced acc. | ECE (calibrated) | "
-                   "ms/sample (batch 1) | cutouts/s (batch 32) | acc. at +1 PSF FWHM blur |"),):
+    for column in (("| arch | params | accuracy | balanced acc. | recall diffuse | recall "
+                    "galaxy | recall star | ECE (calibrated) | ms/sample (batch 1) | cutouts/s "
+                    "(batch 32) | speed measured at | train s (mean) | train load |"),
+                   "| arch | +0 PSF | +1 PSF | drop at the last |"):
         assert column in md
     assert md.startswith("# skysieve compare\n\nCommand: `")
     assert "cores" in md and "torch 2." in md and result["machine"]["cores"] >= 1
@@ -58,6 +60,11 @@ def test_table_rows_columns_and_files(run):
         assert (out / png).stat().st_size > 1000
     for row in result["rows"]:
         assert row["params"] > 0 and row["ms_per_sample_batch1"] > 0 and row["cutouts_per_s"] > 0
+        # the threads and load beside every speed and every training time
+        assert row["speed_conditions"]["torch_threads"] >= 1
+        for s in row["per_seed"]:
+            assert {"start", "end"} <= set(s["train_conditions"])
+            assert s["train_conditions"]["start"]["torch_threads"] >= 1
     # every run held out the same validation exposures
     splits = {tuple(json.loads(p.read_text())["training"]["split"]["val_exposures"])
               for p in (out / "models").glob("*_s?.json") if not p.name.startswith("pretrain")}
@@ -88,12 +95,13 @@ def test_statistics_recomputed_from_the_per_seed_numbers(run):
     for seed in range(SEEDS):
         card = json.loads((out / "models" / f"smallcnn+kd_s{seed}.json").read_text())
         assert card["training"]["teacher"]["sha256"] == teacher_card["sha256"]
-    pre = result["pretraining"]
-    assert pre["arch"] == "lenet5"  # the first token without +kd
+    study = result["pretraining"]
+    assert study["arch"] == "lenet5" and study["fractions"] == [1.0]  # the first plain token
+    (pre,) = study["studies"]
     assert pre["scratch"]["per_seed"] == result["rows"][0]["per_seed"]  # reused, not retrained
-    pre_card = json.loads((out / "models" / "pretrain_lenet5_s0.json").read_text())
+    pre_card = json.loads((out / "models" / "pretrain_pre_lenet5_s0.json").read_text())
     for seed in range(SEEDS):
-        card = json.loads((out / "models" / f"finetune_lenet5_s{seed}.json").read_text())
+        card = json.loads((out / "models" / f"finetune_pre_f1_lenet5_s{seed}.json").read_text())
         assert card["training"]["init"]["sha256"] == pre_card["sha256"]
     for study, base, treated in ((kd, result["rows"][1], result["rows"][2]),
                                  (pre, pre["scratch"], pre["finetuned"])):
