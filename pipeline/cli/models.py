@@ -57,6 +57,9 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
               help="Validation split: whole exposures/frames, whole fields (exposures of the "
                    "same field joined), or sources.")
 @click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--train-fraction", default=1.0, show_default=True,
+              help="Train on this seeded, class-stratified share of the training split only "
+                   "(a learning-curve point; the validation split is unchanged).")
 @click.option("--patience", default=8, show_default=True, help="Early-stopping patience in epochs.")
 @click.option("--init", type=_EXISTING, default=None,
               help="Start from these weights (a skysieve checkpoint, or a local state-dict file "
@@ -92,7 +95,8 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
 @_user_errors
 def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
           split_seed: int | None, image_size: int | None, split_by: str, val_fraction: float,
-          patience: int, init: Path | None, init_sha256: str | None, teacher: Path | None,
+          train_fraction: float, patience: int, init: Path | None, init_sha256: str | None,
+          teacher: Path | None,
           kd_alpha: float, kd_temperature: float, augment: str, stretch: str | None,
           softening: float | None, exclude_classes: tuple[str, ...],
           psf_pixels: float | None, resume: bool, time_limit: float | None) -> None:
@@ -106,7 +110,8 @@ def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: f
         card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
                          seed=seed, split_seed=split_seed, image_size=image_size,
                          split_by=split_by, val_fraction=val_fraction, patience=patience,
-                         init=init, init_sha256=init_sha256, teacher=teacher, kd_alpha=kd_alpha,
+                         train_fraction=train_fraction, init=init, init_sha256=init_sha256,
+                         teacher=teacher, kd_alpha=kd_alpha,
                          kd_temperature=kd_temperature, augment=augment,
                          stretch={k: v for k, v in (("name", stretch), ("softening", softening))
                                   if v is not None} or None,

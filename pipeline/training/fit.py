@@ -205,6 +205,9 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     store, out = Path(store), Path(out)
     _check_args(arch, epochs, batch_size, lr, patience, split_by, image_size, val_fraction,
                 kd_alpha, kd_temperature)
+    if (isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float))
+            or not 0.0 < train_fraction <= 1.0):
+        raise TrainingError(f"train: train_fraction must be in (0, 1], got {train_fraction!r}")
     if augment not in AUGMENTS:
         raise TrainingError(f"train: unknown augment {augment!r}; valid: {', '.join(AUGMENTS)}")
     with _training_errors():

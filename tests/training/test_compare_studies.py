@@ -184,3 +184,20 @@ def test_cli_compare_with_the_study_options(study, tmp_path):
     res = CliRunner().invoke(cli, args[:-2] + ["--label-fractions", "0,x", "--out",
                                                str(tmp_path / "y")])
     assert res.exit_code != 0 and "--label-fractions" in res.output
+
+
+def test_cli_train_on_a_share_of_the_labels(study, tmp_path):
+    from pipeline.cli import cli
+
+    base = ["train", str(study["store"]), "--arch", "lenet5", "--epochs", "1",
+            "--batch-size", "32", "--split-by", "source"]
+    res = CliRunner().invoke(cli, base + ["--train-fraction", "0.25",
+                                          "--out", str(tmp_path / "q.pt")])
+    assert res.exit_code == 0, res.output
+    split = json.loads((tmp_path / "q.json").read_text())["training"]["split"]
+    assert split["train_fraction"] == 0.25
+    assert split["n_train"] == 3 * round(0.25 * split["n_train_split"] / 3) < split["n_train_split"]
+    res = CliRunner().invoke(cli, base + ["--train-fraction", "0", "--out",
+                                          str(tmp_path / "z.pt")])
+    assert res.exit_code == 1 and "train_fraction must be in (0, 1], got 0.0" in res.output
+    assert not (tmp_path / "z.pt").exists()
