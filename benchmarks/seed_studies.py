@@ -1,0 +1,197 @@
+"""The seed studies of issue #14, reproduced: ``python -m benchmarks.seed_studies PART ...``.
+
+Each part is one ``skysieve compare`` run (a subprocess, so the command it records is the one
+a user types) with the settings fixed here; its records land in
+``benchmarks/results/seed_studies/<folder>/`` (the cards and evaluations are committed, the
+weights are not) and its table in ``compare.md`` there.  The stores it needs are made first
+under ``--work`` (default ``/tmp/skysieve-seed-studies``) by the project's own commands and
+reused when present, so rerunning a part resumes it where it stopped, in this session or the
+next (:mod:`pipeline.training.compare_runs`).
+
+Parts:
+
+* ``zoo``: LeNet-5, AlexNet, VGG-11, ResNet-18, HR-CelestialNet (cutout variant) and
+  MobileNetV3-Small on real SDSS galaxies (``gz1_galaxies``: 3 classes, cropped to the galaxy
+  and downscaled to 32 px), 3 seeds, scored on the held-out 20% of the objects (the split of
+  ``real_skies``'s ``gz1_morphology``).  ``--archs`` runs a subset (two processes can share
+  the work; a last run with all of them writes the whole table).
+* ``pretrain``: MobileNetV3-Small from scratch against pretrained on a formula-driven fractal
+  set (:mod:`benchmarks.fractal_images`, no astronomy) and on the synthetic survey, then
+  fine-tuned, at 5%, 20% and 100% of the labels, 5 seeds.
+* ``distill``: MobileNetV3-Small alone against distilled from the zoo's best network (by
+  mean *validation* balanced accuracy, seed 0), 5 seeds.
+* ``whole``: HR-CelestialNet against AlexNet, VGG-11 and ResNet-18 on whole pointed synthetic
+  exposures (galaxy vs nebula/star cluster), downsampled for the CPU, with a blur sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["PARTS", "main", "prepare", "compare_args"]
+
+RESULTS = Path(__file__).resolve().parent / "results" / "seed_studies"
+DEFAULT_WORK = Path("/tmp/skysieve-seed-studies")
+ZOO_ARCHS = ["lenet5", "alexnet", "vgg11", "resnet18", "hr_celestialnet", "mobilenetv3_small"]
+WHOLE_ARCHS = ["hr_celestialnet", "alexnet", "vgg11", "resnet18"]
+PARTS = {"zoo": "zoo_gz1", "pretrain": "pretrain_gz1", "distill": "distill_gz1",
+         "whole": "whole_pointed"}
+
+#: Training settings shared by the GZ1 parts (cropped to the galaxy at import, 32 px input).
+GZ1_TRAINING = ["--epochs", "30", "--patience", "6", "--lr", "1e-3", "--batch-size", "64",
+                "--softening", "20", "--augment", "geometric", "--image-size", "32",
+                "--split-by", "source", "--blur-sweep", "0,0.1,0.2,0.35,0.5"]
+WHOLE_TRAINING = ["--epochs", "30", "--patience", "6", "--lr", "1e-3", "--batch-size", "16",
+                  "--augment", "geometric", "--image-size", "64", "--split-by", "source",
+                  "--blur-sweep", "0,0.5,1,2,4", "--seeds", "3"]
+
+
+def _skysieve(*args: str) -> None:
+    """Run one ``skysieve`` command (an argument list, no shell); stop on failure."""
+    cmd = [shutil.which("skysieve") or "skysieve", *map(str, args)]
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _made(store: Path) -> bool:
+    return (store / "zarr.json").is_file() or (store / ".zgroup").is_file()
+
+
+def prepare(part: str, data: Path, work: Path) -> dict[str, Path]:
+    """Make (or find) the stores ``part`` needs under ``work``; return them by role."""
+    work.mkdir(parents=True, exist_ok=True)
+    stores: dict[str, Path] = {}
+    if part in ("zoo", "pretrain", "distill"):
+        from benchmarks._gz1 import write_training_csv
+
+        folder = Path(data) / "gz1_galaxies"
+        if not (folder / "labels.csv").is_file():
+            raise SystemExit(f"seed_studies: {folder}/labels.csv not found; pass --data DIR, "
+                             "the folder holding gz1_galaxies/")
+        for role in ("train", "test"):
+            store = work / f"gz1_{role}.zarr"
+            if not _made(store):
+                csv = work / f"gz1_{role}.csv"
+                write_training_csv(folder, csv, seed=0, part=role)
+                _skysieve("import-images", folder, "--labels", csv, "--bands", "g:B,r:G,i:R",
+                          "--resize", "128", "--stamp", "64", "--out", store)
+            stores[role] = store
+    if part == "pretrain":
+        fractals = work / "fractals.zarr"
+        if not _made(fractals):
+            from benchmarks.fractal_images import write_set
+
+            write_set(work / "fractals", classes=32, per_class=300, size=64, seed=0)
+            _skysieve("import-images", work / "fractals", "--labels",
+                      work / "fractals" / "labels.csv", "--bands", "g:B,r:G,i:R", "--stamp", "64",
+                      "--out", fractals)
+        survey = work / "simsurvey.zarr"
+        if not _made(survey):
+            _synth_and_ingest(work / "simsurvey", survey, "--exposures", "10", "--size", "2048",
+                              "--seed", "21")
+        stores.update(fractals=fractals, survey=survey)
+    if part == "whole":
+        for role, n, seed in (("train", "300", "31"), ("test", "100", "32")):
+            store = work / f"pointed_{role}.zarr"
+            if not _made(store):
+                _synth_and_ingest(work / f"pointed_{role}", store, "--pointed", "--exposures", n,
+                                  "--size", "1024", "--seed", seed, whole=True)
+            stores[role] = store
+    return stores
+
+
+def _synth_and_ingest(folder: Path, store: Path, *synth: str, whole: bool = False) -> None:
+    _skysieve("synth", folder, *synth)
+    fits = sorted(str(p) for p in folder.glob("*.fits"))
+    extra = ["--whole-exposure", "--downsample", "8"] if whole else []
+    _skysieve("ingest", *fits, *extra, "--truth", folder / "truth.parquet", "--out", store)
+
+
+def _best_zoo_teacher() -> Path:
+    """Seed 0 of the zoo network with the best mean validation balanced accuracy."""
+    models = RESULTS / PARTS["zoo"] / "models"
+    by_arch: dict[str, list[float]] = {}
+    for card in models.glob("*_s[0-9].json"):
+        token = card.stem.rsplit("_s", 1)[0]
+        by_arch.setdefault(token, []).append(
+            json.loads(card.read_text())["metrics"]["balanced_accuracy"])
+    ranked = sorted(((sum(v) / len(v), a) for a, v in by_arch.items() if len(v) >= 3),
+                    reverse=True)
+    for _, token in ranked:
+        pt = models / f"{token}_s0.pt"
+        if pt.is_file():
+            return pt
+    raise SystemExit("seed_studies: distill needs the zoo's checkpoints (3 seeds of at least one "
+                     f"network, with {models}/<arch>_s0.pt); run the zoo part first")
+
+
+def _share_runs(source: str, target: str, token: str) -> None:
+    """Copy ``token``'s runs from one study folder to another where the target lacks them.
+
+    The distillation baseline is the pretraining study's scratch runs (same store and
+    settings); compare checks each copied card against the settings asked for, so a copy
+    that does not match is refused rather than used.
+    """
+    src, dst = RESULTS / PARTS[source], RESULTS / PARTS[target]
+    for card in sorted((src / "models").glob(f"{token}_s[0-9].json")):
+        name = card.stem
+        evaluation = src / "eval" / name / "evaluation.json"
+        if (dst / "models" / card.name).exists() or not evaluation.is_file():
+            continue
+        (dst / "models").mkdir(parents=True, exist_ok=True)
+        (dst / "eval" / name).mkdir(parents=True, exist_ok=True)
+        for path in src.glob(f"models/{name}.*"):
+            shutil.copy2(path, dst / "models" / path.name)
+        shutil.copy2(evaluation, dst / "eval" / name / "evaluation.json")
+
+
+def compare_args(part: str, stores: dict[str, Path], archs: list[str] | None = None) -> list[str]:
+    """The ``skysieve compare`` arguments of ``part`` (after ``compare``)."""
+    out = RESULTS / PARTS[part]
+    if part == "whole":
+        return [str(stores["train"]), "--archs", ",".join(archs or WHOLE_ARCHS), *WHOLE_TRAINING,
+                "--test-store", str(stores["test"]), "--out", str(out)]
+    gz1 = [str(stores["train"]), *GZ1_TRAINING, "--test-store", str(stores["test"]),
+           "--out", str(out)]
+    if part == "zoo":
+        return gz1[:1] + ["--archs", ",".join(archs or ZOO_ARCHS), "--seeds", "3"] + gz1[1:]
+    if part == "pretrain":
+        return gz1[:1] + ["--archs", "mobilenetv3_small", "--seeds", "5",
+                          "--pretrain-store", str(stores["fractals"]),
+                          "--pretrain-store", str(stores["survey"]), "--pretrain-epochs", "20",
+                          "--label-fractions", "0.05,0.2,1"] + gz1[1:]
+    return gz1[:1] + ["--archs", "mobilenetv3_small,mobilenetv3_small+kd", "--seeds", "5",
+                      "--teacher", str(_best_zoo_teacher())] + gz1[1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: prepare the stores of a part and run its compare."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.seed_studies",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("part", choices=sorted(PARTS))
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("SKYSIEVE_REAL_DATA", "")),
+                   help="folder holding gz1_galaxies/ (or set SKYSIEVE_REAL_DATA)")
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                   help="where the stores are made and kept (default %(default)s)")
+    p.add_argument("--archs", default=None, help="comma-separated subset of the part's networks")
+    p.add_argument("--prepare-only", action="store_true", help="make the stores and stop")
+    args = p.parse_args(argv)
+    stores = prepare(args.part, args.data, args.work)
+    if args.prepare_only:
+        print(json.dumps({k: str(v) for k, v in stores.items()}, indent=1))
+        return 0
+    archs = [a for a in (args.archs or "").split(",") if a] or None
+    if args.part == "distill":
+        _share_runs("pretrain", "distill", "mobilenetv3_small")
+    _skysieve("compare", *compare_args(args.part, stores, archs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
