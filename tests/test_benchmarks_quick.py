@@ -135,3 +135,34 @@ def test_worker_peaks_come_from_the_workers(tiny_store: Path) -> None:
     assert r["rows"] == 40 and r["workers"] == 1
     (addr, peak), = r["peak_mib"].items()
     assert peak >= r["start_mib"][addr] > 50  # a worker with torch loaded, not an empty number
+
+
+def test_fractal_pretraining_set_imports_as_a_labelled_store(tmp_path):
+    """The formula-driven set: one system per class, seeded, and import-images takes it."""
+    import csv
+
+    import xarray as xr
+    from PIL import Image
+
+    from benchmarks.fractal_images import write_set
+    from pipeline.ingest.images import import_images
+
+    assert write_set(tmp_path / "a", classes=3, per_class=4, size=32, seed=5) == 12
+    assert write_set(tmp_path / "b", classes=3, per_class=4, size=32, seed=5) == 12
+    rows = list(csv.DictReader(open(tmp_path / "a" / "labels.csv")))
+    assert [r["label"] for r in rows] == [f"fractal{c:02d}" for c in range(3) for _ in range(4)]
+    pix = {r["path"]: np.asarray(Image.open(tmp_path / "a" / r["path"])) for r in rows}
+    again = {r["path"]: np.asarray(Image.open(tmp_path / "b" / r["path"])) for r in rows}
+    assert all(np.array_equal(pix[k], again[k]) for k in pix)  # the seed fixes every image
+    first = [pix[r["path"]].astype(float).mean(axis=2) for r in rows[::4]]
+    assert all(im.shape == (32, 32) and im.max() > 4 * np.median(im) for im in first)
+    assert not np.allclose(first[0], first[1])  # classes are different systems
+    systems = json.loads((tmp_path / "a" / "systems.json").read_text())["systems"]
+    assert sorted(systems) == ["fractal00", "fractal01", "fractal02"]
+    import_images(tmp_path / "a", tmp_path / "a" / "labels.csv", tmp_path / "f.zarr",
+                  bands="g:B,r:G,i:R", stamp=32)
+    ds = xr.open_zarr(tmp_path / "f.zarr")
+    assert ds["image"].shape == (12, 3, 32, 32)
+    assert sorted(set(ds["label"].values.tolist())) == sorted(systems)
+    with pytest.raises(ValueError, match="need classes >= 2"):
+        write_set(tmp_path / "c", classes=1)
