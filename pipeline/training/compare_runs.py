@@ -81,6 +81,8 @@ def reusable(pt: Path, eval_dir: Path, want: dict[str, Any], eval_sha: str | Non
     if ((ev.get("model") or {}).get("sha256") != card.sha256
             or (ev.get("store") or {}).get("data_sha256") != eval_sha):
         ev = {}  # not evaluated, or on another store: evaluate again
+    elif pt.is_file() and "pairwise" not in (ev.get("metrics") or {}):
+        ev = {}  # evaluated before the pairwise scores existed: evaluate again (cheap)
     if not pt.is_file() and not ev:
         return None  # a record without its evaluation cannot be scored again: retrain
     return ev

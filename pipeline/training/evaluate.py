@@ -40,7 +40,8 @@ from pipeline.imaging.rescale import scale_for_model
 from pipeline.training.data import load_labelled
 from pipeline.training.machine import run_conditions
 from pipeline.training.metrics import (classification_metrics, expected_calibration_error, nll,
-                                       reliability_bins, roc_auc_ovr, softmax)
+                                       pairwise_balanced_accuracy, reliability_bins, roc_auc_ovr,
+                                       softmax)
 from pipeline.training.splits import WHOLE, split_validation
 from workers.blur import fwhm_to_sigma, gaussian_blur, noise_std_factor
 from workers.checkpoint import load_checkpoint
@@ -365,6 +366,7 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
     pred = logits.argmax(axis=1)
     metrics = classification_metrics(y, pred, list(card.classes))
     metrics.update({
+        "pairwise": pairwise_balanced_accuracy(logits, y, list(card.classes)),
         "roc_auc": roc_auc_ovr(proba_cal, y, list(card.classes)),
         "ece": {"raw": expected_calibration_error(proba_raw, y, bins=_RELIABILITY_BINS),
                 "calibrated": expected_calibration_error(proba_cal, y, bins=_RELIABILITY_BINS)},

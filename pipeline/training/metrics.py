@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.stats import rankdata
 
-__all__ = ["classification_metrics", "expected_calibration_error", "reliability_bins",
+__all__ = ["classification_metrics", "pairwise_balanced_accuracy", "expected_calibration_error", "reliability_bins",
            "roc_auc_ovr", "fit_temperature", "softmax", "nll"]
 
 
@@ -93,6 +93,46 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
         "support": {c: int(s) for c, s in zip(classes, support)},
         "confusion": cm.tolist(),
     }
+
+
+def pairwise_balanced_accuracy(scores: np.ndarray, y_true: np.ndarray,
+                               classes: list[str]) -> dict[str, float | None]:
+    """Balanced accuracy of every two-class question the model answers among its classes.
+
+    For classes ``a`` and ``b``: the sources whose true class is ``a`` or ``b``, each called
+    by the larger of its two scores (logits or probabilities), so a third class cannot take
+    the answer (e.g. elliptical vs spiral in a model that also knows mergers).
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        ``(n, k)`` logits or probabilities.
+    y_true : numpy.ndarray
+        True class indices.
+    classes : list of str
+        The ``k`` class names.
+
+    Returns
+    -------
+    dict
+        ``"a|b"`` (names sorted) -> balanced accuracy, None where a class has no source.
+    """
+    scores = np.asarray(scores)
+    y = _check_labels(np.asarray(y_true), len(classes), "y_true")
+    out: dict[str, float | None] = {}
+    order = sorted(range(len(classes)), key=lambda i: classes[i])
+    for pos, i in enumerate(order):
+        for j in order[pos + 1:]:
+            recalls = []
+            for want, other in ((i, j), (j, i)):
+                mask = y == want
+                if not mask.any():
+                    break
+                a, b = scores[mask, want], scores[mask, other]
+                recalls.append(float(np.mean(a > b) + 0.5 * np.mean(a == b)))  # a tie: half
+            out[f"{classes[i]}|{classes[j]}"] = (sum(recalls) / 2 if len(recalls) == 2
+                                                 else None)
+    return out
 
 
 def _bin_index(conf: np.ndarray, bins: int) -> np.ndarray:

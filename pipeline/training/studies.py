@@ -29,7 +29,7 @@ def seed_record(seed: int, rec: dict[str, Any]) -> dict[str, Any]:
     m = ev["metrics"]
     t = card.training
     return {"seed": seed, "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
-            "recall": m.get("recall") or {},
+            "recall": m.get("recall") or {}, "pairwise": m.get("pairwise") or {},
             "ece_calibrated": (m.get("ece") or {}).get("calibrated"),
             "blur_accuracy": blur_at(ev, BLUR_REFERENCE),
             "blur_curve": (ev.get("blur") or {}).get("curve"),
@@ -52,6 +52,8 @@ def row_of(parsed: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, A
         "accuracy": summarize([s["accuracy"] for s in per_seed]),
         "balanced_accuracy": summarize([s["balanced_accuracy"] for s in per_seed]),
         "recall": {c: summarize([s["recall"].get(c) for s in per_seed]) for c in classes},
+        "pairwise": {pair: summarize([s["pairwise"].get(pair) for s in per_seed])
+                     for pair in per_seed[0]["pairwise"]},
         "ece_calibrated": summarize([s["ece_calibrated"] for s in per_seed]),
         "blur_accuracy": summarize([s["blur_accuracy"] for s in per_seed]),
         "blur_curve": _mean_curve(per_seed),

@@ -99,6 +99,22 @@ def _blur_table(result: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _pairwise_table(result: dict[str, Any]) -> list[str]:
+    rows = [r for r in result["rows"] if r.get("pairwise")]
+    pairs = list(rows[0]["pairwise"]) if rows else []
+    if len(pairs) < 2:  # two classes: the balanced accuracy above already is the pair
+        return []
+    lines = ["## Two-class questions", "",
+             ("Balanced accuracy over the sources of two classes, each called by the larger "
+              "of the model's two scores (a third class cannot take the answer); mean ± sd."),
+             "", "| arch |" + "".join(f" {p.replace('|', ' vs ')} |" for p in pairs),
+             "|---|" + "---|" * len(pairs)]
+    for r in rows:
+        lines.append(f"| {r['token']} |" + "".join(f" {_pm(r['pairwise'].get(p, {}))} |"
+                                                   for p in pairs))
+    return lines + [""]
+
+
 def _pretraining_md(p: dict[str, Any], seeds: int) -> list[str]:
     lines = ["## Pretraining", ""]
     for pre in p["pretrain"]:
@@ -183,6 +199,7 @@ def compare_markdown(result: dict[str, Any]) -> str:
          f"FWHM."), "",
     ] + _zoo_table(result)
     lines += ["", "Notes: " + " ".join(result["notes"]), ""]
+    lines += _pairwise_table(result)
     lines += _blur_table(result)
     lines += [("Figures: `blur_curves.png` (accuracy against added blur, seed 0 of each "
                "architecture), `reliability.png` (reliability diagrams, seed 0)."), ""]

@@ -77,6 +77,13 @@ def test_every_run_is_scored_on_the_test_store(study):
         assert ev["store"]["data_sha256"] == test_sha and ev["n"] == 90
     md = (out / "compare.md").read_text()
     assert "Scored on `" in md and "90 held-out sources, never trained on nor used to stop" in md
+    row = result["rows"][0]
+    assert list(row["pairwise"]) == ["diffuse|galaxy", "diffuse|star", "galaxy|star"]
+    for pair, summary in row["pairwise"].items():
+        per_seed = [json.loads((out / "eval" / f"lenet5_s{s}" / "evaluation.json").read_text())
+                    ["metrics"]["pairwise"][pair] for s in range(SEEDS)]
+        assert summary["values"] == per_seed
+    assert "## Two-class questions" in md and "| arch | diffuse vs galaxy |" in md
 
 
 def test_learning_curve_and_pretraining_studies(study):

@@ -16,7 +16,8 @@ from pipeline.errors import EvaluationError, StoreError
 from pipeline.training.plots import load_evaluation, plot_blur_curves, plot_reliability
 from pipeline.training.evaluate import FIGURES, JSON_NAME, _blur, evaluate, validate_blur_sweep
 from pipeline.training.metrics import (classification_metrics, expected_calibration_error,
-                              fit_temperature, nll, reliability_bins, roc_auc_ovr, softmax)
+                              fit_temperature, nll, pairwise_balanced_accuracy,
+                              reliability_bins, roc_auc_ovr, softmax)
 from pipeline.imaging.preprocess import background_noise, prepare
 from pipeline.training.fit import train
 from workers.blur import fwhm_to_sigma
@@ -170,6 +171,27 @@ def test_evaluation_is_consistent_and_written(evaluated, trained):
     assert s["device"] == "cpu" and s["torch_threads"] >= 1 and s["batch_size"] == 16
     assert s["batch1_ms_per_sample"] > 0 and s["batch1_runs"] >= 20
     assert s["batched_cutouts_per_s"] > 0 and s["batched_runs"] >= 3
+    assert s["conditions"]["torch_threads"] == s["torch_threads"]
+    assert s["conditions"]["load_1min"] is None or s["conditions"]["load_1min"] >= 0
+    pairs = m["pairwise"]
+    assert sorted(pairs) == [f"{a}|{b}" for i, a in enumerate(sorted(CLASSES))
+                             for b in sorted(CLASSES)[i + 1:]]
+    assert all(0.0 <= v <= 1.0 for v in pairs.values())
+
+
+def test_pairwise_balanced_accuracy_by_hand():
+    classes = ["elliptical", "merger", "spiral"]
+    scores = np.array([[3, 1, 0], [0, 3, 1], [1, 0, 3], [0, 1, 3], [2, 2, 0]])
+    y = np.array([0, 1, 2, 0, 0])
+    got = pairwise_balanced_accuracy(scores, y, classes)
+    # elliptical|merger: ellipticals 0, 3, 4 called right 1, 0, 1/2 (a tie) -> 1/2; merger 1/1
+    assert got["elliptical|merger"] == pytest.approx((1.5 / 3 + 1.0) / 2)
+    # elliptical|spiral: the merger column cannot take the answer: ellipticals 1, 0, 1
+    assert got["elliptical|spiral"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert got["merger|spiral"] == pytest.approx(1.0)
+    assert pairwise_balanced_accuracy(scores[:1], y[:1], classes)["merger|spiral"] is None
+    # class names are sorted in the key whatever the column order
+    assert set(pairwise_balanced_accuracy(scores[:, ::-1], 2 - y, classes[::-1])) == set(got)
 
 
 def test_auto_subset_is_the_validation_split_as_inference_sees_it(evaluated, trained):
