@@ -34,6 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["PARTS", "main", "prepare", "compare_args"]
 
 RESULTS = Path(__file__).resolve().parent / "results" / "seed_studies"
@@ -170,6 +172,71 @@ def compare_args(part: str, stores: dict[str, Path], archs: list[str] | None = N
                       "--teacher", str(_best_zoo_teacher())] + gz1[1:]
 
 
+def _grey(images: np.ndarray, side: int) -> np.ndarray:
+    """Band-mean stamps box-averaged to ``side`` px, minus their outer-ring median."""
+    grey = np.nan_to_num(images.astype(np.float32)).mean(axis=1)
+    n, h, _ = grey.shape
+    if side != h:
+        k = h // side
+        grey = grey[:, :side * k, :side * k].reshape(n, side, k, side, k).mean(axis=(2, 4))
+    ring = np.ones((side, side), bool)
+    ring[2:-2, 2:-2] = False
+    return grey - np.median(grey[:, ring], axis=1)[:, None, None]
+
+
+def baselines(part: str, stores: dict[str, Path]) -> dict:
+    """Hand-feature logistic regressions fitted on the part's training store, scored on its
+    test store, at the stamp size and at the networks' input size; written beside compare.md.
+    """
+    from benchmarks import _baselines as bl
+    from benchmarks._real_data import read_store
+    from pipeline.training.metrics import classification_metrics, pairwise_balanced_accuracy
+
+    train, test = (read_store(stores[k], ("label",)) for k in ("train", "test"))
+    keep_tr, keep_te = train["label"] != "", test["label"] != ""
+    classes = sorted(set(train["label"][keep_tr]))
+    y_tr = np.searchsorted(classes, train["label"][keep_tr])
+    y_te = np.searchsorted(classes, test["label"][keep_te])
+    training = WHOLE_TRAINING if part == "whole" else GZ1_TRAINING
+    size = int(training[training.index("--image-size") + 1])
+    stamp = int(train["image"].shape[-1])
+    rows = []
+    for side in sorted({stamp, size}):
+        x_tr = bl.hand_features(_grey(train["image"][keep_tr], side))
+        x_te = bl.hand_features(_grey(test["image"][keep_te], side))
+        model = bl.fit_logistic(x_tr, y_tr, len(classes))
+        proba = bl.predict_logistic(model, x_te)
+        m = classification_metrics(y_te, proba.argmax(axis=1), classes)
+        rows.append({"baseline": f"logistic regression on {len(bl.FEATURES)} hand features",
+                     "input_px": side, "n_train": int(y_tr.size), "n_test": int(y_te.size),
+                     "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+                     "recall": m["recall"],
+                     "pairwise": pairwise_balanced_accuracy(proba, y_te, classes)})
+    result = {"part": part, "classes": classes, "features": list(bl.FEATURES),
+              "baselines_version": bl.BASELINES_VERSION, "rows": rows,
+              "train_store": str(stores["train"]), "test_store": str(stores["test"]),
+              "note": "fitted on every labelled source of the training store (no early "
+                      "stopping to need a validation split), scored on the test store the "
+                      "networks are scored on"}
+    out = RESULTS / PARTS[part]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "baseline.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    pairs = list(rows[0]["pairwise"]) if len(classes) > 2 else []
+    lines = ["# Baselines beside the networks", "", result["note"] + ".", "",
+             "| baseline | input px | accuracy | balanced acc. |"
+             + "".join(f" recall {c} |" for c in classes)
+             + "".join(f" {p.replace('|', ' vs ')} |" for p in pairs),
+             "|---|---|---|---|" + "---|" * (len(classes) + len(pairs))]
+    for r in rows:
+        lines.append(f"| {r['baseline']} | {r['input_px']} | {r['accuracy']:.3f} | "
+                     f"{r['balanced_accuracy']:.3f} |"
+                     + "".join(f" {r['recall'][c]:.3f} |" for c in classes)
+                     + "".join(f" {r['pairwise'][p]:.3f} |" for p in pairs))
+    (out / "baseline.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: prepare the stores of a part and run its compare."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.seed_studies",
@@ -181,11 +248,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the stores are made and kept (default %(default)s)")
     p.add_argument("--archs", default=None, help="comma-separated subset of the part's networks")
     p.add_argument("--prepare-only", action="store_true", help="make the stores and stop")
+    p.add_argument("--baselines-only", action="store_true",
+                   help="only fit and score the hand-feature baselines (written beside compare.md)")
     args = p.parse_args(argv)
     stores = prepare(args.part, args.data, args.work)
     if args.prepare_only:
         print(json.dumps({k: str(v) for k, v in stores.items()}, indent=1))
         return 0
+    if args.part in ("zoo", "whole"):
+        baselines(args.part, stores)
+        if args.baselines_only:
+            return 0
     archs = [a for a in (args.archs or "").split(",") if a] or None
     if args.part == "distill":
         _share_runs("pretrain", "distill", "mobilenetv3_small")
