@@ -19,7 +19,8 @@ Parts:
   set (:mod:`benchmarks.fractal_images`, no astronomy) and on the synthetic survey, then
   fine-tuned, at 5%, 20% and 100% of the labels, 5 seeds.
 * ``distill``: MobileNetV3-Small alone against distilled from the zoo's best network (by
-  mean *validation* balanced accuracy, seed 0), 5 seeds.
+  mean *validation* balanced accuracy when the part first runs, seed 0; the choice is kept
+  in ``teacher.json``), 5 seeds.
 * ``whole``: HR-CelestialNet against AlexNet, VGG-11 and ResNet-18 on whole pointed synthetic
   exposures (galaxy vs nebula/star cluster), downsampled for the CPU, with a blur sweep.
 """
@@ -115,22 +116,44 @@ def _synth_and_ingest(folder: Path, store: Path, *synth: str, whole: bool = Fals
     _skysieve("ingest", *fits, *extra, "--truth", folder / "truth.parquet", "--out", store)
 
 
-def _best_zoo_teacher() -> Path:
-    """Seed 0 of the zoo network with the best mean validation balanced accuracy."""
+def _teacher() -> Path:
+    """The distillation teacher: the one chosen before, else the zoo's best network now.
+
+    The best is seed 0 of the zoo network with the highest mean *validation* balanced
+    accuracy over its finished seeds (the test store plays no part in the choice).  The
+    choice is written to ``distill_gz1/teacher.json`` with the checkpoint's sha256 and kept,
+    so the distilled runs of later sessions learn from the same teacher.
+    """
+    record = RESULTS / PARTS["distill"] / "teacher.json"
+    if record.is_file():
+        chosen = json.loads(record.read_text())
+        pt = RESULTS / PARTS["zoo"] / "models" / chosen["checkpoint"]
+        if not pt.is_file():
+            raise SystemExit(f"seed_studies: the distillation teacher {pt} is gone; rerun the "
+                             f"zoo part for it (training is deterministic) and try again")
+        return pt
     models = RESULTS / PARTS["zoo"] / "models"
     by_arch: dict[str, list[float]] = {}
     for card in models.glob("*_s[0-9].json"):
         token = card.stem.rsplit("_s", 1)[0]
         by_arch.setdefault(token, []).append(
             json.loads(card.read_text())["metrics"]["balanced_accuracy"])
-    ranked = sorted(((sum(v) / len(v), a) for a, v in by_arch.items() if len(v) >= 3),
-                    reverse=True)
-    for _, token in ranked:
+    ranked = sorted(((sum(v) / len(v), a) for a, v in by_arch.items()), reverse=True)
+    for score, token in ranked:
         pt = models / f"{token}_s0.pt"
         if pt.is_file():
+            from workers.checkpoint import file_sha256
+
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({
+                "checkpoint": pt.name, "sha256": file_sha256(pt), "arch": token,
+                "mean_validation_balanced_accuracy": score,
+                "seeds_finished": len(by_arch[token]),
+                "ranking": [{"arch": a, "mean_validation_balanced_accuracy": v}
+                            for v, a in ranked]}, indent=1), encoding="utf-8")
             return pt
-    raise SystemExit("seed_studies: distill needs the zoo's checkpoints (3 seeds of at least one "
-                     f"network, with {models}/<arch>_s0.pt); run the zoo part first")
+    raise SystemExit(f"seed_studies: distill needs a zoo checkpoint ({models}/<arch>_s0.pt); "
+                     "run the zoo part first")
 
 
 def _share_runs(source: str, target: str, token: str) -> None:
@@ -169,7 +192,7 @@ def compare_args(part: str, stores: dict[str, Path], archs: list[str] | None = N
                           "--pretrain-store", str(stores["survey"]), "--pretrain-epochs", "20",
                           "--label-fractions", "0.05,0.2,1"] + gz1[1:]
     return gz1[:1] + ["--archs", "mobilenetv3_small,mobilenetv3_small+kd", "--seeds", "5",
-                      "--teacher", str(_best_zoo_teacher())] + gz1[1:]
+                      "--teacher", str(_teacher())] + gz1[1:]
 
 
 def _grey(images: np.ndarray, side: int) -> np.ndarray:
