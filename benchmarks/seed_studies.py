@@ -1,4 +1,5 @@
-"""The seed studies of issue #14, reproduced: ``python -m benchmarks.seed_studies PART ...``.
+"""The seed studies of issue #14, reproduced: ``python -m benchmarks.seed_studies PART ...``
+(``--report-only``: the tables from the runs finished so far, training nothing).
 
 Each part is one ``skysieve compare`` run (a subprocess, so the command it records is the one
 a user types) with the settings fixed here; its records land in
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the stores are made and kept (default %(default)s)")
     p.add_argument("--archs", default=None, help="comma-separated subset of the part's networks")
     p.add_argument("--prepare-only", action="store_true", help="make the stores and stop")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the study's tables from its finished runs")
     p.add_argument("--baselines-only", action="store_true",
                    help="only fit and score the hand-feature baselines (written beside compare.md)")
     args = p.parse_args(argv)
@@ -285,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     archs = [a for a in (args.archs or "").split(",") if a] or None
     if args.part == "distill":
         _share_runs("pretrain", "distill", "mobilenetv3_small")
-    _skysieve("compare", *compare_args(args.part, stores, archs))
+    extra = ["--report-only"] if args.report_only else []
+    _skysieve("compare", *compare_args(args.part, stores, archs), *extra)
     return 0
 
 

@@ -223,13 +223,17 @@ def evaluate(model: str, store: Path, out: Path, blur_sweep: str, subset: str, b
 @click.option("--target", type=float, default=None,
               help="Pretraining study: the validation balanced accuracy to time "
                    "[default: 0.95 x the scratch runs' mean best].")
+@click.option("--report-only", is_flag=True,
+              help="Train nothing: write the tables from the runs finished so far, listing "
+                   "the rest (an interim report of a long study).")
 @_user_errors
 def compare(store: Path, archs: str, seeds: int, out: Path, epochs: int, batch_size: int,
             image_size: int | None, teacher_arch: str, teacher_epochs: int | None,
             teacher_checkpoint: Path | None, pretrain_store: tuple[Path, ...],
             pretrain_arch: str | None, pretrain_epochs: int | None, blur_sweep: str,
             test_store: Path | None, split_by: str, lr: float, patience: int, augment: str,
-            softening: float | None, label_fractions: str, target: float | None) -> None:
+            softening: float | None, label_fractions: str, target: float | None,
+            report_only: bool) -> None:
     """Train and evaluate several architectures over seeds on STORE; print the table."""
     from pipeline.training.compare import compare as run_compare
 
@@ -244,6 +248,6 @@ def compare(store: Path, archs: str, seeds: int, out: Path, epochs: int, batch_s
                          augment=augment, softening=softening,
                          label_fractions=parse_floats(label_fractions,
                                                       option="--label-fractions"),
-                         target=target)
+                         target=target, report_only=report_only)
     table = out / "compare.md"
     click.echo(table.read_text() if table.is_file() else json.dumps(result, indent=2, default=str))

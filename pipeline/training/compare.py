@@ -68,7 +68,10 @@ def _command_line(store: Path, out: Path, tokens: list[str], **kw: Any) -> str:
         return shlex.join(["skysieve"] + argv[1:])
     args = ["skysieve", "compare", str(store), "--archs", ",".join(tokens), "--out", str(out)]
     for key, value in kw.items():
-        if value is None:
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(f"--{key.replace('_', '-')}")
             continue
         if key == "pretrain_store":
             for path in value:
@@ -90,7 +93,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
             test_store: Path | None = None, split_by: str = "exposure", lr: float = 3e-3,
             patience: int = 8, augment: str = "full", softening: float | None = None,
             label_fractions: Sequence[float] = (1.0,), target: float | None = None,
-            progress: bool = True) -> dict[str, Any]:
+            report_only: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate architectures over seeds on one store; write the comparison table.
 
     Parameters
@@ -141,6 +144,9 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
         The validation balanced accuracy whose epochs and seconds to reach the study
         reports (:func:`time_to`); default 0.95 x the mean best of the scratch runs on all
         labels.
+    report_only : bool, default: False
+        Train nothing: write the tables from the runs finished so far (a long study's
+        interim report), listing the runs not finished yet (``not_finished``).
     progress : bool, default: True
         Print what runs to stderr (and the training epochs).
 
@@ -226,8 +232,10 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
     (out / "eval").mkdir(parents=True, exist_ok=True)
     fit = {"split_by": split_by, "lr": lr, "patience": patience, "augment": augment,
            "softening": softening}
+    missing: list[str] = []
     common = {"epochs": epochs, "batch_size": batch_size, "image_size": size,
-              "blur_sweep": sweep, "progress": progress, "fit": fit, "test": test}
+              "blur_sweep": sweep, "progress": progress, "fit": fit, "test": test,
+              "report_only": report_only, "missing": missing}
     n_study = 0
     if study_arch:
         per_fraction = seeds * (1 + len(pre_stores))
@@ -241,7 +249,9 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
 
     teacher_rec = None
     if need_teacher and teacher is not None:
-        teacher_rec = given_teacher(Path(teacher), out, label(f"teacher {teacher}"), **common)
+        teacher_rec = given_teacher(Path(teacher), out, label(f"teacher {teacher}"),
+                                    blur_sweep=sweep, batch_size=batch_size, test=test,
+                                    progress=progress)
         teacher_arch = teacher_rec["card"].arch
     elif need_teacher:
         tname = f"teacher_{teacher_arch}_s0"
@@ -253,21 +263,30 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
     runs: dict[str, list[dict[str, Any]]] = {}
     for p in parsed:
         runs[p["token"]] = []
+        if p["kd"] and teacher_rec is None:  # a report before the teacher was trained
+            missing.extend(f"{p['token']}_s{seed}" for seed in range(seeds))
+            continue
         for seed in range(seeds):
             name = f"{p['token']}_s{seed}"
             rec = run_one(store, arch=p["arch"], pt=out / "models" / f"{name}.pt",
-                       eval_dir=out / "eval" / name, seed=seed, data_sha=data_sha,
-                       speed=seed == 0, teacher=(Path(teacher_rec["checkpoint"]) if p["kd"]
-                                                 else None),
-                       label=label(f"{p['token']} seed {seed}"), **common)
-            runs[p["token"]].append({"seed": seed, "rec": rec})
-    rows = [row_of(p, runs[p["token"]]) for p in parsed]
+                          eval_dir=out / "eval" / name, seed=seed, data_sha=data_sha,
+                          speed=seed == 0, teacher=(Path(teacher_rec["checkpoint"]) if p["kd"]
+                                                    else None),
+                          label=label(f"{p['token']} seed {seed}"), **common)
+            if rec is not None:
+                runs[p["token"]].append({"seed": seed, "rec": rec})
+    done = [p for p in parsed if runs[p["token"]]]
+    if not done:
+        raise CompareError(f"compare: no run of {tokens!r} has finished in {out} yet; run "
+                           "without report_only to train them")
+    rows = [row_of(p, runs[p["token"]]) for p in done]
     by_token = {r["token"]: r for r in rows}
 
     scored = ("all labelled sources of the test store (never trained on, nor used to stop)"
               if test else "the validation sources")
     notes = [(f"accuracy, balanced accuracy, recall, ECE and blur columns: mean ± sample "
-              f"standard deviation (ddof=1) over {seeds} seed(s) on {scored}; ECE of the "
+              f"standard deviation (ddof=1) over the finished seeds (column 'seeds'; {seeds} "
+              f"asked) on {scored}; ECE of the "
               f"temperature-calibrated probabilities (15 bins; the temperature was fitted on "
               f"the validation sources{_IN_SAMPLE if not test else ''})."),
              ("Speed: the seed-0 model's forward pass on prepared stamps "
@@ -287,7 +306,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
 
     distillation = []
     for p in parsed:
-        if p["kd"] and p["name"] in by_token:
+        if p["kd"] and p["name"] in by_token and p["token"] in by_token:
             base, kd = by_token[p["name"]], by_token[p["token"]]
             tcard, tev = teacher_rec["card"], teacher_rec["evaluation"]
             tspeed = tev.get("speed") or {}
@@ -319,7 +338,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
     from pipeline.training import plots
 
     seed0 = []
-    for p in parsed:
+    for p in done:
         ev = dict(runs[p["token"]][0]["rec"]["evaluation"])
         ev["model"] = {**ev["model"], "name": p["token"]}
         seed0.append(ev)
@@ -328,7 +347,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
     plots.plot_reliability(seed0, out / "reliability.png",
                            title="Reliability (seed 0 of each architecture)")
 
-    card0 = runs[parsed[0]["token"]][0]["rec"]["card"]
+    card0 = runs[done[0]["token"]][0]["rec"]["card"]
     split = card0.training.get("split") or {}
     all_recs = [r["rec"] for rs in runs.values() for r in rs] + pre_recs
     if teacher_rec:
@@ -342,6 +361,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
                                  test_store=test_store, split_by=split_by, lr=lr,
                                  patience=patience, augment=augment, softening=softening,
                                  label_fractions=fractions, target=target,
+                                 report_only=report_only,
                                  pretrain_store=pre_stores or None),
         "call": {"store": str(store), "archs": tokens, "seeds": seeds, "out": str(out),
                  "epochs": epochs, "batch_size": batch_size, "image_size": image_size,
@@ -363,11 +383,12 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
                   "n_train": split.get("n_train"), "n_val": split.get("n_val"),
                   "test": None if test is None else {
                       "path": str(test_store.resolve()), "data_sha256": test[1],
-                      "n": runs[parsed[0]["token"]][0]["rec"]["evaluation"].get("n")}},
+                      "n": runs[done[0]["token"]][0]["rec"]["evaluation"].get("n")}},
         "rows": rows,
         "distillation": distillation,
         "pretraining": pretraining,
         "notes": notes,
+        "not_finished": missing,
         "runs_trained": sum(bool(r["trained"]) for r in all_recs),
         "files": {"markdown": MARKDOWN_NAME, "json": JSON_NAME,
                   "figures": ["blur_curves.png", "reliability.png"]},

@@ -92,12 +92,15 @@ def run_one(store: Path, *, arch: str, pt: Path, eval_dir: Path, seed: int, epoc
          batch_size: int, image_size: int, data_sha: str | None, blur_sweep: Sequence[float],
          speed: bool, progress: bool, teacher: Path | None = None, init: Path | None = None,
          label: str, fit: dict[str, Any], test: tuple[Path, str] | None = None,
-         train_fraction: float = 1.0, need_weights: bool = False) -> dict[str, Any]:
+         train_fraction: float = 1.0, need_weights: bool = False,
+         report_only: bool = False, missing: list[str] | None = None) -> dict[str, Any] | None:
     """Train (unless reusable) and evaluate (unless reusable) one model; return its record.
 
     ``fit`` holds the training settings every run shares (``split_by``, ``lr``,
     ``patience``, ``augment``, ``softening``); ``test`` the store to evaluate on and its
-    data sha256 (default: the validation split of ``store``).
+    data sha256 (default: the validation split of ``store``).  With ``report_only`` a run
+    that would have to be trained is not: its name is appended to ``missing`` and None is
+    returned (a finished run without its evaluation is still evaluated).
     """
     from pipeline.training.evaluate import evaluate
     from pipeline.training.fit import train
@@ -110,6 +113,11 @@ def run_one(store: Path, *, arch: str, pt: Path, eval_dir: Path, seed: int, epoc
     eval_store, eval_sha = test if test is not None else (store, data_sha)
     ev = reusable(pt, eval_dir, want, eval_sha, need_weights=need_weights)
     trained = ev is None
+    if trained and report_only:
+        say(progress, f"{label}: not finished yet ({pt.stem}); left out of this report")
+        if missing is not None:
+            missing.append(pt.stem)
+        return None
     if trained:
         say(progress, f"{label}: training {arch} (seed {seed}, {epochs} epochs) -> {pt}")
         options = {k: v for k, v in fit.items() if k != "softening" and v is not None}

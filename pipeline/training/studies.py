@@ -41,7 +41,10 @@ def seed_record(seed: int, rec: dict[str, Any]) -> dict[str, Any]:
             "evaluation": rec["evaluation_json"]}
 
 
-def row_of(parsed: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+def row_of(parsed: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One table row: a token's numbers over its finished seeds (None when there are none)."""
+    if not records:
+        return None
     per_seed = [seed_record(r["seed"], r["rec"]) for r in records]
     first = records[0]["rec"]
     speed = first["evaluation"].get("speed") or {}
@@ -117,12 +120,16 @@ def time_to(history: list[dict[str, Any]], target: float,
 
 
 def paired(base: list[dict[str, Any]], treated: list[dict[str, Any]]) -> dict[str, Any]:
+    """Paired statistics of two variants over the seeds both have finished."""
+    seeds = sorted({s["seed"] for s in base} & {s["seed"] for s in treated})
+    a = {s["seed"]: s for s in base}
+    b = {s["seed"]: s for s in treated}
     return {
-        "seeds": [s["seed"] for s in base],
-        "accuracy": paired_study([s["accuracy"] for s in base],
-                                 [s["accuracy"] for s in treated]),
-        "balanced_accuracy": paired_study([s["balanced_accuracy"] for s in base],
-                                          [s["balanced_accuracy"] for s in treated]),
+        "seeds": seeds,
+        "accuracy": paired_study([a[i]["accuracy"] for i in seeds],
+                                 [b[i]["accuracy"] for i in seeds]),
+        "balanced_accuracy": paired_study([a[i]["balanced_accuracy"] for i in seeds],
+                                          [b[i]["balanced_accuracy"] for i in seeds]),
     }
 
 
@@ -144,8 +151,9 @@ def pretraining_study(store: Path, study_arch: dict[str, Any], pre_stores: list[
                        eval_dir=out / "eval" / name, seed=seed, data_sha=data_sha,
                        speed=False, label=label(f"{what} {token} seed {seed}"),
                        train_fraction=fraction, **extra, **common)
-            recs.append(rec)
-            done.append({"seed": seed, "rec": rec})
+            if rec is not None:
+                recs.append(rec)
+                done.append({"seed": seed, "rec": rec})
         return done
 
     pretrained = []
@@ -156,6 +164,11 @@ def pretraining_study(store: Path, study_arch: dict[str, Any], pre_stores: list[
                    label=label(f"pretrain {token} on {pstore}"), need_weights=True,
                    **{**common, "epochs": pretrain_epochs, "blur_sweep": [0.0], "test": None,
                       "fit": {**common["fit"], "split_by": "source"}})
+        if pre is None:  # a report before the pretraining has run: its studies wait
+            name = pstore.name.removesuffix(".zarr")
+            common["missing"].extend(f"finetune_{name}_f{f:g}_{token}_s{seed}"
+                                     for f in fractions for seed in range(seeds))
+            continue
         recs.append(pre)
         pcard = pre["card"]
         pretrained.append({"name": pstore.name.removesuffix(".zarr"), "store": str(pstore),
@@ -179,17 +192,20 @@ def pretraining_study(store: Path, study_arch: dict[str, Any], pre_stores: list[
             tuned = row_of(study_arch, seed_runs(
                 f"finetune_{pre['name']}_{tag}", f"fine-tune {pre['name']} ({tag})", fraction,
                 init=Path(pre["checkpoint"])))
+            if scratch_rows[fraction] is None or tuned is None:
+                continue
             studies.append({"pretrain": pre["name"], "fraction": fraction,
                             "scratch": scratch_rows[fraction], "finetuned": tuned,
                             **paired(scratch_rows[fraction]["per_seed"], tuned["per_seed"])})
-    full = scratch_rows[max(fractions)]["per_seed"]
+    scratch_rows = {f: r for f, r in scratch_rows.items() if r is not None}
+    full = scratch_rows[max(scratch_rows)]["per_seed"] if scratch_rows else []
     if target is None:
         best = [max((r.get("val_bacc") or 0.0) for r in s["history"]) for s in full
                 if s["history"]]
         target = round(0.95 * sum(best) / len(best), 3) if best else None
     speed_to = []
     if target is not None:
-        for fraction in fractions:
+        for fraction in sorted(scratch_rows):
             conds = [("scratch", scratch_rows[fraction])] + [
                 (st["pretrain"], st["finetuned"]) for st in studies if st["fraction"] == fraction]
             for name, row in conds:

@@ -64,14 +64,14 @@ def _zoo_table(result: dict[str, Any]) -> list[str]:
     bs = s["batch_size"]
     classes = sorted({c for r in result["rows"] for c in r.get("recall", {})})
     recall_heads = "".join(f" recall {c} |" for c in classes)
-    lines = [(f"| arch | params | accuracy | balanced acc. |{recall_heads} ECE (calibrated) | "
-              f"ms/sample (batch 1) | cutouts/s (batch {bs}) | speed measured at | "
+    lines = [(f"| arch | params | seeds | accuracy | balanced acc. |{recall_heads} "
+              f"ECE (calibrated) | ms/sample (batch 1) | cutouts/s (batch {bs}) | speed measured at | "
               f"train s (mean) | train load |"),
-             "|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|---|---|"]
+             "|---|---|---|---|---|" + "---|" * len(classes) + "---|---|---|---|---|---|"]
     for r in result["rows"]:
         recall = "".join(f" {_pm(r.get('recall', {}).get(c, {}))} |" for c in classes)
         lines.append(
-            f"| {r['token']} | {r['params']:,} | {_pm(r['accuracy'])} | "
+            f"| {r['token']} | {r['params']:,} | {r['accuracy'].get('n')} | {_pm(r['accuracy'])} | "
             f"{_pm(r['balanced_accuracy'])} |{recall} {_pm(r['ece_calibrated'])} | "
             f"{_num(r['ms_per_sample_batch1'], '.3f')} | {_num(r['cutouts_per_s'], ',.0f')} | "
             f"{_load(r.get('speed_conditions'))} | "
@@ -199,6 +199,11 @@ def compare_markdown(result: dict[str, Any]) -> str:
          f"FWHM."), "",
     ] + _zoo_table(result)
     lines += ["", "Notes: " + " ".join(result["notes"]), ""]
+    if result.get("not_finished"):
+        left = result["not_finished"]
+        lines += [(f"**Not finished yet** ({len(left)} run(s); this is an interim report, "
+                   f"rerun the command without `--report-only` to train them): "
+                   + ", ".join(f"`{n}`" for n in left) + "."), ""]
     lines += _pairwise_table(result)
     lines += _blur_table(result)
     lines += [("Figures: `blur_curves.png` (accuracy against added blur, seed 0 of each "

@@ -43,7 +43,7 @@ def test_table_rows_columns_and_files(run):
     out, result = run["out"], run["result"]
     assert [r["token"] for r in result["rows"]] == ARCHS
     md = (out / "compare.md").read_text()
-    for column in (("| arch | params | accuracy | balanced acc. | recall diffuse | recall "
+    for column in (("| arch | params | seeds | accuracy | balanced acc. | recall diffuse | recall "
                     "galaxy | recall star | ECE (calibrated) | ms/sample (batch 1) | cutouts/s "
                     "(batch 32) | speed measured at | train s (mean) | train load |"),
                    "| arch | +0 PSF | +1 PSF | drop at the last |"):

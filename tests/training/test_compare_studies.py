@@ -208,3 +208,33 @@ def test_cli_train_on_a_share_of_the_labels(study, tmp_path):
                                           str(tmp_path / "z.pt")])
     assert res.exit_code == 1 and "train_fraction must be in (0, 1], got 0.0" in res.output
     assert not (tmp_path / "z.pt").exists()
+
+
+def test_an_interim_report_trains_nothing_and_lists_what_is_left(study, tmp_path):
+    out = tmp_path / "interim"
+    with pytest.raises(CompareError, match="no run of \\['lenet5'\\] has finished"):
+        compare(study["store"], out=out, report_only=True, **{**KW, "label_fractions": (1,)})
+    # seed 0 of lenet5 finished (copied from the study), seed 1 and the smallcnn runs not
+    for path in (study["out"] / "models").glob("lenet5_s0.*"):
+        (out / "models" / path.name).write_bytes(path.read_bytes())
+    (out / "eval" / "lenet5_s0").mkdir(parents=True, exist_ok=True)
+    (out / "eval" / "lenet5_s0" / "evaluation.json").write_bytes(
+        (study["out"] / "eval" / "lenet5_s0" / "evaluation.json").read_bytes())
+    kw = {**KW, "archs": ["lenet5", "smallcnn", "smallcnn+kd"], "label_fractions": (0.5, 1),
+          "teacher_arch": "lenet5"}
+    result = compare(study["store"], out=out, test_store=study["test"],
+                     pretrain_store=[study["pre"][0]], report_only=True, **kw)
+    assert result["runs_trained"] == 0 and not list((out / "models").glob("smallcnn*"))
+    assert [r["token"] for r in result["rows"]] == ["lenet5"]
+    assert result["rows"][0]["accuracy"]["n"] == 1
+    assert result["rows"][0]["per_seed"][0]["accuracy"] == (
+        study["result"]["rows"][0]["per_seed"][0]["accuracy"])
+    assert set(result["not_finished"]) == {
+        "teacher_lenet5_s0", "lenet5_s1", "smallcnn_s0", "smallcnn_s1", "smallcnn+kd_s0",
+        "smallcnn+kd_s1", "pretrain_pre_a_lenet5_s0", "scratch_f0.5_lenet5_s0",
+        "scratch_f0.5_lenet5_s1", *(f"finetune_pre_a_f{f}_lenet5_s{s}" for f in ("0.5", "1")
+                                    for s in range(SEEDS))}
+    assert result["distillation"] == [] and result["pretraining"]["studies"] == []
+    md = (out / "compare.md").read_text()
+    assert "**Not finished yet** (13 run(s); this is an interim report" in md
+    assert "`smallcnn+kd_s1`" in md and "| lenet5 | 61,111 | 1 | " in md
