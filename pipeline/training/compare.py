@@ -24,7 +24,6 @@ compare resumes where it stopped, also from committed records) and gathered by
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 import time
@@ -301,8 +300,6 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
         notes.append(f"NAME{KD_SUFFIX}: NAME distilled from {teacher_arch} "
                      + ("(the given checkpoint)." if teacher is not None
                         else "(trained once, seed 0, same store and split)."))
-    if not any(math.isclose(f, BLUR_REFERENCE) for f in sweep):
-        notes.append("the blur sweep has no factor 1, so the blur column is empty.")
 
     distillation = []
     for p in parsed:
