@@ -107,6 +107,16 @@ def prepare(part: str, data: Path, work: Path) -> dict[str, Path]:
                 _synth_and_ingest(work / f"pointed_{role}", store, "--pointed", "--exposures", n,
                                   "--size", "1024", "--seed", seed, whole=True)
             stores[role] = store
+        blurry = work / "pointed_test_blurred.zarr"
+        if not _made(blurry):  # HR-CelestialNet's blurry set: the test exposures truly blurred
+            import pandas as pd
+
+            truth = pd.read_parquet(work / "pointed_test" / "truth.parquet")
+            names = sorted(set(truth.loc[truth["blurred"], "exposure"].astype(str)))
+            fits = [str(work / "pointed_test" / f"{name}.fits") for name in names]
+            _skysieve("ingest", *fits, "--whole-exposure", "--downsample", "8", "--truth",
+                      work / "pointed_test" / "truth.parquet", "--out", blurry)
+        stores["blurred"] = blurry
     return stores
 
 
@@ -261,6 +271,49 @@ def baselines(part: str, stores: dict[str, Path]) -> dict:
     return result
 
 
+def blurry_set(stores: dict[str, Path]) -> dict:
+    """Every finished whole-exposure run scored on the blurred test exposures alone.
+
+    HR-CelestialNet's own robustness test: a set of exposures that are blurred as taken
+    (defocus, bad seeing), not blurred after the fact.  Written to ``blurry_set.md`` /
+    ``.json`` beside ``compare.md``; runs whose weights are not here are skipped.
+    """
+    from pipeline.training.evaluate import evaluate
+    from pipeline.training.statistics import summarize
+
+    out = RESULTS / PARTS["whole"]
+    by_arch: dict[str, list[dict]] = {}
+    for pt in sorted((out / "models").glob("*_s[0-9].pt")):
+        ev = evaluate(pt, stores["blurred"], out=out / "eval_blurred" / pt.stem,
+                      blur_sweep=(0,), subset="all", speed=False, progress=False)
+        token, seed = pt.stem.rsplit("_s", 1)
+        whole = json.loads((out / "eval" / pt.stem / "evaluation.json").read_text())
+        by_arch.setdefault(token, []).append({
+            "seed": int(seed), "n": ev["n"], "accuracy": ev["metrics"]["accuracy"],
+            "balanced_accuracy": ev["metrics"]["balanced_accuracy"],
+            "all_test_accuracy": whole["metrics"]["accuracy"]})
+    rows = [{"arch": a, "seeds": len(v), "n": v[0]["n"],
+             "accuracy": summarize([r["accuracy"] for r in v]),
+             "balanced_accuracy": summarize([r["balanced_accuracy"] for r in v]),
+             "all_test_accuracy": summarize([r["all_test_accuracy"] for r in v]),
+             "per_seed": v} for a, v in by_arch.items()]
+    result = {"store": str(stores["blurred"]), "rows": rows}
+    (out / "blurry_set.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+    def pm(x: dict) -> str:
+        return "n/a" if x["mean"] is None else (
+            f"{x['mean']:.3f}" + ("" if x["std"] is None else f" ± {x['std']:.3f}"))
+
+    lines = ["# The blurry set: test exposures blurred as taken (defocus, bad seeing)", "",
+             "| arch | seeds | exposures | accuracy | balanced acc. | accuracy on all test |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['arch']} | {r['seeds']} | {r['n']} | {pm(r['accuracy'])} | "
+              f"{pm(r['balanced_accuracy'])} | {pm(r['all_test_accuracy'])} |" for r in rows]
+    (out / "blurry_set.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: prepare the stores of a part and run its compare."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.seed_studies",
@@ -290,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         _share_runs("pretrain", "distill", "mobilenetv3_small")
     extra = ["--report-only"] if args.report_only else []
     _skysieve("compare", *compare_args(args.part, stores, archs), *extra)
+    if args.part == "whole":
+        blurry_set(stores)
     return 0
 
 
