@@ -36,7 +36,9 @@ class KillWorkers(SchedulerPlugin):
 
     It kills the worker process (not the nanny) the moment the scheduler hands
     it a classify task, so that task is lost mid-run and must be rescheduled;
-    the nanny starts a new worker process.  No task is killed twice.
+    the nanny starts a new worker process.  No task is killed twice, and no process: the
+    scheduler may hand a task to a worker it has not yet seen die, and killing that dead
+    process again would lose nothing.
     """
 
     name = "skysieve-kill-workers"
@@ -54,7 +56,7 @@ class KillWorkers(SchedulerPlugin):
             self.armed = True
         elif finish == "processing" and self.armed and key not in {k for k, _ in self.killed}:
             ws = self.scheduler.tasks[key].processing_on
-            if ws is not None and ws.pid:
+            if ws is not None and ws.pid and ws.pid not in {p for _, p in self.killed}:
                 os.kill(ws.pid, signal.SIGKILL)
                 self.killed.append((str(key), ws.pid))
                 self.left -= 1
