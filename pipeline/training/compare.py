@@ -167,7 +167,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
         A store that cannot be read or trained on.
     """
     t_start = time.perf_counter()
-    from pipeline.training.data import load_labelled
+    from pipeline.training.data import data_sha256
     from pipeline.training.evaluate import validate_blur_sweep
     from pipeline.training.splits import SPLITS
 
@@ -218,12 +218,11 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
                 raise CompareError(f"compare: pretrain_arch {pretrain_arch!r} cannot be a "
                                    f"{KD_SUFFIX!r} token; give a registered name")
 
-    data_sha = load_labelled(store)["data_sha256"]
+    data_sha = data_sha256(store)
     test = None
     if test_store is not None:
         test_store = Path(test_store)
-        stamp_size(test_store)
-        test = (test_store, load_labelled(test_store)["data_sha256"])
+        test = (test_store, data_sha256(test_store))
         if test[1] == data_sha:
             raise CompareError(f"compare: test_store {test_store} holds the same sources as the "
                                f"training store {store}; give a store of held-out objects")

@@ -72,7 +72,6 @@ def reusable(pt: Path, eval_dir: Path, want: dict[str, Any], eval_sha: str | Non
         what = ", ".join(f"{k}={a!r} (asked {b!r})" for k, (a, b) in diff.items())
         raise CompareError(f"{pt}: an earlier compare trained this run with other settings: "
                            f"{what}; use a new --out folder or delete {pt.parent} to start over")
-    ev: dict[str, Any] = {}
     ev_path = eval_dir / "evaluation.json"
     try:
         ev = json.loads(ev_path.read_text(encoding="utf-8"))
@@ -138,14 +137,14 @@ def run_one(store: Path, *, arch: str, pt: Path, eval_dir: Path, seed: int, epoc
 
 
 def given_teacher(path: Path, out: Path, label: str, *, blur_sweep: Sequence[float],
-                   batch_size: int, test: tuple[Path, str] | None, progress: bool,
-                   **_: Any) -> dict[str, Any]:
+                   batch_size: int, test: tuple[Path, str] | None,
+                   progress: bool) -> dict[str, Any]:
     """Evaluate a teacher checkpoint given by the user (once; reused while its sha holds)."""
     from pipeline.training.evaluate import evaluate
 
     card = load_card(path)
     eval_dir = out / "eval" / f"teacher_given_{card.sha256[:12]}"
-    ev = {}
+    ev: dict[str, Any] = {}
     ev_path = eval_dir / "evaluation.json"
     if ev_path.is_file():
         ev = json.loads(ev_path.read_text(encoding="utf-8"))

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.errors import StoreError
 from pipeline.store import open_store
 
-__all__ = ["load_labelled", "IMPORT_ATTRS"]
+__all__ = ["load_labelled", "data_sha256", "IMPORT_ATTRS"]
 
 #: Store attributes of an ``import-images`` store that say how its images were made into
 #: stamps; ``train`` copies them to the card (``training.store_import``), so the same import
@@ -50,6 +50,43 @@ def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]
         Missing or unreadable store, one that breaks the store contract, no
         ``label`` or no labelled source.
     """
+    ds, labels, exposures, excluded, known = _labels(store, exclude)
+    image = ds["image"]
+    images = (image.values if known.size == labels.size
+              else image.isel(source=known).values).astype(np.float32, copy=False)
+    n_band = images.shape[1]
+    bands = ds.attrs.get("bands")
+    if not isinstance(bands, (list, tuple)) or len(bands) != n_band:
+        bands = ([str(b) for b in ds["band"].values] if "band" in ds.coords
+                 else [f"band{i}" for i in range(n_band)])
+    positions = {}
+    for name in ("x", "y", "ra", "dec", "psf_fwhm"):
+        v = (np.asarray(ds[name].values, dtype=np.float64) if name in ds.variables
+             else np.full(labels.size, np.nan))
+        positions[name] = v[known]
+    return {"images": images, "labels": labels[known], "exposures": exposures[known],
+            "bands": [str(b) for b in bands], "data_sha256": _hash(ds, labels, exposures),
+            "import": {key: ds.attrs[key] for key in IMPORT_ATTRS if key in ds.attrs},
+            "pixels_sha256": hashlib.sha256(np.ascontiguousarray(images, "<f4").data).hexdigest(),
+            "n_unlabelled": int(labels.size - known.size - excluded.sum()),
+            "n_excluded": int(excluded.sum()), **positions}
+
+
+def data_sha256(store: Path) -> str:
+    """The ``data_sha256`` :func:`load_labelled` gives ``store``, without reading its pixels.
+
+    Raises
+    ------
+    pipeline.errors.StoreError
+        As :func:`load_labelled` does for a store that cannot be trained or scored on.
+    """
+    ds, labels, exposures, _, _ = _labels(store, ())
+    return _hash(ds, labels, exposures)
+
+
+def _labels(store: Path, exclude: Sequence[str]) -> tuple[Any, np.ndarray, np.ndarray,
+                                                         np.ndarray, np.ndarray]:
+    """Open ``store``; its labels, exposures, excluded mask and labelled indices (checked)."""
     ds = open_store(store)
     for name in ("label", "exposure"):
         if name not in ds.variables:
@@ -62,27 +99,14 @@ def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]
     if known.size == 0:
         raise StoreError(f"{store}: no labelled sources (every 'label' is empty"
                          + (f" or one of {sorted(exclude)!r})" if len(exclude) else ")"))
-    image = ds["image"]
-    images = (image.values if known.size == labels.size
-              else image.isel(source=known).values).astype(np.float32, copy=False)
-    n_band = images.shape[1]
-    bands = ds.attrs.get("bands")
-    if not isinstance(bands, (list, tuple)) or len(bands) != n_band:
-        bands = ([str(b) for b in ds["band"].values] if "band" in ds.coords
-                 else [f"band{i}" for i in range(n_band)])
+    return ds, labels, exposures, excluded, known
+
+
+def _hash(ds: Any, labels: np.ndarray, exposures: np.ndarray) -> str:
+    """sha256 of every label, exposure and source id of a store (its ``data_sha256``)."""
     h = hashlib.sha256()
     h.update("\x00".join(labels.tolist()).encode("utf-8"))
     h.update("\x00".join(exposures.tolist()).encode("utf-8"))
     if "source_id" in ds.variables:
         h.update(np.ascontiguousarray(ds["source_id"].values.astype("<i8")).tobytes())
-    positions = {}
-    for name in ("x", "y", "ra", "dec", "psf_fwhm"):
-        v = (np.asarray(ds[name].values, dtype=np.float64) if name in ds.variables
-             else np.full(labels.size, np.nan))
-        positions[name] = v[known]
-    return {"images": images, "labels": labels[known], "exposures": exposures[known],
-            "bands": [str(b) for b in bands], "data_sha256": h.hexdigest(),
-            "import": {key: ds.attrs[key] for key in IMPORT_ATTRS if key in ds.attrs},
-            "pixels_sha256": hashlib.sha256(np.ascontiguousarray(images, "<f4").data).hexdigest(),
-            "n_unlabelled": int(labels.size - known.size - excluded.sum()),
-            "n_excluded": int(excluded.sum()), **positions}
+    return h.hexdigest()

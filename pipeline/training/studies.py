@@ -18,10 +18,8 @@ BLUR_REFERENCE = 1.0  # the table's blur column: accuracy at +1 PSF FWHM
 
 
 def blur_at(ev: dict[str, Any], factor: float, key: str = "accuracy") -> float | None:
-    for row in (ev.get("blur") or {}).get("curve", []):
-        if math.isclose(float(row["factor"]), factor):
-            return row.get(key)
-    return None
+    """An evaluation's ``key`` at blur ``factor`` (None when the sweep has no such factor)."""
+    return _value_at((ev.get("blur") or {}).get("curve"), factor, key)
 
 
 def seed_record(seed: int, rec: dict[str, Any]) -> dict[str, Any]:
@@ -158,20 +156,20 @@ def pretraining_study(store: Path, study_arch: dict[str, Any], pre_stores: list[
 
     pretrained = []
     for pstore in pre_stores:
-        pname = f"pretrain_{pstore.name.removesuffix('.zarr')}_{token}_s0"
+        name = pstore.name.removesuffix(".zarr")
+        pname = f"pretrain_{name}_{token}_s0"
         pre = run_one(pstore, arch=study_arch["arch"], pt=out / "models" / f"{pname}.pt",
                    eval_dir=out / "eval" / pname, seed=0, data_sha=None, speed=False,
                    label=label(f"pretrain {token} on {pstore}"), need_weights=True,
                    **{**common, "epochs": pretrain_epochs, "blur_sweep": [0.0], "test": None,
                       "fit": {**common["fit"], "split_by": "source"}})
         if pre is None:  # a report before the pretraining has run: its studies wait
-            name = pstore.name.removesuffix(".zarr")
             common["missing"].extend(f"finetune_{name}_f{f:g}_{token}_s{seed}"
                                      for f in fractions for seed in range(seeds))
             continue
         recs.append(pre)
         pcard = pre["card"]
-        pretrained.append({"name": pstore.name.removesuffix(".zarr"), "store": str(pstore),
+        pretrained.append({"name": name, "store": str(pstore),
                            "epochs": pretrain_epochs, "checkpoint": pre["checkpoint"],
                            "sha256": pcard.sha256, "classes": list(pcard.classes),
                            "n_train": pcard.metrics.get("n_train"),
