@@ -22,6 +22,9 @@ Parts:
 * ``distill``: MobileNetV3-Small alone against distilled from the zoo's best network (by
   mean *validation* balanced accuracy when the part first runs, seed 0; the choice is kept
   in ``teacher.json``), 5 seeds.
+* ``distill_large``: the same student against distilled from a large teacher, ResNet-18
+  (11 M parameters, 7x the student), trained in the study's folder with the zoo's settings
+  and seed 0 (training is deterministic, so it is the zoo's ``resnet18_s0``), 5 seeds.
 * ``whole``: HR-CelestialNet against AlexNet, VGG-11 and ResNet-18 on whole pointed synthetic
   exposures (galaxy vs nebula/star cluster), downsampled for the CPU, with a blur sweep.
 """
@@ -45,7 +48,9 @@ DEFAULT_WORK = Path("/tmp/skysieve-seed-studies")
 ZOO_ARCHS = ["lenet5", "alexnet", "vgg11", "resnet18", "hr_celestialnet", "mobilenetv3_small"]
 WHOLE_ARCHS = ["hr_celestialnet", "alexnet", "vgg11", "resnet18"]
 PARTS = {"zoo": "zoo_gz1", "pretrain": "pretrain_gz1", "distill": "distill_gz1",
-         "whole": "whole_pointed"}
+         "distill_large": "distill_gz1_resnet18", "whole": "whole_pointed"}
+#: The large distillation teacher of ``distill_large``.
+LARGE_TEACHER = "resnet18"
 
 #: Training settings shared by the GZ1 parts (cropped to the galaxy at import, 32 px input).
 GZ1_TRAINING = ["--epochs", "30", "--patience", "6", "--lr", "1e-3", "--batch-size", "64",
@@ -71,7 +76,7 @@ def prepare(part: str, data: Path, work: Path) -> dict[str, Path]:
     """Make (or find) the stores ``part`` needs under ``work``; return them by role."""
     work.mkdir(parents=True, exist_ok=True)
     stores: dict[str, Path] = {}
-    if part in ("zoo", "pretrain", "distill"):
+    if part in ("zoo", "pretrain", "distill", "distill_large"):
         from benchmarks._gz1 import write_training_csv
 
         folder = Path(data) / "gz1_galaxies"
@@ -202,8 +207,10 @@ def compare_args(part: str, stores: dict[str, Path], archs: list[str] | None = N
                           "--pretrain-store", str(stores["fractals"]),
                           "--pretrain-store", str(stores["survey"]), "--pretrain-epochs", "20",
                           "--label-fractions", "0.05,0.2,1"] + gz1[1:]
+    teacher = (["--teacher-arch", LARGE_TEACHER] if part == "distill_large"
+               else ["--teacher", str(_teacher())])
     return gz1[:1] + ["--archs", "mobilenetv3_small,mobilenetv3_small+kd", "--seeds", "5",
-                      "--teacher", str(_teacher())] + gz1[1:]
+                      *teacher] + gz1[1:]
 
 
 def _grey(images: np.ndarray, side: int) -> np.ndarray:
@@ -339,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.baselines_only:
             return 0
     archs = [a for a in (args.archs or "").split(",") if a] or None
-    if args.part == "distill":
-        _share_runs("pretrain", "distill", "mobilenetv3_small")
+    if args.part in ("distill", "distill_large"):
+        _share_runs("pretrain", args.part, "mobilenetv3_small")
     extra = ["--report-only"] if args.report_only else []
     _skysieve("compare", *compare_args(args.part, stores, archs), *extra)
     if args.part == "whole":

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from workers.models._init import init_weights
 from workers.models._registry import register_model
 from workers.models.resnet import StemKind, resolve_stem
 
@@ -91,6 +92,7 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
         )
         self.head = nn.Linear(classifier_width, num_classes)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Return the flattened pooled features ``(N, num_features)`` of ``x`` ``(N, C, y, x)``."""
