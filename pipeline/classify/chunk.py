@@ -1,6 +1,6 @@
-"""What one classify task does inside a worker: one store chunk in, one catalogue part out.
+"""What one classify task does inside a worker: whole store chunks in, one catalogue part out.
 
-:func:`classify_chunk` reads its chunk straight from the Zarr store
+:func:`classify_chunk` reads its rows straight from the Zarr store, one chunk at a time
 (:func:`pipeline.store.read_rows`, which reads plain and sharded chunk files itself),
 prepares the stamps on the model's device (the GPU where the worker has one, so the
 stretch costs the CPU nothing there), runs the worker's cached model in batches, and
@@ -38,30 +38,90 @@ COORDS = ("source_id", "exposure", "ccd", "ra", "dec", "x", "y", "psf_fwhm", "fl
 def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: str,
                    sha256: str, batch_size: int, reference_fwhm: float | None,
                    healpix_order: int, row_group_size: int,
-                   metadata: dict[str, Any]) -> dict[str, Any]:
+                   metadata: dict[str, Any], step: int | None = None) -> dict[str, Any]:
     """Classify rows ``[start, stop)`` of ``store`` and hand catalogue part ``part`` to the writer.
 
-    Runs inside a worker: reads its chunk from the store itself and returns a
-    small summary (part, rows, seconds), never the pixels.  The part is on disk,
-    whole, once :func:`pipeline.catalogue.part_files.flush_parts` has returned in
-    this process (``classify`` calls it on every worker before it counts the parts).
+    Runs inside a worker: reads its rows from the store itself, ``step`` at a time (one
+    store chunk; default all of them at once), so a part of several chunks holds the
+    pixels of one chunk at a time, and returns a small summary (part, rows, seconds),
+    never the pixels.  The part is on disk, whole, once
+    :func:`pipeline.catalogue.part_files.flush_parts` has returned in this process
+    (``classify`` calls it on every worker before it counts the parts).
+    """
+    from workers.model_cache import get_predictor
+
+    t0 = time.perf_counter()
+    predictor = get_predictor(checkpoint, sha256=sha256, batch_size=batch_size)
+    step = int(step or (stop - start))
+    pieces = [_score_rows(store, lo, min(stop, lo + step), predictor, healpix_order)
+              for lo in range(start, stop, step)]
+    cols = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+    card = predictor.card
+    threshold = card.ood_threshold
+    fwhm = cols.pop("fwhm")
+    ref = reference_fwhm
+    if ref is None:  # no PSF estimate in the store (e.g. imported images): the part's compact end
+        finite = fwhm[np.isfinite(fwhm)]
+        ref = float(np.percentile(finite, 10)) if finite.size else 1.0
+    blur = (fwhm / np.float32(ref)).astype(np.float32)
+
+    flags = cols["flags"].astype(np.int32) | np.where(np.isfinite(blur), 0, FLAG_EMPTY).astype(np.int32)
+    ood_score = cols["ood_score"]
+    outside = ood_score > threshold if threshold is not None else np.zeros(flags.shape, bool)
+    flags |= np.where(outside, FLAG_OOD, 0).astype(np.int32)
+    probs = cols["probs"]
+    classes = list(card.classes)
+    best = probs.argmax(axis=1)
+    data: dict[str, Any] = {
+        "source_id": pa.array(cols["source_id"].astype(np.int64)),
+        "exposure": pa.array(_strings(cols["exposure"]), pa.string()),
+        "ccd": pa.array(cols["ccd"].astype(np.int16)),
+        "ra": pa.array(cols["ra"]), "dec": pa.array(cols["dec"]),
+        "x": pa.array(cols["x"].astype(np.float64)), "y": pa.array(cols["y"].astype(np.float64)),
+        "label": pa.array(np.asarray(classes, dtype=object)[best], pa.string()),
+    }
+    for k, name in enumerate(classes):
+        data[f"p_{name}"] = pa.array(probs[:, k])
+    data.update({
+        "confidence": pa.array(probs.max(axis=1)),
+        "blur_score": pa.array(blur),
+        "psf_fwhm": pa.array(cols["psf_fwhm"].astype(np.float32)),
+        "ood_score": pa.array(ood_score.astype(np.float32)),
+        "ood_energy": pa.array(cols["ood_energy"].astype(np.float32)),
+        "healpix": pa.array(cols["healpix"]),
+        "flags": pa.array(flags),
+    })
+    if "label" in cols:
+        data["true_label"] = pa.array(_strings(cols["label"]), pa.string())
+    table = pa.table(data)
+    flagged = int(outside.sum()) if threshold is not None else None
+    part_files.write_part_soon(table, Path(part),
+                               metadata={**metadata, "blur_reference_fwhm": ref,
+                                         OOD_COUNT_KEY: flagged},
+                               row_group_size=row_group_size)
+    return {"part": Path(part).name, "rows": table.num_rows, "seconds": time.perf_counter() - t0}
+
+
+def _score_rows(store: str, start: int, stop: int, predictor: Any,
+                healpix_order: int) -> dict[str, np.ndarray]:
+    """One read of rows ``[start, stop)``: the part's columns for them, and their ``fwhm``.
+
+    ``probs`` (normalised), ``ood_score`` / ``ood_energy`` (NaN without OOD statistics),
+    ``healpix`` (from ingest where it wrote this order), the store's :data:`COORDS` and
+    ``label`` where present, and ``fwhm``: the apparent FWHM the blur score divides.
     """
     import torch
 
     from pipeline.imaging.blur_score import apparent_fwhm
     from pipeline.imaging.preprocess import prepare
     from pipeline.imaging.rescale import scale_for_model
-    from workers.model_cache import get_predictor
 
-    t0 = time.perf_counter()
     rows, attrs = read_rows(store, start, stop,
                             ("image", *COORDS, "label", "healpix", *STAMP_STATS))
     images = rows["image"]  # float32, or float16 in a half-precision store
-    cols = {name: rows[name] for name in COORDS}
+    cols: dict[str, np.ndarray] = {name: rows[name] for name in COORDS}
     # Measured once when the chunk was written (pipeline.imaging.stamp_stats); older stores: here.
     stored = all(name in rows for name in STAMP_STATS)
-
-    predictor = get_predictor(checkpoint, sha256=sha256, batch_size=batch_size)
     card = predictor.card
     pixels, bg, noise = scale_for_model(
         images if not card.input_scale else images.astype(np.float32, copy=False),
@@ -74,68 +134,31 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
                     background=bg, noise=noise)
     pred = predictor.predict(x)  # one forward pass: probabilities and OOD scores
     probs = pred.proba.astype(np.float32)
-    probs /= probs.sum(axis=1, keepdims=True)
-    threshold = card.ood_threshold
-    if threshold is None:  # no OOD statistics: both scores unknown
-        ood_score = np.full(probs.shape[0], np.nan, np.float32)
-        ood_energy = ood_score.copy()
+    cols["probs"] = probs / probs.sum(axis=1, keepdims=True)
+    if card.ood_threshold is None:  # no OOD statistics: both scores unknown
+        cols["ood_score"] = np.full(probs.shape[0], np.nan, np.float32)
+        cols["ood_energy"] = cols["ood_score"].copy()
     else:
-        ood_score, ood_energy = pred.ood_score, pred.energy
+        cols["ood_score"], cols["ood_energy"] = pred.ood_score, pred.energy
 
     if attrs.get("item") == "exposure":
         # Whole exposures: the blur score is the exposure's own PSF FWHM over the store's
         # median; NaN (FLAG_EMPTY) where no PSF was measured.  The stamp-centre moments
         # would measure the target.
-        fwhm = cols["psf_fwhm"].astype(np.float32)
+        cols["fwhm"] = cols["psf_fwhm"].astype(np.float32)
     elif stored:
-        fwhm = rows["stamp_fwhm"].astype(np.float32)
+        cols["fwhm"] = rows["stamp_fwhm"].astype(np.float32)
     else:
-        fwhm = apparent_fwhm(images.astype(np.float32, copy=False))
-    ref = reference_fwhm
-    if ref is None:  # no PSF estimate in the store (e.g. imported images): the chunk's compact end
-        finite = fwhm[np.isfinite(fwhm)]
-        ref = float(np.percentile(finite, 10)) if finite.size else 1.0
-    blur = (fwhm / np.float32(ref)).astype(np.float32)
-
-    flags = cols["flags"].astype(np.int32) | np.where(np.isfinite(blur), 0, FLAG_EMPTY).astype(np.int32)
-    outside = ood_score > threshold if threshold is not None else np.zeros(flags.shape, bool)
-    flags |= np.where(outside, FLAG_OOD, 0).astype(np.int32)
-    ra = cols["ra"].astype(np.float64)
-    dec = cols["dec"].astype(np.float64)
+        cols["fwhm"] = apparent_fwhm(images.astype(np.float32, copy=False))
+    cols["ra"] = cols["ra"].astype(np.float64)
+    cols["dec"] = cols["dec"].astype(np.float64)
     if "healpix" in rows and attrs.get("healpix_order") == healpix_order:
-        healpix = rows["healpix"].astype(np.int64)  # computed once at ingest
+        cols["healpix"] = rows["healpix"].astype(np.int64)  # computed once at ingest
     else:  # older stores, or another order: 0.3 ms per 1,024 sources
-        healpix = healpix_index(ra, dec, healpix_order)
-    classes = list(card.classes)
-    best = probs.argmax(axis=1)
-    data: dict[str, Any] = {
-        "source_id": pa.array(cols["source_id"].astype(np.int64)),
-        "exposure": pa.array(_strings(cols["exposure"]), pa.string()),
-        "ccd": pa.array(cols["ccd"].astype(np.int16)),
-        "ra": pa.array(ra), "dec": pa.array(dec),
-        "x": pa.array(cols["x"].astype(np.float64)), "y": pa.array(cols["y"].astype(np.float64)),
-        "label": pa.array(np.asarray(classes, dtype=object)[best], pa.string()),
-    }
-    for k, name in enumerate(classes):
-        data[f"p_{name}"] = pa.array(probs[:, k])
-    data.update({
-        "confidence": pa.array(probs.max(axis=1)),
-        "blur_score": pa.array(blur),
-        "psf_fwhm": pa.array(cols["psf_fwhm"].astype(np.float32)),
-        "ood_score": pa.array(ood_score.astype(np.float32)),
-        "ood_energy": pa.array(ood_energy.astype(np.float32)),
-        "healpix": pa.array(healpix),
-        "flags": pa.array(flags),
-    })
+        cols["healpix"] = healpix_index(cols["ra"], cols["dec"], healpix_order)
     if "label" in rows:
-        data["true_label"] = pa.array(_strings(rows["label"]), pa.string())
-    table = pa.table(data)
-    flagged = int(outside.sum()) if threshold is not None else None
-    part_files.write_part_soon(table, Path(part),
-                               metadata={**metadata, "blur_reference_fwhm": ref,
-                                         OOD_COUNT_KEY: flagged},
-                               row_group_size=row_group_size)
-    return {"part": Path(part).name, "rows": table.num_rows, "seconds": time.perf_counter() - t0}
+        cols["label"] = rows["label"]
+    return cols
 
 
 def _strings(values: np.ndarray) -> list[str]:

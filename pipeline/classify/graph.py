@@ -1,7 +1,11 @@
-"""The classification graph: one Dask task per cutout-store chunk -> one catalogue part.
+"""The classification graph: one Dask task per run of store chunks -> one catalogue part.
 
-Each task (:func:`pipeline.classify.chunk.classify_chunk`) reads its own chunk straight
-from the Zarr store, preprocesses it, scores blur, runs the worker's cached model in
+A part holds whole consecutive chunks of one store, up to ``classify.part-rows`` rows
+(16,384: 16 chunks of 1,024), while the run keeps at least ``classify.min-parts`` parts
+where it has that many chunks (:func:`chunks_per_part`): a release of 10^9 cutouts makes
+~61,000 parts and tasks rather than ~980,000, and a small store still spreads over the
+workers.  Each task (:func:`pipeline.classify.chunk.classify_chunk`) reads its own chunks
+straight from the Zarr store, one at a time, preprocesses it, scores blur, runs the worker's cached model in
 batches and hands one Parquet part to its process's writer thread, which writes it
 atomically off the task's critical path; it returns only a small summary.  Pixels never
 pass through the client or the scheduler, the model is loaded once per worker process
@@ -46,7 +50,7 @@ from pipeline.errors import StoreError
 from pipeline.files import write_json
 from workers.checkpoint import ModelCard, load_card, load_checkpoint
 
-__all__ = ["classify", "RunSummary", "classify_chunk"]
+__all__ = ["classify", "RunSummary", "classify_chunk", "chunks_per_part"]
 
 
 @dataclass
@@ -113,10 +117,44 @@ def _stores(store: Path | str | Sequence[Path | str]) -> list[Path]:
     return stores
 
 
-def _chunk_bounds(group) -> list[tuple[int, int]]:
-    """``(start, stop)`` of every chunk of ``image`` (the read unit, also in a sharded store)."""
+def chunks_per_part(chunks: Sequence[int], chunk_rows: int, *, part_rows: int,
+                    min_parts: int) -> int:
+    """Whole chunks per catalogue part: as many as ``part_rows`` holds, fewer for a small run.
+
+    Parameters
+    ----------
+    chunks : sequence of int
+        The number of chunks of each store of the run.
+    chunk_rows : int
+        The most sources in one chunk over the run's stores.
+    part_rows : int
+        Most rows per part (``classify.part-rows``).
+    min_parts : int
+        Parts the run keeps at least, where its chunks allow (``classify.min-parts``).
+
+    Returns
+    -------
+    int
+        At least 1.  It depends on the stores alone, never on the cluster, so a rerun on
+        another cluster finds the same parts.
+    """
+    if part_rows < 1 or min_parts < 1:
+        raise ValueError(f"classify.part-rows and classify.min-parts must be >= 1, got "
+                         f"{part_rows!r} and {min_parts!r}; fix the configuration")
+    return max(1, min(part_rows // max(1, chunk_rows), sum(chunks) // min_parts))
+
+
+def _part_bounds(group, per_part: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, step)`` of each part of one store: ``per_part`` whole chunks of ``step`` rows."""
     n, step = int(group["image"].shape[0]), int(group["image"].chunks[0])
-    return [(start, min(n, start + step)) for start in range(0, n, step)]
+    span = step * per_part
+    return [(start, min(n, start + span), step) for start in range(0, n, span)]
+
+
+def _chunk_counts(groups: list) -> tuple[list[int], int]:
+    """Chunks of each store's ``image`` along ``source``, and the largest chunk."""
+    counts = [-(-int(g["image"].shape[0]) // int(g["image"].chunks[0])) for g in groups]
+    return counts, max(int(g["image"].chunks[0]) for g in groups)
 
 
 def _reference_fwhm(groups: list) -> float | None:
@@ -131,12 +169,14 @@ def _reference_fwhm(groups: list) -> float | None:
     return float(np.median(sample)) if sample.size else None
 
 
-def _fingerprint(stores: list[Path], groups: list, card: ModelCard, order: int) -> dict[str, Any]:
+def _fingerprint(stores: list[Path], groups: list, card: ModelCard, order: int,
+                 per_part: int) -> dict[str, Any]:
     """What a rerun must share with the run that wrote ``out`` to resume it.
 
     One store: its path, creation time, size and chunking (as catalogues written before
     several stores could be classified at once record it).  Several: the same for each,
-    in order (the order numbers the parts).
+    in order (the order numbers the parts).  ``chunks_per_part`` where a part holds more
+    than one chunk (catalogues of one chunk a part, written before, carry no such key).
     """
     def one(store: Path, group) -> dict[str, Any]:
         return {"store": str(store.resolve()), "store_created": dict(group.attrs).get("created"),
@@ -146,7 +186,8 @@ def _fingerprint(stores: list[Path], groups: list, card: ModelCard, order: int) 
     which = (one(stores[0], groups[0]) if len(stores) == 1
              else {"stores": [one(s, g) for s, g in zip(stores, groups)]})
     return {**which, "model_sha256": card.sha256,
-            "ood_sha256": card.ood.get("sha256") if card.ood else None, "healpix_order": order}
+            "ood_sha256": card.ood.get("sha256") if card.ood else None, "healpix_order": order,
+            **({"chunks_per_part": per_part} if per_part > 1 else {})}
 
 
 def _prepare_out(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> None:
@@ -163,7 +204,8 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> Non
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         if previous != fingerprint:
-            changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
+            changed = sorted(k for k in {**previous, **fingerprint}
+                             if previous.get(k) != fingerprint.get(k))
             raise FileExistsError(f"{out}: holds a catalogue from a different run (differs in "
                                   f"{', '.join(changed)}); pass --overwrite to start over or "
                                   "choose another --out")
@@ -185,7 +227,8 @@ def classify(store: Path | Sequence[Path], out: Path, *, model: str | Path | Non
     store : Path or sequence of Path
         Cutout store(s) written by ``skysieve ingest`` or ``import-images``.  Several
         stores (a release ingested per night or tract) make one catalogue: their chunks
-        are numbered in the order given, one part each.
+        are numbered in the order given; a part holds whole chunks of one store
+        (:func:`chunks_per_part`).
     out : Path
         Catalogue directory (created). A rerun with the same stores (in the same order)
         and model resumes: parts already whole are kept.
@@ -222,8 +265,11 @@ def classify(store: Path | Sequence[Path], out: Path, *, model: str | Path | Non
     batch_size = int(config.resolve("classify.batch-size", batch_size))
     order = int(config.get("classify.healpix-order"))
     row_group_size = int(config.get("classify.row-group-size"))
+    counts, chunk_rows = _chunk_counts(groups)
+    per_part = chunks_per_part(counts, chunk_rows, part_rows=int(config.get("classify.part-rows")),
+                               min_parts=int(config.get("classify.min-parts")))
 
-    fingerprint = _fingerprint(stores, groups, card, order)
+    fingerprint = _fingerprint(stores, groups, card, order, per_part)
     with run_lock.exclusive(out):
         _prepare_out(out, fingerprint, overwrite)
         paths = [str(s.resolve()) for s in stores]
@@ -239,9 +285,10 @@ def classify(store: Path | Sequence[Path], out: Path, *, model: str | Path | Non
                            "overwrite": overwrite},
         }
         reference = _reference_fwhm(groups)
-        jobs = [(path, bounds) for path, group in zip(paths, groups) for bounds in _chunk_bounds(group)]
-        todo = [Job(part_path(out, i), path, start, stop)
-                for i, (path, (start, stop)) in enumerate(jobs)]
+        jobs = [(path, bounds) for path, group in zip(paths, groups)
+                for bounds in _part_bounds(group, per_part)]
+        todo = [Job(part_path(out, i), path, start, stop, step)
+                for i, (path, (start, stop, step)) in enumerate(jobs)]
         skipped = sum(job.part.exists() for job in todo)
         todo = [job for job in todo if not job.part.exists()]
 
@@ -251,7 +298,7 @@ def classify(store: Path | Sequence[Path], out: Path, *, model: str | Path | Non
                 job.store, job.start, job.stop, str(job.part), checkpoint=str(checkpoint),
                 sha256=card.sha256, batch_size=batch_size, reference_fwhm=reference,
                 healpix_order=order, row_group_size=row_group_size, metadata=metadata,
-                dask_key_name=f"classify-{job.part.stem}-{uuid.uuid4().hex[:8]}")
+                step=job.step, dask_key_name=f"classify-{job.part.stem}-{uuid.uuid4().hex[:8]}")
 
         model_plugin = {"path": str(checkpoint), "sha256": card.sha256, "batch_size": batch_size}
         results, failed = run_tasks(todo, make_task, out=out, progress=progress,

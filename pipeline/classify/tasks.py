@@ -22,12 +22,13 @@ __all__ = ["Job", "run_tasks"]
 
 @dataclass(frozen=True)
 class Job:
-    """One task: rows ``[start, stop)`` (one chunk) of ``store`` -> catalogue part ``part``."""
+    """One task: rows ``[start, stop)`` of ``store``, read ``step`` (one chunk) at a time -> part ``part``."""
 
     part: Path
     store: str
     start: int
     stop: int
+    step: int
 
 
 def run_tasks(todo: list[Job], make_task: Callable[[Job], Any], *, out: Path, progress: bool,

@@ -143,6 +143,43 @@ def test_rerun_resumes_and_refuses_another_model(store: Path, client, tmp_path: 
     assert fresh.parts_written == fresh.parts
 
 
+def test_parts_of_several_chunks_give_the_same_catalogue_and_resume(store: Path, client,
+                                                                    tmp_path: Path) -> None:
+    import xarray as xr
+
+    chunks = len(xr.open_zarr(store)["image"].chunks[0])
+    assert chunks >= 3  # so that two chunks a part leaves a short last part
+    one = classify(store, tmp_path / "one", model="default", progress=False)
+    assert one.parts == chunks  # a small store: one chunk a part (min-parts)
+    grouped = {"skysieve.classify.part-rows": 128, "skysieve.classify.min-parts": 1}
+    out = tmp_path / "two"
+    with dask.config.set(grouped):
+        two = classify(store, out, model="default", progress=False)
+    assert two.parts == len(list(out.glob("part-*.parquet"))) == -(-chunks // 2)
+    assert json.loads((out / "_run.json").read_text())["chunks_per_part"] == 2
+    expected = _sorted(catalogue.read_catalogue(tmp_path / "one"))
+    pd.testing.assert_frame_equal(expected, _sorted(catalogue.read_catalogue(out)))
+    sorted(out.glob("part-*.parquet"))[0].unlink()  # lost, as if the run had died
+    with pytest.raises(FileExistsError, match="chunks_per_part"):  # other parts: refused
+        classify(store, out, model="default", progress=False)
+    with dask.config.set(grouped):
+        again = classify(store, out, model="default", progress=False)
+    assert again.parts_written == 1 and again.rows_this_run == 2 * 64
+    pd.testing.assert_frame_equal(expected, _sorted(catalogue.read_catalogue(out)))
+
+
+def test_chunks_per_part_follows_the_release_not_the_cluster() -> None:
+    from pipeline.classify.graph import chunks_per_part
+
+    release = 10**9 // 1024 + 1
+    assert chunks_per_part([release], 1024, part_rows=16384, min_parts=256) == 16
+    assert chunks_per_part([1000, 1097], 1024, part_rows=16384, min_parts=256) == 8
+    assert chunks_per_part([10], 1024, part_rows=16384, min_parts=256) == 1
+    assert chunks_per_part([release], 7, part_rows=16384, min_parts=256) == 2340
+    with pytest.raises(ValueError, match="part-rows"):
+        chunks_per_part([10], 1024, part_rows=0, min_parts=256)
+
+
 def test_store_without_stamp_statistics_gives_the_same_catalogue(store: Path, client,
                                                                  tmp_path: Path) -> None:
     """Stores written before ``stamp_bg``/``stamp_noise``/``stamp_fwhm`` existed: measured per task."""
