@@ -10,7 +10,10 @@ Cheap synthetic data, never GalSim, on a LocalCluster of one single-threaded wor
 - **classify**: a store of ``N`` cutouts (64 px stamps: templates plus noise from a bank,
   written shard by shard by the workers through ``create_store`` / ``write_chunk``, so the
   per-stamp statistics are measured as ingest measures them), classified by ``classify``,
-  together with the ingested store (several stores as one catalogue).
+  together with the ingested store (several stores as one catalogue).  At full size the
+  run is killed (``SIGKILL`` of a ``skysieve classify`` process group, its cluster with it)
+  once ``--kill-at`` of its parts are on disk, then rerun to resume
+  (:func:`killed_then_resumed`); the catalogue is checked for lost and doubled rows.
 
 Each stage is run at a tenth of its size too, on a fresh cluster, so that memory per worker
 is shown bounded: the peak RSS of every worker (a sampling thread inside it) and of the
@@ -23,7 +26,11 @@ Writes ``benchmarks/results/release_scale.json``.
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,7 @@ import numpy as np
 from benchmarks._common import (PeakRSS, parse_args, report, reset_worker_peaks, scratch,
                                 worker_peaks)
 
-__all__ = ["build_store", "cheap_exposures", "main"]
+__all__ = ["build_store", "cheap_exposures", "killed_then_resumed", "main"]
 
 _MIB = 2**20
 
@@ -180,10 +187,73 @@ def _ingest_stage(work: Path, label: str, count: int, size: int, per_exposure: i
     return result
 
 
+def killed_then_resumed(stores: list[Path], out: Path, *, model: str, kill_at: float,
+                        n_workers: int, timeout: float = 7200.0) -> dict[str, Any]:
+    """Classify ``stores`` in a ``skysieve classify`` process, kill it, resume here.
+
+    The process (its own session, with its own LocalCluster of ``n_workers``) is sent
+    ``SIGKILL`` as a group once ``kill_at`` of the parts are on disk; ``classify`` is then
+    run again in this process, on the current client, which keeps the whole parts and
+    writes the rest.  The catalogue's ``source_id`` column is read back whole to count
+    rows lost and doubled against the stores.
+
+    Returns
+    -------
+    dict
+        ``parts``, ``parts_at_kill`` (``None`` when the first run finished before it could
+        be killed), ``parts_resumed``, ``rows``, ``rows_lost``, ``rows_doubled``,
+        ``resume_seconds`` and the resumed run's ``summary``.
+    """
+    import pyarrow.dataset as pads
+    import zarr
+
+    from pipeline.catalogue.layout import PART_GLOB
+    from pipeline.classify.graph import classify, planned_parts
+
+    ids = np.concatenate([np.asarray(zarr.open_group(str(s), mode="r")["source_id"][:])
+                          for s in stores])
+    cmd = [str(Path(sys.executable).with_name("skysieve")), "classify", *map(str, stores),
+           "--out", str(out), "--model", model, "--cluster", "local",
+           "--workers", str(n_workers), "--threads", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    total = planned_parts(stores)
+    deadline, at_kill = time.monotonic() + timeout, None
+    while proc.poll() is None and time.monotonic() < deadline:
+        done = len(list(out.glob(PART_GLOB)))
+        if done >= kill_at * total:
+            os.killpg(proc.pid, signal.SIGKILL)
+            at_kill = done
+            break
+        time.sleep(0.2)
+    proc.wait(timeout=120)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if at_kill is None and proc.returncode != 0:
+        raise RuntimeError(f"release_scale: {' '.join(cmd)} exited {proc.returncode}:\n"
+                           f"{err[-3000:]}")
+    t0 = time.perf_counter()
+    summary = classify(stores, out, model=model, progress=False)
+    resume_seconds = time.perf_counter() - t0
+    got = pads.dataset(str(out), format="parquet").to_table(columns=["source_id"])
+    got = np.asarray(got["source_id"])
+    uniq, counts = np.unique(got, return_counts=True)
+    return {"parts": summary.parts, "parts_at_kill": at_kill,
+            "parts_resumed": summary.parts_written, "rows": int(got.size),
+            "rows_lost": int(np.setdiff1d(ids, uniq).size),
+            "rows_doubled": int((counts - 1).sum()), "resume_seconds": resume_seconds,
+            "summary": summary.to_dict()}
+
+
 def _classify_stage(work: Path, label: str, count: int, model: str, n_workers: int,
-                    extra: list[Path]) -> dict[str, Any]:
-    """A cheap store of ``count`` cutouts, then one ``classify`` of it (and of ``extra``)."""
+                    extra: list[Path], kill_at: float | None = None) -> dict[str, Any]:
+    """A cheap store of ``count`` cutouts, then one ``classify`` of it (and of ``extra``).
+
+    With ``kill_at``, the run is killed and resumed (:func:`killed_then_resumed`); the
+    figures are then the resumed run's, and ``kill_and_resume`` reports the check.
+    """
     from pipeline.classify.graph import classify
+
+    from cluster import connect
 
     store, out = work / f"release_{label}.zarr", work / f"catalogue_{label}"
 
@@ -195,6 +265,12 @@ def _classify_stage(work: Path, label: str, count: int, model: str, n_workers: i
         return summary.rows, summary.parts_written, _files(out)
 
     result = _stage(prepare, measure, n_workers)
+    if kill_at:  # the same stores again, killed mid-run and resumed (after the timed run)
+        with connect("local", n_workers=n_workers, threads_per_worker=1):
+            result["kill_and_resume"] = killed_then_resumed(
+                [store, *extra], work / f"catalogue_{label}_killed", model=model,
+                kill_at=kill_at, n_workers=n_workers)
+        shutil.rmtree(work / f"catalogue_{label}_killed", ignore_errors=True)
     result["store_files"] = _files(store)  # the sharded store's own files (its cutouts: count)
     result["store_files_per_million_cutouts"] = _files(store) / count * 1e6
     result["stores"] = [str(p.name) for p in (store, *extra)]
@@ -208,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__, argv, quick_help="50 exposures of 512² px, a store of 40,000",
                       options={"--sources": {"type": int, "default": None},
                                "--exposures": {"type": int, "default": None},
-                               "--workers": {"type": int, "default": 2}})
+                               "--workers": {"type": int, "default": 2},
+                               "--kill-at": {"type": float, "default": 0.5}})
     n_store = args.sources or (40_000 if args.quick else 2_000_000)
     n_exp = args.exposures or (50 if args.quick else 500)
     size, per_exposure = (512, 100) if args.quick else (1024, 300)
@@ -220,8 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
         for label, count in (("tenth", n_store // 10), ("full", n_store)):
             # the full store is classified with the ingested night: two stores, one catalogue
             extra = [work / "night_full.zarr"] if label == "full" else []
-            results[f"classify_{label}"] = _classify_stage(work, label, count, args.model,
-                                                           args.workers, extra)
+            results[f"classify_{label}"] = _classify_stage(
+                work, label, count, args.model, args.workers, extra,
+                kill_at=args.kill_at if label == "full" else None)
     rows = [{"stage": k, "cutouts": v["cutouts"], "cutouts_per_s": v["cutouts_per_s"],
              "max_worker_rss_mib": v["max_worker_peak_rss_mib"],
              "client_rss_mib": v["client_peak_rss_mib"],

@@ -166,3 +166,16 @@ def test_fractal_pretraining_set_imports_as_a_labelled_store(tmp_path):
     assert sorted(set(ds["label"].values.tolist())) == sorted(systems)
     with pytest.raises(ValueError, match="need classes >= 2"):
         write_set(tmp_path / "c", classes=1)
+
+
+def test_release_scale_kill_and_resume_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    from benchmarks.release_scale import killed_then_resumed
+
+    store = _common.make_store(tmp_path / "s.zarr", 4000, 64, 16)  # 250 parts of 16 rows
+    check = killed_then_resumed([store], tmp_path / "cat", model="default", kill_at=0.3,
+                                n_workers=2)
+    assert check["parts"] == 250 and check["rows"] == 4000
+    assert check["rows_lost"] == 0 and check["rows_doubled"] == 0
+    if check["parts_at_kill"] is not None:  # killed mid-run: the rerun wrote only the rest
+        assert 0 < check["parts_resumed"] <= check["parts"] - check["parts_at_kill"]
+    assert check["summary"]["parts_skipped"] + check["parts_resumed"] == 250

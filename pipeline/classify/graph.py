@@ -50,7 +50,7 @@ from pipeline.errors import StoreError
 from pipeline.files import write_json
 from workers.checkpoint import ModelCard, load_card, load_checkpoint
 
-__all__ = ["classify", "RunSummary", "classify_chunk", "chunks_per_part"]
+__all__ = ["classify", "RunSummary", "classify_chunk", "chunks_per_part", "planned_parts"]
 
 
 @dataclass
@@ -144,6 +144,15 @@ def chunks_per_part(chunks: Sequence[int], chunk_rows: int, *, part_rows: int,
     return max(1, min(part_rows // max(1, chunk_rows), sum(chunks) // min_parts))
 
 
+def planned_parts(stores: Sequence[Path | str]) -> int:
+    """How many parts ``classify`` of ``stores`` writes under the current configuration."""
+    import zarr
+
+    groups = [zarr.open_group(str(s), mode="r") for s in _stores(list(stores))]
+    per_part = _configured_per_part(groups)
+    return sum(len(_part_bounds(g, per_part)) for g in groups)
+
+
 def _part_bounds(group, per_part: int) -> list[tuple[int, int, int]]:
     """``(start, stop, step)`` of each part of one store: ``per_part`` whole chunks of ``step`` rows."""
     n, step = int(group["image"].shape[0]), int(group["image"].chunks[0])
@@ -151,10 +160,12 @@ def _part_bounds(group, per_part: int) -> list[tuple[int, int, int]]:
     return [(start, min(n, start + span), step) for start in range(0, n, span)]
 
 
-def _chunk_counts(groups: list) -> tuple[list[int], int]:
-    """Chunks of each store's ``image`` along ``source``, and the largest chunk."""
+def _configured_per_part(groups: list) -> int:
+    """:func:`chunks_per_part` of the stores' groups under ``classify.part-rows`` / ``min-parts``."""
     counts = [-(-int(g["image"].shape[0]) // int(g["image"].chunks[0])) for g in groups]
-    return counts, max(int(g["image"].chunks[0]) for g in groups)
+    return chunks_per_part(counts, max(int(g["image"].chunks[0]) for g in groups),
+                           part_rows=int(config.get("classify.part-rows")),
+                           min_parts=int(config.get("classify.min-parts")))
 
 
 def _reference_fwhm(groups: list) -> float | None:
@@ -265,9 +276,7 @@ def classify(store: Path | Sequence[Path], out: Path, *, model: str | Path | Non
     batch_size = int(config.resolve("classify.batch-size", batch_size))
     order = int(config.get("classify.healpix-order"))
     row_group_size = int(config.get("classify.row-group-size"))
-    counts, chunk_rows = _chunk_counts(groups)
-    per_part = chunks_per_part(counts, chunk_rows, part_rows=int(config.get("classify.part-rows")),
-                               min_parts=int(config.get("classify.min-parts")))
+    per_part = _configured_per_part(groups)
 
     fingerprint = _fingerprint(stores, groups, card, order, per_part)
     with run_lock.exclusive(out):
