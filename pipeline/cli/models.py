@@ -212,6 +212,9 @@ def evaluate(model: str, store: Path, out: Path, blur_sweep: str, subset: str, b
 @click.option("--split-by", type=click.Choice(["exposure", "frame", "field", "source"]),
               default="exposure", show_default=True, help="How the validation split is held out.")
 @click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--arch-lr", multiple=True, metavar="NAME=LR",
+              help="A learning rate for one network instead of --lr (repeatable), e.g. "
+                   "alexnet=3e-4.")
 @click.option("--patience", type=int, default=8, show_default=True,
               help="Early stopping: epochs without a better validation balanced accuracy.")
 @click.option("--augment", type=click.Choice(["full", "geometric", "robust"]), default="full",
@@ -231,11 +234,22 @@ def compare(store: Path, archs: str, seeds: int, out: Path, epochs: int, batch_s
             image_size: int | None, teacher_arch: str, teacher_epochs: int | None,
             teacher_checkpoint: Path | None, pretrain_store: tuple[Path, ...],
             pretrain_arch: str | None, pretrain_epochs: int | None, blur_sweep: str,
-            test_store: Path | None, split_by: str, lr: float, patience: int, augment: str,
-            softening: float | None, label_fractions: str, target: float | None,
-            report_only: bool) -> None:
+            test_store: Path | None, split_by: str, lr: float, arch_lr: tuple[str, ...],
+            patience: int, augment: str, softening: float | None, label_fractions: str,
+            target: float | None, report_only: bool) -> None:
     """Train and evaluate several architectures over seeds on STORE; print the table."""
     from pipeline.training.compare import compare as run_compare
+
+    rates = {}
+    for item in arch_lr:
+        name, sep, value = item.partition("=")
+        try:
+            rates[name.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            rates[name.strip()] = float("nan")
+        if not sep or not name.strip() or not rates[name.strip()] > 0:
+            raise click.BadParameter(f"{item!r}: give NAME=LR with a positive rate, e.g. "
+                                     "alexnet=3e-4", param_hint="--arch-lr")
 
     result = run_compare(store, archs=[a.strip() for a in archs.split(",") if a.strip()],
                          seeds=seeds, out=out, epochs=epochs, batch_size=batch_size,
@@ -248,6 +262,6 @@ def compare(store: Path, archs: str, seeds: int, out: Path, epochs: int, batch_s
                          augment=augment, softening=softening,
                          label_fractions=parse_floats(label_fractions,
                                                       option="--label-fractions"),
-                         target=target, report_only=report_only)
+                         target=target, report_only=report_only, arch_lr=rates)
     table = out / "compare.md"
     click.echo(table.read_text() if table.is_file() else json.dumps(result, indent=2, default=str))

@@ -24,10 +24,11 @@ compare resumes where it stopped, also from committed records) and gathered by
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,8 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
             test_store: Path | None = None, split_by: str = "exposure", lr: float = 3e-3,
             patience: int = 8, augment: str = "full", softening: float | None = None,
             label_fractions: Sequence[float] = (1.0,), target: float | None = None,
-            report_only: bool = False, progress: bool = True) -> dict[str, Any]:
+            report_only: bool = False, progress: bool = True,
+            arch_lr: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Train and evaluate architectures over seeds on one store; write the comparison table.
 
     Parameters
@@ -148,6 +150,10 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
         interim report), listing the runs not finished yet (``not_finished``).
     progress : bool, default: True
         Print what runs to stderr (and the training epochs).
+    arch_lr : mapping of str to float, optional
+        A learning rate per network name (``{"alexnet": 3e-4}``), for its plain and ``+kd``
+        runs and as a teacher, instead of ``lr``: the plain AlexNet, without batch norm,
+        collapses to one class at the rate the others train at.
 
     Returns
     -------
@@ -198,6 +204,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
     repeated = sorted({t for t in tokens if tokens.count(t) > 1})
     if repeated:
         raise CompareError(f"compare: token(s) {repeated!r} given twice in archs {tokens!r}")
+    arch_lr = _arch_lr(arch_lr, {p["name"] for p in parsed} | {teacher_arch})
     need_teacher = any(p["kd"] for p in parsed)
     teacher_resolved = resolve_arch(teacher_arch, image_size=size)
     if teacher is not None and not Path(teacher).is_file():
@@ -230,6 +237,10 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
     (out / "eval").mkdir(parents=True, exist_ok=True)
     fit = {"split_by": split_by, "lr": lr, "patience": patience, "augment": augment,
            "softening": softening}
+
+    def fit_of(name: str) -> dict[str, Any]:
+        return {**fit, "lr": arch_lr.get(name, lr)}
+
     missing: list[str] = []
     common = {"epochs": epochs, "batch_size": batch_size, "image_size": size,
               "blur_sweep": sweep, "progress": progress, "fit": fit, "test": test,
@@ -256,7 +267,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
         teacher_rec = run_one(store, arch=teacher_resolved, pt=out / "models" / f"{tname}.pt",
                            eval_dir=out / "eval" / tname, seed=0, data_sha=data_sha,
                            speed=True, label=label(f"teacher {teacher_arch}"), need_weights=True,
-                           **{**common, "epochs": teacher_epochs})
+                           **{**common, "epochs": teacher_epochs, "fit": fit_of(teacher_arch)})
 
     runs: dict[str, list[dict[str, Any]]] = {}
     for p in parsed:
@@ -270,7 +281,8 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
                           eval_dir=out / "eval" / name, seed=seed, data_sha=data_sha,
                           speed=seed == 0, teacher=(Path(teacher_rec["checkpoint"]) if p["kd"]
                                                     else None),
-                          label=label(f"{p['token']} seed {seed}"), **common)
+                          label=label(f"{p['token']} seed {seed}"),
+                          **{**common, "fit": fit_of(p["name"])})
             if rec is not None:
                 runs[p["token"]].append({"seed": seed, "rec": rec})
     done = [p for p in parsed if runs[p["token"]]]
@@ -291,6 +303,9 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
               "(Predictor.predict_logits, torch.inference_mode), median of repeated runs; the "
               "threads and the 1-minute load average of each measurement are in the table, "
               "and speeds compare only at similar load.")]
+    if arch_lr:
+        notes.append("learning rate " + ", ".join(f"{n} {v:g}" for n, v in sorted(arch_lr.items()))
+                     + f"; every other network {lr:g}.")
     if any(p["arch"] != p["name"] for p in parsed):  # a cutout variant stood in
         notes.append("hr_celestialnet is the documented cutout variant hr_celestialnet_cutout "
                      "(padded convolutions, 2x2 poolings, adaptive head): the full-exposure "
@@ -373,6 +388,7 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
                      "image_size": size, "stamp": stamp, "blur_sweep": sweep,
                      "split_seed": SPLIT_SEED, "blur_reference_factor": BLUR_REFERENCE,
                      "teacher_arch": teacher_arch if need_teacher else None, **fit,
+                     "arch_lr": dict(arch_lr) or None,
                      "scored_on": "test" if test else "validation"},
         "store": {"path": str(store.resolve()), "data_sha256": data_sha,
                   "val_exposures": split.get("val_exposures", []),
@@ -395,6 +411,21 @@ def compare(store: Path, *, archs: Sequence[str], seeds: int = 3, out: Path, epo
     say(progress, f"wrote {out / MARKDOWN_NAME} and {out / JSON_NAME} "
                    f"({result['wall_s'] / 60:.1f} min)")
     return result
+
+
+def _arch_lr(given: Mapping[str, float] | None, names: set[str]) -> dict[str, float]:
+    """Check ``arch_lr``: names of this comparison's networks, positive finite rates."""
+    out: dict[str, float] = {}
+    for name, rate in (given or {}).items():
+        if name not in names:
+            raise CompareError(f"compare: arch_lr names {name!r}, which is not among the "
+                               f"networks compared ({', '.join(sorted(names))})")
+        value = float(rate)
+        if not (math.isfinite(value) and value > 0):
+            raise CompareError(f"compare: arch_lr[{name!r}] must be a positive learning rate, "
+                               f"got {rate!r}")
+        out[name] = value
+    return out
 
 
 def _fractions(values: Sequence[float]) -> list[float]:

@@ -159,6 +159,23 @@ def test_bad_tokens_are_refused_before_anything_is_written(run, tmp_path):
     assert not out.exists()
 
 
+def test_a_learning_rate_per_network(run, tmp_path):
+    out = tmp_path / "lr"
+    kw = {**KW, "archs": ["lenet5", "smallcnn"], "seeds": 1}
+    result = compare(run["store"], out=out, arch_lr={"lenet5": 5e-4}, **kw)
+    lrs = {name: json.loads((out / "models" / f"{name}_s0.json").read_text())["training"]["lr"]
+           for name in ("lenet5", "smallcnn")}
+    assert lrs == {"lenet5": 5e-4, "smallcnn": 3e-3}
+    assert result["settings"]["arch_lr"] == {"lenet5": 5e-4}
+    assert "learning rate lenet5 0.0005; every other network 0.003" in (out / "compare.md").read_text()
+    with pytest.raises(CompareError, match=r"lenet5_s0\.pt: .*lr=0\.0005 \(asked 0\.003\)"):
+        compare(run["store"], out=out, **kw)  # the same folder without it: refused, not mixed
+    with pytest.raises(CompareError, match="arch_lr names 'vgg11', which is not among"):
+        compare(run["store"], out=tmp_path / "never", arch_lr={"vgg11": 1e-3}, **kw)
+    with pytest.raises(CompareError, match=r"arch_lr\['lenet5'\] must be a positive"):
+        compare(run["store"], out=tmp_path / "never", arch_lr={"lenet5": -1}, **kw)
+
+
 def test_cli_compare(run, tmp_path):
     from pipeline.cli import cli
 
@@ -166,6 +183,9 @@ def test_cli_compare(run, tmp_path):
                                    "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "unknown architecture 'nope'" in res.output
     assert "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["compare", str(run["store"]), "--archs", "lenet5",
+                                   "--arch-lr", "lenet5", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "give NAME=LR with a positive rate" in res.output
     # a finished compare again: nothing retrained, the table printed
     res = CliRunner().invoke(cli, ["compare", str(run["store"]), "--archs", ",".join(ARCHS),
                                    "--seeds", str(SEEDS), "--epochs", "1", "--batch-size", "32",
