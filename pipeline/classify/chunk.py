@@ -17,6 +17,7 @@ median PSF FWHM; NaN, flagged ``FLAG_EMPTY``, where no PSF could be measured.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,10 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     """Classify rows ``[start, stop)`` of ``store`` and hand catalogue part ``part`` to the writer.
 
     Runs inside a worker: reads its rows from the store itself, ``step`` at a time (one
-    store chunk; default all of them at once), so a part of several chunks holds the
-    pixels of one chunk at a time, and returns a small summary (part, rows, seconds),
-    never the pixels.  The part is on disk, whole, once
+    store chunk; default all of them at once), the next chunk in a helper thread while
+    this one is scored (on a GPU worker the read would otherwise wait for the model, and
+    the model for the read), so a part of several chunks holds the pixels of two chunks
+    at most, and returns a small summary (part, rows, seconds), never the pixels.  The part is on disk, whole, once
     :func:`pipeline.catalogue.part_files.flush_parts` has returned in this process
     (``classify`` calls it on every worker before it counts the parts).
     """
@@ -53,8 +55,18 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     t0 = time.perf_counter()
     predictor = get_predictor(checkpoint, sha256=sha256, batch_size=batch_size)
     step = int(step or (stop - start))
-    pieces = [_score_rows(store, lo, min(stop, lo + step), predictor, healpix_order)
-              for lo in range(start, stop, step)]
+    reads = [(lo, min(stop, lo + step)) for lo in range(start, stop, step)]
+    if len(reads) == 1:
+        pieces = [_score_rows(*_read(store, *reads[0]), predictor, healpix_order)]
+    else:
+        with ThreadPoolExecutor(1, thread_name_prefix="skysieve-read") as pool:
+            pending = pool.submit(_read, store, *reads[0])
+            pieces = []
+            for following in [*reads[1:], None]:
+                rows, attrs = pending.result()
+                if following is not None:
+                    pending = pool.submit(_read, store, *following)
+                pieces.append(_score_rows(rows, attrs, predictor, healpix_order))
     cols = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
     card = predictor.card
     threshold = card.ood_threshold
@@ -102,9 +114,14 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     return {"part": Path(part).name, "rows": table.num_rows, "seconds": time.perf_counter() - t0}
 
 
-def _score_rows(store: str, start: int, stop: int, predictor: Any,
+def _read(store: str, start: int, stop: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Rows ``[start, stop)`` of everything a part needs, and the store's attrs."""
+    return read_rows(store, start, stop, ("image", *COORDS, "label", "healpix", *STAMP_STATS))
+
+
+def _score_rows(rows: dict[str, np.ndarray], attrs: dict[str, Any], predictor: Any,
                 healpix_order: int) -> dict[str, np.ndarray]:
-    """One read of rows ``[start, stop)``: the part's columns for them, and their ``fwhm``.
+    """The part's columns for the rows of one read (:func:`_read`), and their ``fwhm``.
 
     ``probs`` (normalised), ``ood_score`` / ``ood_energy`` (NaN without OOD statistics),
     ``healpix`` (from ingest where it wrote this order), the store's :data:`COORDS` and
@@ -116,8 +133,6 @@ def _score_rows(store: str, start: int, stop: int, predictor: Any,
     from pipeline.imaging.preprocess import prepare
     from pipeline.imaging.rescale import scale_for_model
 
-    rows, attrs = read_rows(store, start, stop,
-                            ("image", *COORDS, "label", "healpix", *STAMP_STATS))
     images = rows["image"]  # float32, or float16 in a half-precision store
     cols: dict[str, np.ndarray] = {name: rows[name] for name in COORDS}
     # Measured once when the chunk was written (pipeline.imaging.stamp_stats); older stores: here.
