@@ -19,8 +19,10 @@ untrained weights: the speed does not depend on the values; the first is ``--mod
   ``classify_chunk`` minus the others; ``write_behind`` is the writer thread's time
   per part (Parquet, fsync, rename), off the task's critical path.
 
-Medians over repeats. Writes ``benchmarks/results/classify_throughput.json``
-(``pipeline.hpc.plan`` reads its stage rates).
+The end-to-end runs give each catalogue part ``--part-chunks`` store chunks (4), as a
+release gets them (``classify.part-rows``; this small store would otherwise keep one chunk
+a part, by ``classify.min-parts``).  Medians over repeats.  Writes
+``benchmarks/results/classify_throughput.json`` (``pipeline.hpc.plan`` reads its stage rates).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 
 from benchmarks._common import (make_store, markdown_table, median_time, parse_args, scratch,
@@ -183,14 +186,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(__doc__, argv, quick_help="small store, one repeat",
                       options={"--batch-size": {"type": int, "default": 256},
                                "--models": {"default": "lenet5,mobilenetv3_small",
-                                            "help": "more models, after --model"}})
+                                            "help": "more models, after --model"},
+                               "--part-chunks": {"type": int, "default": 4,
+                                                 "help": "store chunks per catalogue part, as "
+                                                         "at release scale (at most a quarter "
+                                                         "of the store's chunks)"}})
     n = 4096 if args.quick else 16384
     chunk = sources_per_chunk(64, 1)  # the chunk `skysieve ingest` writes (64x64x1 stamps)
     repeats = 1 if args.quick else 3
     shapes = ((1, 2), (2, 1)) if args.quick else ((1, 2), (2, 1), (1, 1))
     names = [args.model] + [m for m in args.models.split(",") if m and m != args.model]
     models = {}
-    with scratch("skysieve-bench-store-") as tmp:
+    # Parts of several chunks, as a release gets them (classify.min-parts keeps a store this
+    # small at one chunk a part); at least 4 parts, so that every worker has work.
+    per_part = max(1, min(args.part_chunks, -(-n // chunk) // 4))
+    grouping = {"skysieve.classify.part-rows": per_part * chunk, "skysieve.classify.min-parts": 1}
+    with scratch("skysieve-bench-store-") as tmp, dask.config.set(grouping):
         store = make_store(tmp / "bench.zarr", n, 64, chunk)
         import zarr
         images = np.asarray(zarr.open_group(str(store), mode="r")["image"][:min(n, 8192)])
@@ -218,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     best = models[args.model]["best_ratio"]
     payload = {"settings": {"n": n, "chunk": chunk, "stamp": 64, "batch_size": args.batch_size,
                             "model": args.model, "models": names, "repeats": repeats,
-                            "profile_threads": 1},
+                            "profile_threads": 1, "chunks_per_part": per_part},
                "rows": rows,
                "models": models,
                "stages": {"seconds_per_cutout": stages, "threads": 1, "rows": stage_rows,
