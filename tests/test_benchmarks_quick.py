@@ -179,3 +179,25 @@ def test_release_scale_kill_and_resume_loses_and_doubles_nothing(tmp_path: Path)
     if check["parts_at_kill"] is not None:  # killed mid-run: the rerun wrote only the rest
         assert 0 < check["parts_resumed"] <= check["parts"] - check["parts_at_kill"]
     assert check["summary"]["parts_skipped"] + check["parts_resumed"] == 250
+
+
+def test_gz1_errors_counts_shared_errors(tmp_path: Path, results: Path) -> None:
+    from _blob_stores import make_store as blob_store  # tests/ is on sys.path
+
+    from benchmarks.gz1_errors import main as gz1_errors
+    from pipeline.training.fit import train
+
+    names = {"star": "elliptical", "galaxy": "spiral", "diffuse": "merger"}
+    labels = [names[c] for c in ("diffuse", "galaxy", "star") * 40]
+    store = blob_store(tmp_path / "g.zarr", n=120, labels=labels)
+    train(store, arch="smallcnn", out=tmp_path / "m.pt", epochs=1, batch_size=32, seed=0,
+          progress=False)
+    run = f"{tmp_path / 'm.pt'}:{store}"
+    out = gz1_errors([f"a={run}", f"b={run}"])
+    pair = out["pairs"]["a|b"]
+    assert pair["n"] == 80  # the elliptical and spiral sources
+    assert pair["wrong_both"] == pair["wrong_a"] == pair["wrong_b"]  # one model twice
+    assert pair["average_elliptical_vs_spiral"] == pytest.approx(
+        out["runs"]["a"]["plain"]["elliptical_vs_spiral"])
+    assert all(0 <= r["E vs S, dihedral8"] <= 1 for r in out["rows"])
+    assert json.loads((results / "gz1_errors.json").read_text())["pairs"]["a|b"] == pair
