@@ -282,6 +282,47 @@ def baselines(part: str, stores: dict[str, Path]) -> dict:
     return result
 
 
+def against_baseline(part: str) -> dict:
+    """Each network's balanced accuracy over its seeds against the baseline at its input size.
+
+    A one-sample t-test of the per-seed test balanced accuracies against the logistic
+    regression's (one deterministic fit on the same stores, its own sampling error on the
+    test set left out), written to ``against_baseline.md`` / ``.json`` beside
+    ``compare.md``: a network is called ahead of or behind the baseline only where
+    p < 0.05.
+    """
+    from scipy import stats
+
+    out = RESULTS / PARTS[part]
+    compared = json.loads((out / "compare.json").read_text())
+    base = json.loads((out / "baseline.json").read_text())
+    size = compared["settings"]["image_size"]
+    ref = next(r for r in base["rows"] if r["input_px"] == size)["balanced_accuracy"]
+    rows = []
+    for row in compared["rows"]:
+        values = [s["balanced_accuracy"] for s in row["per_seed"]]
+        p = float(stats.ttest_1samp(values, ref).pvalue) if len(values) > 1 else None
+        mean = float(np.mean(values))
+        verdict = ("not resolved" if p is None or not p < 0.05
+                   else "ahead of the baseline" if mean > ref else "behind the baseline")
+        rows.append({"arch": row["token"], "seeds": len(values), "mean": mean,
+                     "difference": mean - ref, "p": p, "verdict": verdict})
+    result = {"part": part, "baseline_balanced_accuracy": ref, "input_px": size, "rows": rows,
+              "test": "one-sample t-test of the per-seed balanced accuracies against the "
+                      "baseline's (p < 0.05 to call a difference)"}
+    (out / "against_baseline.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    lines = [f"# The networks against the hand-feature baseline ({ref:.3f} balanced, {size} px)",
+             "", result["test"] + ".", "",
+             "| arch | seeds | balanced acc. | minus the baseline | p | verdict |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['arch']} | {r['seeds']} | {r['mean']:.3f} | {r['difference']:+.3f} | "
+              + ("n/a" if r["p"] is None else f"{r['p']:.3g}") + f" | {r['verdict']} |"
+              for r in rows]
+    (out / "against_baseline.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return result
+
+
 def blurry_set(stores: dict[str, Path]) -> dict:
     """Every finished whole-exposure run scored on the blurred test exposures alone.
 
@@ -364,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         _share_runs("pretrain", args.part, "mobilenetv3_small")
     extra = ["--report-only"] if args.report_only else []
     _skysieve("compare", *compare_args(args.part, stores, archs), *extra)
+    if args.part in ("zoo", "whole"):
+        against_baseline(args.part)
     if args.part == "whole":
         blurry_set(stores)
     return 0
