@@ -201,3 +201,22 @@ def test_gz1_errors_counts_shared_errors(tmp_path: Path, results: Path) -> None:
         out["runs"]["a"]["plain"]["elliptical_vs_spiral"])
     assert all(0 <= r["E vs S, dihedral8"] <= 1 for r in out["rows"])
     assert json.loads((results / "gz1_errors.json").read_text())["pairs"]["a|b"] == pair
+
+
+def test_seed_studies_call_a_network_ahead_or_behind_only_where_p_is_small(tmp_path, monkeypatch):
+    from benchmarks import seed_studies
+
+    monkeypatch.setattr(seed_studies, "RESULTS", tmp_path)
+    folder = tmp_path / seed_studies.PARTS["zoo"]
+    folder.mkdir()
+    seeds = {"behind": [0.50, 0.51, 0.49], "close": [0.65, 0.75, 0.70], "ahead": [0.90, 0.91, 0.92]}
+    (folder / "compare.json").write_text(json.dumps({
+        "settings": {"image_size": 32},
+        "rows": [{"token": k, "per_seed": [{"balanced_accuracy": v} for v in vals]}
+                 for k, vals in seeds.items()]}))
+    (folder / "baseline.json").write_text(json.dumps({"rows": [
+        {"input_px": 64, "balanced_accuracy": 0.2}, {"input_px": 32, "balanced_accuracy": 0.7}]}))
+    verdicts = {r["arch"]: r["verdict"] for r in seed_studies.against_baseline("zoo")["rows"]}
+    assert verdicts == {"behind": "behind the baseline", "close": "not resolved",
+                        "ahead": "ahead of the baseline"}
+    assert "| ahead | 3 | 0.910 | +0.210 |" in (folder / "against_baseline.md").read_text()
