@@ -187,11 +187,14 @@ def main(argv: list[str] | None = None) -> dict:
                       options={"--batch-size": {"type": int, "default": 256},
                                "--models": {"default": "lenet5,mobilenetv3_small",
                                             "help": "more models, after --model"},
+                               "--sources": {"type": int, "default": 65536,
+                                             "help": "cutouts in the store (a run must last "
+                                                     "long enough to outweigh its fixed cost)"},
                                "--part-chunks": {"type": int, "default": 4,
                                                  "help": "store chunks per catalogue part, as "
                                                          "at release scale (at most a quarter "
                                                          "of the store's chunks)"}})
-    n = 4096 if args.quick else 16384
+    n = 4096 if args.quick else args.sources
     chunk = sources_per_chunk(64, 1)  # the chunk `skysieve ingest` writes (64x64x1 stamps)
     repeats = 1 if args.quick else 3
     shapes = ((1, 2), (2, 1)) if args.quick else ((1, 2), (2, 1), (1, 1))
