@@ -215,8 +215,10 @@ def killed_then_resumed(stores: list[Path], out: Path, *, model: str, kill_at: f
     cmd = [str(Path(sys.executable).with_name("skysieve")), "classify", *map(str, stores),
            "--out", str(out), "--model", model, "--cluster", "local",
            "--workers", str(n_workers), "--threads", "1"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    log = out.parent / f"{out.name}.log"  # a file, not a pipe: a long run never blocks on it
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=sink)
     total = planned_parts(stores)
     deadline, at_kill = time.monotonic() + timeout, None
     while proc.poll() is None and time.monotonic() < deadline:
@@ -227,7 +229,8 @@ def killed_then_resumed(stores: list[Path], out: Path, *, model: str, kill_at: f
             break
         time.sleep(0.2)
     proc.wait(timeout=120)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    err = log.read_text(errors="replace")
+    log.unlink()
     if at_kill is None and proc.returncode != 0:
         raise RuntimeError(f"release_scale: {' '.join(cmd)} exited {proc.returncode}:\n"
                            f"{err[-3000:]}")
@@ -248,8 +251,8 @@ def _classify_stage(work: Path, label: str, count: int, model: str, n_workers: i
                     extra: list[Path], kill_at: float | None = None) -> dict[str, Any]:
     """A cheap store of ``count`` cutouts, then one ``classify`` of it (and of ``extra``).
 
-    With ``kill_at``, the run is killed and resumed (:func:`killed_then_resumed`); the
-    figures are then the resumed run's, and ``kill_and_resume`` reports the check.
+    With ``kill_at``, the same stores are classified again after the timed run, killed and
+    resumed (:func:`killed_then_resumed`); ``kill_and_resume`` reports that check.
     """
     from pipeline.classify.graph import classify
 

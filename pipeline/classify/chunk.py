@@ -46,9 +46,10 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
     store chunk; default all of them at once), the next chunk in a helper thread while
     this one is scored (on a GPU worker the read would otherwise wait for the model, and
     the model for the read), so a part of several chunks holds the pixels of two chunks
-    at most, and returns a small summary (part, rows, seconds), never the pixels.  The part is on disk, whole, once
-    :func:`pipeline.catalogue.part_files.flush_parts` has returned in this process
-    (``classify`` calls it on every worker before it counts the parts).
+    at most, and returns a small summary (part, rows, seconds), never the pixels.  The
+    part is on disk, whole, once :func:`pipeline.catalogue.part_files.flush_parts` has
+    returned in this process (``classify`` calls it on every worker before it counts the
+    parts).
     """
     from workers.model_cache import get_predictor
 

@@ -5,8 +5,8 @@ A part holds whole consecutive chunks of one store, up to ``classify.part-rows``
 where it has that many chunks (:func:`chunks_per_part`): a release of 10^9 cutouts makes
 ~61,000 parts and tasks rather than ~980,000, and a small store still spreads over the
 workers.  Each task (:func:`pipeline.classify.chunk.classify_chunk`) reads its own chunks
-straight from the Zarr store, one at a time, preprocesses it, scores blur, runs the worker's cached model in
-batches and hands one Parquet part to its process's writer thread, which writes it
+straight from the Zarr store, one at a time, preprocesses them, scores blur, runs the
+worker's cached model in batches and hands one Parquet part to its process's writer thread, which writes it
 atomically off the task's critical path; it returns only a small summary.  Pixels never
 pass through the client or the scheduler, the model is loaded once per worker process
 (keyed by its sha256; on a distributed cluster preloaded by a

@@ -242,14 +242,15 @@ def compare(store: Path, archs: str, seeds: int, out: Path, epochs: int, batch_s
 
     rates = {}
     for item in arch_lr:
-        name, sep, value = item.partition("=")
+        name, _, value = item.partition("=")
         try:
-            rates[name.strip()] = float(value) if sep else float("nan")
+            rate = float(value)
         except ValueError:
-            rates[name.strip()] = float("nan")
-        if not sep or not name.strip() or not rates[name.strip()] > 0:
+            rate = float("nan")
+        if not name.strip() or not rate > 0:
             raise click.BadParameter(f"{item!r}: give NAME=LR with a positive rate, e.g. "
                                      "alexnet=3e-4", param_hint="--arch-lr")
+        rates[name.strip()] = rate
 
     result = run_compare(store, archs=[a.strip() for a in archs.split(",") if a.strip()],
                          seeds=seeds, out=out, epochs=epochs, batch_size=batch_size,
