@@ -84,18 +84,23 @@ def cheap_exposures(folder: str, first: int, count: int, size: int, n_sources: i
     return count
 
 
-def _write_shard(store: str, start: int, stop: int, stamp: int) -> int:
-    """Write rows ``[start, stop)`` of a benchmark store: bank templates + bank noise."""
-    from pipeline.store import write_chunk
+def _write_shard(store: str, start: int, stop: int, stamp: int, chunk: int) -> int:
+    """Write rows ``[start, stop)`` of a benchmark store (bank templates + bank noise), a chunk at a time."""
+    from pipeline.store import write_chunks
 
-    rng = np.random.default_rng(start)
     templates = 3000.0 * _bank(stamp, 256, seed=0)
-    noise = rng.normal(0.0, 3.0, (512, stamp, stamp)).astype(np.float32)
-    n = stop - start
-    stamps = templates[rng.integers(0, len(templates), n)]
-    stamps += np.roll(noise[rng.integers(0, len(noise), n)], int(rng.integers(stamp)), axis=2)
-    write_chunk(store, start, stamps[:, None])
-    return n
+
+    def blocks() -> Any:
+        for lo in range(start, stop, chunk):
+            rng = np.random.default_rng(lo)
+            noise = rng.normal(0.0, 3.0, (512, stamp, stamp)).astype(np.float32)
+            n = min(stop, lo + chunk) - lo
+            stamps = templates[rng.integers(0, len(templates), n)]
+            stamps += np.roll(noise[rng.integers(0, len(noise), n)], int(rng.integers(stamp)),
+                              axis=2)
+            yield stamps[:, None]
+
+    return write_chunks(store, start, blocks())
 
 
 def build_store(client: Any, path: Path, n: int, stamp: int = 64) -> Path:
@@ -123,7 +128,8 @@ def build_store(client: Any, path: Path, n: int, stamp: int = 64) -> Path:
                  inputs=[], rejects=[], shard_sources=shard)
     del table
     step = shard or chunk
-    futures = [client.submit(_write_shard, str(path), s, min(n, s + step), stamp, pure=False)
+    futures = [client.submit(_write_shard, str(path), s, min(n, s + step), stamp, chunk,
+                             pure=False)
                for s in range(0, n, step)]
     assert sum(client.gather(futures)) == n
     return path

@@ -34,7 +34,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import dask
 import numpy as np
@@ -70,7 +70,7 @@ from pipeline.store import (
     request_abort,
     sources_per_chunk,
     sources_per_shard,
-    write_chunk,
+    write_chunks,
 )
 
 __all__ = ["IngestSummary", "ingest"]
@@ -166,23 +166,40 @@ def _measure_ccd(path: str, exposure: str, hdu: int, settings: dict[str, Any],
             path, hdu, f"{path}[{hdu}]: unexpected {type(exc).__name__}: {exc}")}
 
 
-def _write_chunk_task(store: str, start: int, rows: pd.DataFrame, stamp: int) -> int:
+def _write_chunk_task(store: str, start: int, rows: pd.DataFrame, stamp: int,
+                      chunk_sources: int) -> int:
     """Phase 2 task: cut the stamps of one shard's (or chunk's) rows and write it only.
+
+    The stamps are cut and written one chunk at a time (:func:`pipeline.store.write_chunks`
+    streams a shard file), so a task holds one chunk and the CCD it is cutting from, not a
+    whole shard: worker memory does not grow with ``ingest.shard-bytes``.  Rows are sorted
+    by exposure and CCD, so a CCD that spans two chunks is read once.
 
     Returns the rows written: 0, writing nothing, once another task failed
     (:func:`pipeline.store.request_abort`).
     """
     if abort_requested(store):
         return 0
-    out = np.full((len(rows), 1, stamp, stamp), np.nan, dtype=np.float32)
-    for (path, hdu), group in rows.groupby(["path", "ccd"], sort=False):
-        ccd = read_ccd(path, int(hdu), check_values=False)
-        stamps, _ = cut_stamps(ccd.data, group["x"].to_numpy(), group["y"].to_numpy(), stamp)
-        stamps -= group["sky"].to_numpy(np.float32)[:, None, None]
-        out[group.index.to_numpy() - start, 0] = stamps  # rows keep their store index
-        del ccd
-    write_chunk(store, start, out)
-    return len(rows)
+    held: dict[tuple[str, int], Any] = {}
+
+    def blocks() -> Iterator[np.ndarray]:
+        for lo in range(0, len(rows), chunk_sources):
+            part = rows.iloc[lo:lo + chunk_sources]
+            out = np.full((len(part), 1, stamp, stamp), np.nan, dtype=np.float32)
+            for (path, hdu), group in part.groupby(["path", "ccd"], sort=False):
+                key = (path, int(hdu))
+                if key not in held:
+                    held.clear()  # the previous CCD is done with
+                    held[key] = read_ccd(path, int(hdu), check_values=False)
+                stamps, _ = cut_stamps(held[key].data, group["x"].to_numpy(),
+                                       group["y"].to_numpy(), stamp)
+                stamps -= group["sky"].to_numpy(np.float32)[:, None, None]
+                out[group.index.to_numpy() - start - lo, 0] = stamps  # rows keep their index
+            yield out
+
+    written = write_chunks(store, start, blocks())
+    held.clear()
+    return written
 
 
 
@@ -332,7 +349,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
         phases["store"], clock = time.perf_counter() - clock, time.perf_counter()
         rows = table[["path", "ccd", "x", "y", "sky"]]
         chunk_tasks = [dask.delayed(_write_chunk_task, pure=False)(
-            str(tmp), start, rows.iloc[start:start + step], stamp)
+            str(tmp), start, rows.iloc[start:start + step], stamp, chunk_sources)
             for start in range(0, len(table), step)]
         written = sum(compute_tasks(chunk_tasks, on_error=lambda: request_abort(tmp)))
         if written != len(table):

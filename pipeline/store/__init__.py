@@ -70,6 +70,7 @@ from pipeline.store.build import (
     sources_per_chunk,
     sources_per_shard,
     write_chunk,
+    write_chunks,
     write_coords,
 )
 from pipeline.store.contract import (
@@ -126,5 +127,6 @@ __all__ = [
     "unpack_source_id",
     "validate_store",
     "write_chunk",
+    "write_chunks",
     "write_coords",
 ]

@@ -5,6 +5,7 @@ Inside the output-folder transaction (:mod:`pipeline.store.transaction`)::
     with building(out, overwrite=overwrite) as tmp:
         create_store(tmp, table, ..., shard_sources=sources_per_shard(...))
         write_chunk(tmp, 0, stamps)     # whole chunks; whole shards in a sharded store
+        write_chunks(tmp, 0, blocks)    # the same from an iterator, one chunk in memory
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ from pipeline.files import to_jsonable
 from pipeline.store.contract import COORDS, IMAGE_COMPRESSIONS, IMAGE_DIMS, OPTIONAL_COORDS
 
 __all__ = ["chunk_byte_budget", "create_store", "sources_per_chunk", "sources_per_shard",
-           "write_chunk", "write_coords"]
+           "write_chunk", "write_chunks", "write_coords"]
 
 #: Default of config ``ingest.shard-bytes`` where a configuration lacks the key.
 DEFAULT_SHARD_BYTES = "256 MiB"
@@ -295,6 +296,73 @@ def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
             zarr.open_array(Path(path) / name, mode="r+")[start:stop] = np.concatenate(
                 [b[name] for b in blocks])
     array[start:stop] = stamps
+
+
+def write_chunks(path: str | Path, start: int, blocks: Iterable[np.ndarray]) -> int:
+    """Write consecutive whole chunks of ``image`` from ``start``, holding one at a time.
+
+    Like :func:`write_chunk` on their concatenation, with the same alignment rules (in a
+    sharded store, ``start`` opens a shard and the blocks fill it, or run to the array's
+    end).  Each block is one chunk (``chunk_sources`` rows; the array's last may be
+    shorter).  In a sharded store of uncompressed chunks the shard file is streamed
+    (:class:`pipeline.store.shard_file.ShardFile`), so a writer holds one chunk, not a
+    shard; an unsharded store writes each chunk as it comes; other layouts (zstd) gather
+    the shard and write it through Zarr.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    StoreError
+        As :func:`write_chunk`; or a block that is not one whole chunk, or blocks that
+        do not fill their shard.
+    """
+    import zarr
+
+    from pipeline.store.read import chunk_layout
+    from pipeline.store.shard_file import ShardFile, streamable
+
+    path = Path(path)
+    array = zarr.open_array(path / "image", mode="r")
+    step, n = array.chunks[0], array.shape[0]
+    layout = chunk_layout(path, "image")
+    if not array.shards:
+        rows = start
+        for block in blocks:
+            write_chunk(path, rows, block)
+            rows += block.shape[0]
+        return rows - start
+    if not streamable(layout):
+        gathered = [np.asarray(b) for b in blocks]
+        if gathered:
+            write_chunk(path, start, np.concatenate(gathered))
+        return sum(b.shape[0] for b in gathered)
+    unit = array.shards[0]
+    if start % unit:
+        raise StoreError(f"{path}: rows from {start} do not open a shard of 'image' "
+                         f"(shards of {unit} sources)")
+    stats_on = (path / "stamp_fwhm").is_dir()
+    stats: list[dict[str, np.ndarray]] = []
+    rows = start
+    with ShardFile(layout, start // unit) as shard:
+        for block in blocks:
+            block = np.asarray(block, dtype=np.float32)
+            if block.shape[0] != min(step, n - rows):
+                raise StoreError(f"{path}: a block of {block.shape[0]} rows at row {rows}; "
+                                 f"blocks are whole chunks of {step} sources")
+            shard.add(block)
+            if stats_on:
+                from pipeline.imaging.stamp_stats import stamp_statistics
+
+                stats.append(stamp_statistics(block))
+            rows += block.shape[0]
+    for name in stats[0] if stats else ():  # small: one write per statistic, shard-aligned
+        zarr.open_array(path / name, mode="r+")[start:rows] = np.concatenate(
+            [b[name] for b in stats])
+    return rows - start
 
 
 def write_coords(path: str | Path, values: dict[str, np.ndarray]) -> None:

@@ -20,7 +20,7 @@ from numcodecs.zstd import Zstd
 from pipeline.errors import StoreError
 from pipeline.store.validate import validate_store
 
-__all__ = ["describe", "open_store", "read_rejects", "read_rows"]
+__all__ = ["chunk_layout", "describe", "open_store", "read_rejects", "read_rows"]
 
 
 def read_rows(path: str | Path, start: int, stop: int, names: Sequence[str],
@@ -190,6 +190,17 @@ def _root_attrs(path: Path) -> dict[str, Any]:
         cached = (sig, dict(json.loads(file.read_bytes()).get("attributes", {})))
         _ATTRS[str(path)] = cached
     return dict(cached[1])
+
+
+def chunk_layout(path: str | Path, name: str) -> _ChunkFiles | None:
+    """How array ``name`` of store ``path`` lays out its chunk files, or None.
+
+    None where the array is absent or its layout is one this module leaves to Zarr.  The
+    result names the folder, dtype, shape, chunk and shard rows, key separator, codecs and
+    fill value: what :mod:`pipeline.store.shard_file` needs to write a shard itself.
+    """
+    plan = _plan(Path(path), name)
+    return None if plan is _ABSENT else plan
 
 
 def _plan(path: Path, name: str) -> _ChunkFiles | None | object:

@@ -35,7 +35,7 @@ def stale_temporary() -> Callable[[Path], Path]:
 
 @pytest.fixture
 def fail_after_first_chunk(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModuleType], None]:
-    """Make ``module.write_chunk`` write the first chunk, then raise on the next one.
+    """Make ``module.write_chunk`` (or ``write_chunks``) write the first chunk (or shard), then raise on the next.
 
     Tasks run in this process meanwhile, one at a time (Dask's threaded scheduler
     with one worker, even while another test's distributed client is current), so
@@ -50,14 +50,15 @@ def fail_after_first_chunk(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModuleT
     monkeypatch.setitem(dask.config.config, "num_workers", 1)
 
     def apply(module: ModuleType) -> None:
-        real = module.write_chunk
+        name = "write_chunks" if hasattr(module, "write_chunks") else "write_chunk"
+        real = getattr(module, name)
 
-        def write_chunk(path, start, stamps):
+        def failing(path, start, stamps):
             if start > 0:
                 raise RuntimeError("disk died part-way")
-            real(path, start, stamps)
+            return real(path, start, stamps)
 
-        monkeypatch.setattr(module, "write_chunk", write_chunk)
+        monkeypatch.setattr(module, name, failing)
     return apply
 
 

@@ -299,3 +299,58 @@ def test_model_bands_must_match_the_store() -> None:
                           model="star-galaxy")
     with pytest.raises(StoreError, match="use a store of 3 band"):
         check_model_bands(["grey"], in_chans=3)
+
+
+def _sharded(path: Path, n: int, *, stamp: int = 8, chunk: int = 4, shard: int = 12) -> None:
+    create_store(path, _table(n), stamp=stamp, bands=["r"], chunk_sources=chunk,
+                 pixel_scale=0.25, inputs=[], rejects=[], shard_sources=shard)
+
+
+def _shard_files(path: Path) -> dict[str, bytes]:
+    folder = path / "image" / "c"
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*"))
+            if f.is_file()}
+
+
+def test_streamed_shards_are_the_files_zarr_writes(tmp_path: Path) -> None:
+    """write_chunks streams each shard chunk by chunk: the same bytes and values as Zarr's."""
+    import zarr
+
+    from pipeline.store import write_chunks
+    from pipeline.store.read import chunk_layout
+    from pipeline.store.shard_file import streamable
+
+    n, chunk, shard = 30, 4, 12  # 3 shards, the last of 6 rows: one full chunk, one of 2
+    images = np.random.default_rng(5).normal(size=(n, 1, 8, 8)).astype(np.float32)
+    images[3, 0, :3] = np.nan
+    by_zarr, streamed = tmp_path / "zarr.zarr", tmp_path / "stream.zarr"
+    for path in (by_zarr, streamed):
+        _sharded(path, n, chunk=chunk, shard=shard)
+    assert streamable(chunk_layout(streamed, "image"))
+    for start in range(0, n, shard):
+        write_chunk(by_zarr, start, images[start:start + shard])
+        blocks = (images[lo:min(lo + chunk, start + shard, n)]
+                  for lo in range(start, min(start + shard, n), chunk))
+        assert write_chunks(streamed, start, blocks) == min(shard, n - start)
+    assert _shard_files(streamed) == _shard_files(by_zarr)
+    np.testing.assert_array_equal(zarr.open_array(str(streamed / "image"))[:], images)
+    for name in ("stamp_bg", "stamp_noise", "stamp_fwhm"):
+        np.testing.assert_array_equal(zarr.open_array(str(streamed / name))[:],
+                                      zarr.open_array(str(by_zarr / name))[:])
+    assert not list((streamed / "image").rglob("*.partial"))
+
+
+def test_streamed_shard_refuses_a_short_or_misplaced_write(tmp_path: Path) -> None:
+    from pipeline.store import write_chunks
+
+    path = tmp_path / "s.zarr"
+    _sharded(path, 30)
+    images = np.zeros((30, 1, 8, 8), np.float32)
+    with pytest.raises(StoreError, match="do not open a shard"):
+        write_chunks(path, 4, iter([images[4:8]]))
+    with pytest.raises(StoreError, match="2 of its 3 chunks"):
+        write_chunks(path, 0, iter([images[0:4], images[4:8]]))
+    with pytest.raises(StoreError, match="whole chunks of 4"):
+        write_chunks(path, 0, iter([images[0:3]]))
+    # nothing left behind, not even a partial file
+    assert not [f for f in (path / "image").rglob("*") if f.is_file() and f.name != "zarr.json"]
