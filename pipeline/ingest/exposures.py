@@ -67,6 +67,7 @@ from pipeline.store import (
     create_store,
     pack_source_id,
     prepare_output,
+    read_rows,
     request_abort,
     sources_per_chunk,
     sources_per_shard,
@@ -166,35 +167,45 @@ def _measure_ccd(path: str, exposure: str, hdu: int, settings: dict[str, Any],
             path, hdu, f"{path}[{hdu}]: unexpected {type(exc).__name__}: {exc}")}
 
 
-def _write_chunk_task(store: str, start: int, rows: pd.DataFrame, stamp: int,
-                      chunk_sources: int) -> int:
-    """Phase 2 task: cut the stamps of one shard's (or chunk's) rows and write it only.
+def _write_chunk_task(store: str, start: int, stop: int, stamp: int, chunk_sources: int,
+                      files: dict[str, str]) -> int:
+    """Phase 2 task: cut the stamps of rows ``[start, stop)`` (a shard, or a chunk) and write them.
 
-    The stamps are cut and written one chunk at a time (:func:`pipeline.store.write_chunks`
-    streams a shard file), so a task holds one chunk and the CCD it is cutting from, not a
-    whole shard: worker memory does not grow with ``ingest.shard-bytes``.  Rows are sorted
-    by exposure and CCD, so a CCD that spans two chunks is read once.
+    The task reads its rows' ``exposure``, ``ccd``, ``x``, ``y`` and ``sky`` from the store
+    (written by :func:`pipeline.store.create_store` before any task runs), so the graph
+    carries four numbers and ``files`` (exposure -> FITS path) per task, not a table of its
+    rows.  The stamps are cut and written one chunk at a time
+    (:func:`pipeline.store.write_chunks` streams a shard file), so a task holds one chunk and
+    the CCD it cuts from, not a whole shard: worker memory does not grow with
+    ``ingest.shard-bytes``.  Rows are sorted by exposure and CCD, so a CCD that spans two
+    chunks is read once.
 
     Returns the rows written: 0, writing nothing, once another task failed
     (:func:`pipeline.store.request_abort`).
     """
     if abort_requested(store):
         return 0
+    rows, _ = read_rows(store, start, stop, ("exposure", "ccd", "x", "y", "sky"))
+    exposure = np.asarray(rows["exposure"], dtype=object)
     held: dict[tuple[str, int], Any] = {}
 
     def blocks() -> Iterator[np.ndarray]:
-        for lo in range(0, len(rows), chunk_sources):
-            part = rows.iloc[lo:lo + chunk_sources]
-            out = np.full((len(part), 1, stamp, stamp), np.nan, dtype=np.float32)
-            for (path, hdu), group in part.groupby(["path", "ccd"], sort=False):
-                key = (path, int(hdu))
+        for lo in range(0, stop - start, chunk_sources):
+            hi = min(stop - start, lo + chunk_sources)
+            out = np.full((hi - lo, 1, stamp, stamp), np.nan, dtype=np.float32)
+            i = lo
+            while i < hi:  # runs of one exposure and CCD (rows are sorted by them)
+                key = (str(exposure[i]), int(rows["ccd"][i]))
+                j = i + 1
+                while j < hi and exposure[j] == exposure[i] and rows["ccd"][j] == rows["ccd"][i]:
+                    j += 1
                 if key not in held:
                     held.clear()  # the previous CCD is done with
-                    held[key] = read_ccd(path, int(hdu), check_values=False)
-                stamps, _ = cut_stamps(held[key].data, group["x"].to_numpy(),
-                                       group["y"].to_numpy(), stamp)
-                stamps -= group["sky"].to_numpy(np.float32)[:, None, None]
-                out[group.index.to_numpy() - start - lo, 0] = stamps  # rows keep their index
+                    held[key] = read_ccd(files[key[0]], key[1], check_values=False)
+                stamps, _ = cut_stamps(held[key].data, rows["x"][i:j], rows["y"][i:j], stamp)
+                stamps -= rows["sky"][i:j].astype(np.float32)[:, None, None]
+                out[i - lo:j - lo, 0] = stamps
+                i = j
             yield out
 
     written = write_chunks(store, start, blocks())
@@ -347,9 +358,10 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
                                   "healpix_order": order})
         # Phase 2: one task per shard (per chunk when unsharded) writes exactly that.
         phases["store"], clock = time.perf_counter() - clock, time.perf_counter()
-        rows = table[["path", "ccd", "x", "y", "sky"]]
+        files = dict(zip(table["exposure"], table["path"]))  # one file per exposure
+        files_task = dask.delayed(files)  # once in the graph, shared by every task
         chunk_tasks = [dask.delayed(_write_chunk_task, pure=False)(
-            str(tmp), start, rows.iloc[start:start + step], stamp, chunk_sources)
+            str(tmp), start, min(len(table), start + step), stamp, chunk_sources, files_task)
             for start in range(0, len(table), step)]
         written = sum(compute_tasks(chunk_tasks, on_error=lambda: request_abort(tmp)))
         if written != len(table):

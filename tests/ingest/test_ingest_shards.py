@@ -90,17 +90,15 @@ def test_healpix_index_is_minus_one_without_a_position() -> None:
 def test_an_aborted_store_gets_no_more_writes(exposures: list[Path], plain,
                                               tmp_path: Path) -> None:
     ds = open_store(plain.store)
-    rows = ds[["x", "y", "sky"]].to_dataframe().reset_index(drop=True)
-    rows["path"] = [str(exposures[0].with_name(f"{e}.fits")) for e in ds["exposure"].values]
-    rows["ccd"] = 0
+    files = {str(e): str(exposures[0].with_name(f"{e}.fits")) for e in ds["exposure"].values}
     fresh = tmp_path / "fresh.zarr"
     create_store(fresh, ds.coords.to_dataset().to_dataframe().reset_index(drop=True),
                  stamp=16, bands=["r"], chunk_sources=8, pixel_scale=0.25, inputs=[], rejects=[])
     request_abort(fresh)
-    assert _write_chunk_task(str(fresh), 0, rows.iloc[:8], 16, 8) == 0
+    assert _write_chunk_task(str(fresh), 0, 8, 16, 8, files) == 0
     assert np.isnan(open_store(fresh)["image"][:8].values).all()  # nothing written
     fresh.joinpath(".abort").unlink()
-    assert _write_chunk_task(str(fresh), 0, rows.iloc[:8], 16, 8) == 8
+    assert _write_chunk_task(str(fresh), 0, 8, 16, 8, files) == 8
     np.testing.assert_array_equal(open_store(fresh)["image"][:8].values, ds["image"][:8].values)
 
 
