@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
     if mode == "ingest-chunk":
         import pipeline.ingest.exposures as ingest_mod
 
-        _stop_after(ingest_mod, "write_chunk", once, marker_path)
+        _stop_after(ingest_mod, "write_chunks", once, marker_path)
         from pipeline.classify.night import run_night
 
         truth, *fits = inputs
