@@ -8,7 +8,7 @@ Cheap synthetic data, never GalSim, on a LocalCluster of one single-threaded wor
   from a template bank, TAN WCS), written by the workers, then ``ingest`` of all of them in
   one run, into a Zarr v3 sharded store (config ``ingest.shard-bytes``);
 - **classify**: a store of ``N`` cutouts (64 px stamps: templates plus noise from a bank,
-  written shard by shard by the workers through ``create_store`` / ``write_chunk``, so the
+  written shard by shard, a chunk at a time, by the workers (``create_store`` / ``write_chunks``), so the
   per-stamp statistics are measured as ingest measures them), classified by ``classify``,
   together with the ingested store (several stores as one catalogue).  At full size the
   run is killed (``SIGKILL`` of a ``skysieve classify`` process group, its cluster with it)
