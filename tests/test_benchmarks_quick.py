@@ -79,12 +79,17 @@ def test_naive_and_dataloader_write_the_same_catalogue(tiny_store: Path, tmp_pat
 
 def test_peak_rss_sampler_counts_the_rss_at_stop() -> None:
     """The last sample is taken by ``stop``: an allocation alive then counts, with no thread sample."""
+    import mmap
+
     sampler = _common.PeakRSS(interval=3600)  # the thread never samples within the test
     before = sampler.reset()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    # 64 MiB of fresh anonymous pages, every page touched: malloc could hand back memory
+    # already resident from earlier tests, which would not raise the RSS
+    block = mmap.mmap(-1, 64 * 2**20)
+    np.frombuffer(block, dtype=np.uint8)[::4096] = 1
     peak = sampler.stop()
     assert peak - before > 48 * 2**20
-    del block
+    block.close()
 
 
 def test_peak_rss_sampler_thread_keeps_a_freed_peak() -> None:
