@@ -208,9 +208,7 @@ def _write_chunk_task(store: str, start: int, stop: int, stamp: int, chunk_sourc
                 i = j
             yield out
 
-    written = write_chunks(store, start, blocks())
-    held.clear()
-    return written
+    return write_chunks(store, start, blocks())
 
 
 

@@ -344,6 +344,8 @@ def write_chunks(path: str | Path, start: int, blocks: Iterable[np.ndarray]) -> 
     if start % unit:
         raise StoreError(f"{path}: rows from {start} do not open a shard of 'image' "
                          f"(shards of {unit} sources)")
+    from pipeline.imaging.stamp_stats import stamp_statistics
+
     stats_on = (path / "stamp_fwhm").is_dir()
     stats: list[dict[str, np.ndarray]] = []
     rows = start
@@ -355,8 +357,6 @@ def write_chunks(path: str | Path, start: int, blocks: Iterable[np.ndarray]) -> 
                                  f"blocks are whole chunks of {step} sources")
             shard.add(block)
             if stats_on:
-                from pipeline.imaging.stamp_stats import stamp_statistics
-
                 stats.append(stamp_statistics(block))
             rows += block.shape[0]
     for name in stats[0] if stats else ():  # small: one write per statistic, shard-aligned

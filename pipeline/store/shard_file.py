@@ -29,8 +29,8 @@ _EMPTY = 2**64 - 1
 
 def streamable(layout: object | None) -> bool:
     """Whether :class:`ShardFile` can write an array of this layout (``read.chunk_layout``)."""
-    return (layout is not None and getattr(layout, "shard", None) is not None
-            and getattr(layout, "dtype", None) is not None and not layout.zstd)
+    return (layout is not None and layout.shard is not None and layout.dtype is not None
+            and not layout.zstd)
 
 
 class ShardFile:
