@@ -1,21 +1,29 @@
 """``skysieve ingest``: FITS exposures -> Zarr cutout store, as a Dask graph.
 
-The graph keeps pixels off the client and the scheduler:
+Each CCD is read once.  The graph keeps pixels off the client and the scheduler:
 
 0. one task per file: checksum, list its CCDs (2-D image HDUs)
    (:mod:`pipeline.ingest.scan`, shared with ``--whole-exposure``);
 1. one task per CCD: open, background, detect (or measure forced positions),
-   estimate the PSF FWHM; it returns only a small table of sources;
+   estimate the PSF FWHM; cut every source's stamp, subtract its sky, measure
+   the per-stamp statistics (:mod:`pipeline.imaging.stamp_stats`) and spill the
+   stamps to one ``.npy`` file in a scratch directory next to the output
+   (:func:`pipeline.store.scratch`).  It returns only a small table of sources
+   (statistics included), never pixels;
 2. the client sorts the sources (exposure, ccd, detection), gives each a row
    and a ``source_id``, matches truth labels (forced positions and truth:
-   :mod:`pipeline.ingest.source_table`), and creates the store (coords,
-   attrs, an empty ``image``) in a hidden sibling directory;
+   :mod:`pipeline.ingest.source_table`), and creates the store (coords, the
+   statistics, attrs, an empty ``image``) in a hidden sibling directory;
 3. one task per output shard (Zarr v3 sharding, config ``ingest.shard-bytes``; per
-   chunk in an unsharded store): it re-opens (memory-mapped) the CCDs its rows
-   come from, cuts the stamps, subtracts the sky and writes exactly its own
-   shard.  Memory per task: one shard plus one CCD.  When one task fails, the
-   store is marked aborted (tasks not yet started write nothing) and the running
-   ones are awaited before the temporary store is removed.
+   chunk in an unsharded store): it copies its rows' stamps from the spill files
+   (memory-mapped; a shard's rows are a few runs of consecutive spilled stamps) into
+   exactly its own shard, a chunk at a time.  Memory per task: one chunk.  When one
+   task fails, the store is marked aborted (tasks not yet started write nothing) and
+   the running ones are awaited before the temporary store is removed.
+
+The spill costs disk, not time: one night's stamps once more, next to the output,
+while the store is built; the scratch directory goes when ingest returns or fails,
+and a killed run's is swept by the next (:func:`pipeline.store.sweep_stale_temporaries`).
 
 The HEALPix index of every source (``healpix``, nested, order
 ``classify.healpix-order``, recorded in ``attrs["healpix_order"]``) is computed
@@ -23,9 +31,9 @@ once here, so classify can read it.
 
 The store is renamed into place only when whole (:func:`pipeline.store.building`).
 A bad file or HDU becomes a rejects row ``{file, hdu, reason}`` (``hdu`` = -1
-for the whole file or for a source-table row) and never stops the run.  Tasks
-run on the current Dask client when there is one (the CLI opens it), else on
-the local threaded scheduler.
+for the whole file or for a source-table row) and never stops the run; a spill
+that cannot be written (a full disk) stops it.  Tasks run on the current Dask
+client when there is one (the CLI opens it), else on the local threaded scheduler.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import pandas as pd
 from pipeline import config
 from pipeline.errors import BadExposure, SkysieveError
 from pipeline.imaging.cutouts import cut_stamps, stamp_touches_edge
+from pipeline.imaging.stamp_stats import STAMP_STATS, stamp_statistics
 from pipeline.ingest.sky_index import healpix_index
 from pipeline.ingest.detect import FLAG_EDGE, detect, estimate_psf_fwhm, header_psf_fwhm, measure_forced
 from pipeline.ingest.fits_io import read_ccd
@@ -67,8 +76,8 @@ from pipeline.store import (
     create_store,
     pack_source_id,
     prepare_output,
-    read_rows,
     request_abort,
+    scratch,
     sources_per_chunk,
     sources_per_shard,
     write_chunks,
@@ -127,90 +136,116 @@ class IngestSummary:
 
 # ---------------------------------------------------------------------------- tasks
 def _measure_ccd(path: str, exposure: str, hdu: int, settings: dict[str, Any],
-                 forced: pd.DataFrame | None) -> dict[str, Any]:
-    """Phase 1 task: detect/measure one CCD; returns a small table, never pixels."""
+                 forced: pd.DataFrame | None, stamp: int, spill: str) -> dict[str, Any]:
+    """Phase 1 task: detect/measure one CCD, cut its stamps into ``spill``; returns a small table.
+
+    The table's rows are sorted by ``detection`` (the store's order within a CCD); row
+    ``k`` of the table is stamp ``k`` of ``spill`` (``(n, stamp, stamp)`` float32 ``.npy``,
+    sky-subtracted, NaN off the CCD).  A CCD that cannot be measured is a reject; a spill
+    that cannot be written raises (the run stops: a full disk is not one bad exposure).
+    """
     try:
-        ccd = read_ccd(path, hdu)
-        table, info = detect(ccd.data, threshold=settings["threshold"],
-                             min_area=settings["min_area"],
-                             deblend_cont=settings["deblend_cont"], saturation=ccd.saturation)
-        psf, n_stars = estimate_psf_fwhm(table, saturation=ccd.saturation)
-        if not math.isfinite(psf):
-            psf = header_psf_fwhm(ccd.header, ccd.pixel_scale)
-        if forced is not None:
-            radius = 1.5 * psf if math.isfinite(psf) else 5.0
-            table, info = measure_forced(ccd.data, forced["x"].to_numpy(),
-                                         forced["y"].to_numpy(), radius=max(radius, 2.0))
-            table["detection"] = forced["row"].to_numpy(np.int64)
-            if "source_id" in forced.columns:
-                table["source_id"] = forced["source_id"].to_numpy(np.int64)
-        shape = ccd.data.shape
-        x, y = table["x"].to_numpy(), table["y"].to_numpy()
-        if ccd.wcs is not None and len(table):
-            ra, dec = ccd.wcs.pixel_to_world_values(x, y)
-        else:
-            ra = dec = np.full(len(table), np.nan)
-        table["ra"] = np.asarray(ra, np.float64)
-        table["dec"] = np.asarray(dec, np.float64)
-        table["psf_fwhm"] = np.float32(psf)
-        table["exposure"] = exposure
-        table["ccd"] = np.int16(hdu)
-        table["path"] = path
-        table["_ny"], table["_nx"] = shape
-        table["_scale"] = ccd.pixel_scale
-        return {"ok": True, "table": table, "band": ccd.band, "pixel_scale": ccd.pixel_scale,
-                "psf_fwhm": psf, "n_stars": n_stars}
+        ccd, table, psf, n_stars = _measure(path, exposure, hdu, settings, forced)
     except BadExposure as exc:
         return {"ok": False, "reject": reject_row(path, hdu, str(exc))}
     except Exception as exc:  # noqa: BLE001 - one bad CCD never stops the night
         return {"ok": False, "reject": reject_row(
             path, hdu, f"{path}[{hdu}]: unexpected {type(exc).__name__}: {exc}")}
+    table = table.sort_values("detection", kind="stable", ignore_index=True)
+    stamps, _ = cut_stamps(ccd.data, table["x"].to_numpy(), table["y"].to_numpy(), stamp)
+    stamps -= table["sky"].to_numpy(np.float32)[:, None, None]
+    for name, values in _statistics(stamps).items():
+        table[name] = values
+    np.save(spill, stamps)
+    return {"ok": True, "table": table, "band": ccd.band, "pixel_scale": ccd.pixel_scale,
+            "psf_fwhm": psf, "n_stars": n_stars}
 
 
-def _write_chunk_task(store: str, start: int, stop: int, stamp: int, chunk_sources: int,
-                      files: dict[str, str]) -> int:
-    """Phase 2 task: cut the stamps of rows ``[start, stop)`` (a shard, or a chunk) and write them.
+def _measure(path: str, exposure: str, hdu: int, settings: dict[str, Any],
+             forced: pd.DataFrame | None) -> tuple[Any, pd.DataFrame, float, int]:
+    """The CCD, its source table (positions, photometry, sky coordinates), PSF FWHM and stars used."""
+    ccd = read_ccd(path, hdu)
+    table, _ = detect(ccd.data, threshold=settings["threshold"], min_area=settings["min_area"],
+                      deblend_cont=settings["deblend_cont"], saturation=ccd.saturation)
+    psf, n_stars = estimate_psf_fwhm(table, saturation=ccd.saturation)
+    if not math.isfinite(psf):
+        psf = header_psf_fwhm(ccd.header, ccd.pixel_scale)
+    if forced is not None:
+        radius = 1.5 * psf if math.isfinite(psf) else 5.0
+        table, _ = measure_forced(ccd.data, forced["x"].to_numpy(), forced["y"].to_numpy(),
+                                  radius=max(radius, 2.0))
+        table["detection"] = forced["row"].to_numpy(np.int64)
+        if "source_id" in forced.columns:
+            table["source_id"] = forced["source_id"].to_numpy(np.int64)
+    x, y = table["x"].to_numpy(), table["y"].to_numpy()
+    if ccd.wcs is not None and len(table):
+        ra, dec = ccd.wcs.pixel_to_world_values(x, y)
+    else:
+        ra = dec = np.full(len(table), np.nan)
+    table["ra"] = np.asarray(ra, np.float64)
+    table["dec"] = np.asarray(dec, np.float64)
+    table["psf_fwhm"] = np.float32(psf)
+    table["exposure"] = exposure
+    table["ccd"] = np.int16(hdu)
+    table["path"] = path
+    table["_ny"], table["_nx"] = ccd.data.shape
+    table["_scale"] = ccd.pixel_scale
+    return ccd, table, psf, n_stars
 
-    The task reads its rows' ``exposure``, ``ccd``, ``x``, ``y`` and ``sky`` from the store
-    (written by :func:`pipeline.store.create_store` before any task runs), so the graph
-    carries four numbers and ``files`` (exposure -> FITS path) per task, not a table of its
-    rows.  The stamps are cut and written one chunk at a time
-    (:func:`pipeline.store.write_chunks` streams a shard file), so a task holds one chunk and
-    the CCD it cuts from, not a whole shard: worker memory does not grow with
-    ``ingest.shard-bytes``.  Rows are sorted by exposure and CCD, so a CCD that spans two
-    chunks is read once.
+
+def _statistics(stamps: np.ndarray, block: int = 1024) -> dict[str, np.ndarray]:
+    """:func:`pipeline.imaging.stamp_stats.stamp_statistics` of one band's ``(n, y, x)`` stamps,
+    ``block`` at a time (bounded temporaries), as flat table columns."""
+    parts = [stamp_statistics(stamps[i:i + block, None]) for i in range(0, len(stamps), block)]
+    if not parts:
+        return {name: np.empty(0, np.float32) for name in STAMP_STATS}
+    return {name: np.concatenate([p[name] for p in parts]).reshape(len(stamps))
+            for name in STAMP_STATS}
+
+
+def _copy_shard_task(store: str, start: int, segments: list[tuple[str, int, int]],
+                     chunk_sources: int) -> int:
+    """Phase 2 task: copy spilled stamps into rows ``[start, ...)`` (a shard, or a chunk).
+
+    ``segments`` are ``(spill file, first stamp, count)`` runs that, in order, fill the
+    rows; the stamps are streamed chunk by chunk (:func:`pipeline.store.write_chunks`),
+    so a task holds one chunk.  The statistics were written with the store.
 
     Returns the rows written: 0, writing nothing, once another task failed
     (:func:`pipeline.store.request_abort`).
     """
     if abort_requested(store):
         return 0
-    rows, _ = read_rows(store, start, stop, ("exposure", "ccd", "x", "y", "sky"))
-    exposure = np.asarray(rows["exposure"], dtype=object)
-    held: dict[tuple[str, int], Any] = {}
+    total = sum(count for _, _, count in segments)
 
     def blocks() -> Iterator[np.ndarray]:
-        for lo in range(0, stop - start, chunk_sources):
-            hi = min(stop - start, lo + chunk_sources)
-            out = np.full((hi - lo, 1, stamp, stamp), np.nan, dtype=np.float32)
-            i = lo
-            while i < hi:  # runs of one exposure and CCD (rows are sorted by them)
-                key = (str(exposure[i]), int(rows["ccd"][i]))
-                j = i + 1
-                while j < hi and exposure[j] == exposure[i] and rows["ccd"][j] == rows["ccd"][i]:
-                    j += 1
-                if key not in held:
-                    held.clear()  # the previous CCD is done with
-                    held[key] = read_ccd(files[key[0]], key[1], check_values=False)
-                stamps, _ = cut_stamps(held[key].data, rows["x"][i:j], rows["y"][i:j], stamp)
-                stamps -= rows["sky"][i:j].astype(np.float32)[:, None, None]
-                out[i - lo:j - lo, 0] = stamps
-                i = j
-            yield out
+        pending = [list(seg) for seg in reversed(segments)]
+        opened: dict[str, np.ndarray] = {}
+        for lo in range(0, total, chunk_sources):
+            need, parts = min(chunk_sources, total - lo), []
+            while need:
+                file, first, count = pending[-1]
+                if file not in opened:
+                    opened.clear()  # the previous spill is done with
+                    opened[file] = np.load(file, mmap_mode="r")
+                take = min(need, count)
+                parts.append(opened[file][first:first + take])
+                need -= take
+                if take == count:
+                    pending.pop()
+                else:
+                    pending[-1][1:] = [first + take, count - take]
+            yield np.concatenate(parts)[:, None]
 
-    return write_chunks(store, start, blocks())
+    return write_chunks(store, start, blocks(), statistics=False)
 
 
+def _segments(spill_ids: np.ndarray, spill_rows: np.ndarray, files: list[str], start: int,
+              stop: int) -> list[tuple[str, int, int]]:
+    """The ``(file, first stamp, count)`` runs of rows ``[start, stop)``."""
+    ids = spill_ids[start:stop]
+    cuts = [0, *(np.flatnonzero(np.diff(ids)) + 1).tolist(), len(ids)]
+    return [(files[ids[a]], int(spill_rows[start + a]), b - a) for a, b in zip(cuts, cuts[1:])]
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -293,22 +328,39 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
         assigned, table_rejects = place_forced(forced, mode, jobs, where_sources)
         rejects.extend(table_rejects)
 
-    # Phase 1: one task per CCD; small tables come back.
-    tasks, task_jobs = [], []
+    with scratch(out) as spill_dir:
+        return _measure_and_write(out, jobs, assigned, settings, stamp, chunk_sources,
+                                  truth_table, forced is not None, inputs, rejects, phases,
+                                  spill_dir, overwrite, t0)
+
+
+def _measure_and_write(out: Path, jobs: list[dict[str, Any]],
+                       assigned: dict[int, pd.DataFrame] | None, settings: dict[str, Any],
+                       stamp: int, chunk_sources: int, truth_table: pd.DataFrame | None,
+                       forced: bool, inputs: list[dict[str, Any]],
+                       rejects: list[dict[str, Any]], phases: dict[str, float],
+                       spill_dir: Path, overwrite: bool, t0: float) -> IngestSummary:
+    """Phases 1-3 of :func:`ingest`, spilling stamps into ``spill_dir``."""
+    # Phase 1: one task per CCD; small tables come back, stamps go to the spill files.
+    clock = time.perf_counter()
+    tasks, task_jobs, spills = [], [], []
     for j, job in enumerate(jobs):
         if assigned is not None and j not in assigned:
             continue
+        spills.append(str(spill_dir / f"ccd-{len(spills):07d}.npy"))
         tasks.append(dask.delayed(_measure_ccd, pure=False)(
             job["path"], job["exposure"], job["hdu"], settings,
-            None if assigned is None else assigned[j]))
+            None if assigned is None else assigned[j], stamp, spills[-1]))
         task_jobs.append(job)
     results = compute_tasks(tasks)
     phases["measure"], clock = time.perf_counter() - clock, time.perf_counter()
     tables, bands, scales = [], [], []
-    for res in results:
+    for spill_id, res in enumerate(results):
         if not res["ok"]:
             rejects.append(res["reject"])
             continue
+        res["table"]["_spill"] = spill_id
+        res["table"]["_spill_row"] = np.arange(len(res["table"]))
         tables.append(res["table"])
         bands.append(res["band"])
         scales.append(res["pixel_scale"])
@@ -322,7 +374,8 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
         summary.seconds = time.perf_counter() - t0
         return summary
 
-    # Rows: sorted by exposure, ccd, detection; ids, edge flags, labels.
+    # Rows: sorted by exposure, ccd, detection (each CCD's spill is in detection order);
+    # ids, edge flags, labels.
     table = table.sort_values(["exposure", "ccd", "detection"], kind="stable",
                               ignore_index=True)
     edge = _edges(table, stamp)
@@ -334,6 +387,11 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
     check_unique_ids(table["source_id"].to_numpy(np.int64),
                      (table["exposure"] + "[" + table["ccd"].astype(str) + "]#"
                       + table["detection"].astype(str)).to_numpy(), where=str(out))
+    spill_ids = table["_spill"].to_numpy()
+    spill_rows = table["_spill_row"].to_numpy()
+    if not ((np.diff(spill_rows) == 1) | (np.diff(spill_ids) != 0)).all():
+        raise SkysieveError(f"{out}: the rows of one CCD are not consecutive in its spill "
+                            "file (a bug: please report it)")
     if truth_table is not None:
         table["label"] = match_truth(table, truth_table)
     finite_scales = [s for s in scales if math.isfinite(s)]
@@ -344,24 +402,27 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
     table["healpix"] = healpix_index(table["ra"].to_numpy(), table["dec"].to_numpy(), order)
     shard_sources = sources_per_shard(chunk_sources, len(table), stamp, 1, error=SkysieveError)
     step = shard_sources or chunk_sources
+    statistics = {name: table[name].to_numpy(np.float32).reshape(
+        (len(table), 1) if "band" in dims else (len(table),))
+        for name, dims in STAMP_STATS.items()}
 
     # The store, built in a hidden sibling and renamed into place when whole.
     with building(out, overwrite=overwrite) as tmp:
         create_store(tmp, table, stamp=stamp, bands=band_names, chunk_sources=chunk_sources,
                      pixel_scale=float(np.median(finite_scales)) if finite_scales else math.nan,
                      inputs=inputs, rejects=rejects, shard_sources=shard_sources,
+                     statistics=statistics,
                      extra_attrs={"detect": settings,
-                                  "forced": forced is not None,
+                                  "forced": forced,
                                   "band_names": unique_bands,
                                   "healpix_order": order})
         # Phase 2: one task per shard (per chunk when unsharded) writes exactly that.
         phases["store"], clock = time.perf_counter() - clock, time.perf_counter()
-        files = dict(zip(table["exposure"], table["path"]))  # one file per exposure
-        files_task = dask.delayed(files)  # once in the graph, shared by every task
-        chunk_tasks = [dask.delayed(_write_chunk_task, pure=False)(
-            str(tmp), start, min(len(table), start + step), stamp, chunk_sources, files_task)
+        copy_tasks = [dask.delayed(_copy_shard_task, pure=False)(
+            str(tmp), start, _segments(spill_ids, spill_rows, spills, start,
+                                       min(len(table), start + step)), chunk_sources)
             for start in range(0, len(table), step)]
-        written = sum(compute_tasks(chunk_tasks, on_error=lambda: request_abort(tmp)))
+        written = sum(compute_tasks(copy_tasks, on_error=lambda: request_abort(tmp)))
         if written != len(table):
             raise SkysieveError(f"{out}: wrote {written} cutouts, expected {len(table)}")
         phases["write"], clock = time.perf_counter() - clock, time.perf_counter()

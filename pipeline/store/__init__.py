@@ -35,8 +35,8 @@ Contract (``docs/architecture.md``; others code against it)
   a time; the coordinates are sharded too.  Reading is unchanged (chunks are still
   the read unit); stores without the attribute have one file per chunk.
 - ``stamp_bg``, ``stamp_noise`` (source, band) and ``stamp_fwhm`` (source),
-  float32, chunked like ``image``: per-stamp statistics measured when each chunk
-  is written (:mod:`pipeline.imaging.stamp_stats`).  Optional: stores written before
+  float32, chunked like ``image``: per-stamp statistics measured on each stamp before it
+  is written (:mod:`pipeline.imaging.stamp_stats`; ingest measures them as it cuts).  Optional: stores written before
   them lack them, and readers measure them instead.
 - ``flags`` bits: 1 the stamp touches the image edge (NaN-padded), 2 saturated
   pixels, 4 deblended/blended, 8 another sep flag.
@@ -89,6 +89,7 @@ from pipeline.store.transaction import (
     discard,
     prepare_output,
     request_abort,
+    scratch,
     sweep_stale_temporaries,
     temporary_sibling,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "read_rejects",
     "read_rows",
     "request_abort",
+    "scratch",
     "sources_per_chunk",
     "sources_per_shard",
     "sweep_stale_temporaries",

@@ -144,11 +144,13 @@ def sources_per_shard(chunk_sources: int, n_sources: int, stamp: int, n_bands: i
 def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Sequence[str],
                  chunk_sources: int, pixel_scale: float, inputs: list[dict[str, Any]],
                  rejects: list[dict[str, Any]], extra_attrs: dict[str, Any] | None = None,
-                 image_compression: str | None = None, shard_sources: int | None = None) -> None:
+                 image_compression: str | None = None, shard_sources: int | None = None,
+                 statistics: dict[str, np.ndarray] | None = None) -> None:
     """Create a store at ``path``: all coordinates and attrs, an empty ``image`` and statistics.
 
-    ``image`` and the per-stamp statistics are created NaN-filled (Zarr fill
-    value) and written chunk by chunk afterwards with :func:`write_chunk`; the
+    ``image`` is created NaN-filled (Zarr fill value) and written chunk by chunk
+    afterwards with :func:`write_chunk`, which measures the per-stamp statistics as
+    it goes unless they were given here (``statistics``: written now, whole); the
     rejects table is written as ``rejects.parquet``.
 
     Parameters
@@ -174,6 +176,10 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
         shard, and must be written a whole shard at a time (:func:`write_chunk`); the
         coordinates are sharded too, :data:`COORD_SHARD_CHUNKS` chunks a file.  None
         (the default): one file per chunk, as stores before sharding.
+    statistics : dict of str to numpy.ndarray, optional
+        Every variable of :data:`pipeline.imaging.stamp_stats.STAMP_STATS`, already
+        measured (shapes ``(n, band)`` and ``(n,)``); then write the chunks with
+        ``statistics=False``.
     """
     import dask.array as da
     from zarr.codecs import ZstdCodec
@@ -210,6 +216,13 @@ def create_store(path: str | Path, table: pd.DataFrame, *, stamp: int, bands: Se
     stats = {name: (dims, da.full(tuple(sizes[d] for d in dims), np.nan, dtype=np.float32,
                                   chunks=tuple(unit if d == "source" else nb for d in dims)))
              for name, dims in STAMP_STATS.items()}
+    if statistics is not None:  # numpy, not dask: to_zarr writes them now
+        for name, dims in STAMP_STATS.items():
+            values = np.asarray(statistics[name], dtype=np.float32)
+            if values.shape != tuple(sizes[d] for d in dims):
+                raise StoreError(f"{path}: statistic {name!r} has shape {values.shape!r}; "
+                                 f"want {tuple(sizes[d] for d in dims)!r} {dims!r}")
+            stats[name] = (dims, values)
     ds = xr.Dataset({"image": (IMAGE_DIMS, image), **stats}, coords=coords)
     attrs: dict[str, Any] = {
         "skysieve_version": __version__, "kind": "cutouts", "stamp": int(stamp),
@@ -262,13 +275,15 @@ def _write_rejects(path: Path, rejects: list[dict[str, Any]]) -> None:
     pq.write_table(table, Path(path) / "rejects.parquet")
 
 
-def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
+def write_chunk(path: str | Path, start: int, stamps: np.ndarray, *,
+                statistics: bool = True) -> None:
     """Write ``stamps`` (n, band, y, x) to ``image[start:start + n]``: whole chunks.
 
     In a sharded store (``attrs["shard_sources"]``) the rows must be whole shards:
     Zarr rewrites a shard whole, so two tasks writing parts of one shard would race.
     The per-stamp statistics (:mod:`pipeline.imaging.stamp_stats`) are measured here and
-    written first, where the store has them.
+    written first, where the store has them, unless ``statistics`` is False (they
+    were given to :func:`create_store`).
 
     Raises
     ------
@@ -287,7 +302,7 @@ def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
         raise StoreError(f"{path}: rows {start}:{stop} of shape {stamps.shape!r} are not whole "
                          f"{what}s of 'image' {array.shape!r} ({what}s of {unit} sources)")
     stamps = stamps.astype(np.float32, copy=False)
-    if (Path(path) / "stamp_fwhm").is_dir():
+    if statistics and (Path(path) / "stamp_fwhm").is_dir():
         from pipeline.imaging.stamp_stats import stamp_statistics
 
         step = array.chunks[0]  # measured chunk by chunk: temporaries stay one chunk's
@@ -298,7 +313,8 @@ def write_chunk(path: str | Path, start: int, stamps: np.ndarray) -> None:
     array[start:stop] = stamps
 
 
-def write_chunks(path: str | Path, start: int, blocks: Iterable[np.ndarray]) -> int:
+def write_chunks(path: str | Path, start: int, blocks: Iterable[np.ndarray], *,
+                 statistics: bool = True) -> int:
     """Write consecutive whole chunks of ``image`` from ``start``, holding one at a time.
 
     Like :func:`write_chunk` on their concatenation, with the same alignment rules (in a
@@ -307,7 +323,7 @@ def write_chunks(path: str | Path, start: int, blocks: Iterable[np.ndarray]) -> 
     shorter).  In a sharded store of uncompressed chunks the shard file is streamed
     (:class:`pipeline.store.shard_file.ShardFile`), so a writer holds one chunk, not a
     shard; an unsharded store writes each chunk as it comes; other layouts (zstd) gather
-    the shard and write it through Zarr.
+    the shard and write it through Zarr.  ``statistics`` as :func:`write_chunk`.
 
     Returns
     -------
@@ -332,13 +348,13 @@ def write_chunks(path: str | Path, start: int, blocks: Iterable[np.ndarray]) -> 
     if not array.shards:
         rows = start
         for block in blocks:
-            write_chunk(path, rows, block)
+            write_chunk(path, rows, block, statistics=statistics)
             rows += block.shape[0]
         return rows - start
     if not streamable(layout):
         gathered = [np.asarray(b) for b in blocks]
         if gathered:
-            write_chunk(path, start, np.concatenate(gathered))
+            write_chunk(path, start, np.concatenate(gathered), statistics=statistics)
         return sum(b.shape[0] for b in gathered)
     unit = array.shards[0]
     if start % unit:
@@ -346,7 +362,7 @@ def write_chunks(path: str | Path, start: int, blocks: Iterable[np.ndarray]) -> 
                          f"(shards of {unit} sources)")
     from pipeline.imaging.stamp_stats import stamp_statistics
 
-    stats_on = (path / "stamp_fwhm").is_dir()
+    stats_on = statistics and (path / "stamp_fwhm").is_dir()
     stats: list[dict[str, np.ndarray]] = []
     rows = start
     with ShardFile(layout, start // unit) as shard:

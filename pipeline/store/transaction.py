@@ -31,7 +31,8 @@ from typing import Iterator
 from pipeline.errors import StoreError
 
 __all__ = ["ABORT_FILE", "abort_requested", "building", "commit_store", "discard",
-           "prepare_output", "request_abort", "sweep_stale_temporaries", "temporary_sibling"]
+           "prepare_output", "request_abort", "scratch", "sweep_stale_temporaries",
+           "temporary_sibling"]
 
 #: Marker file inside a store being built: its build failed, so tasks not yet started write nothing.
 ABORT_FILE = ".abort"
@@ -93,8 +94,32 @@ def temporary_sibling(out: Path) -> Path:
     return out.with_name(f".{out.name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+@contextmanager
+def scratch(out: str | Path) -> Iterator[Path]:
+    """A hidden working directory next to ``out`` for a build's intermediate files.
+
+    Named like the store's temporary plus ``.scratch``
+    (``.<name>.tmp-<host>-<pid>-<random>.scratch``), so that
+    :func:`sweep_stale_temporaries` removes it after a killed run; removed on exit,
+    whether the body returns or raises.  It sits next to ``out``, so every worker
+    that can write the store can read it.
+
+    Yields
+    ------
+    Path
+        The directory, created empty.
+    """
+    path = temporary_sibling(Path(out))
+    path = path.with_name(f"{path.name}.scratch")
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def sweep_stale_temporaries(out: str | Path) -> list[Path]:
-    """Remove the half-built stores of dead ingests of ``out`` (same host, pid gone).
+    """Remove the half-built stores (and scratch) of dead ingests of ``out`` (same host, pid gone).
 
     Returns
     -------

@@ -53,10 +53,10 @@ def fail_after_first_chunk(monkeypatch: pytest.MonkeyPatch) -> Callable[[ModuleT
         name = "write_chunks" if hasattr(module, "write_chunks") else "write_chunk"
         real = getattr(module, name)
 
-        def failing(path, start, stamps):
+        def failing(path, start, stamps, **kwargs):
             if start > 0:
                 raise RuntimeError("disk died part-way")
-            return real(path, start, stamps)
+            return real(path, start, stamps, **kwargs)
 
         monkeypatch.setattr(module, name, failing)
     return apply

@@ -212,9 +212,12 @@ def test_killed_run_is_swept_and_a_failed_one_leaves_nothing(survey: dict, tmp_p
 
     out = tmp_path / "s.zarr"
     stale = stale_temporary(out)
+    stale_spill = stale.with_name(f"{stale.name}.scratch")  # its stamps' spill, too
+    stale_spill.mkdir()
     summary = ingest(survey["good"][:1], out, stamp=16, chunk_sources=8)
     assert summary.n_chunks >= 2 and open_store(out).sizes["source"] == summary.n_sources
-    assert not stale.exists() and not list(tmp_path.glob(".s.zarr.*"))
+    assert not stale.exists() and not stale_spill.exists()
+    assert not list(tmp_path.glob(".s.zarr.*"))
 
     failed = tmp_path / "f.zarr"
     stale = stale_temporary(failed)

@@ -14,7 +14,8 @@ import zarr
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from pipeline.ingest.exposures import _write_chunk_task, ingest
+from pipeline.imaging.stamp_stats import STAMP_STATS, stamp_statistics
+from pipeline.ingest.exposures import _copy_shard_task, ingest
 from pipeline.ingest.scan import compute_tasks
 from pipeline.ingest.sky_index import healpix_index
 from pipeline.store import create_store, open_store, request_abort
@@ -72,6 +73,11 @@ def test_sharded_ingest_equals_unsharded_and_carries_healpix(exposures: list[Pat
     assert zarr.open_group(str(sharded.store), mode="r")["image"].shards[0] == 24
     np.testing.assert_array_equal(a["image"].values, b["image"].values)
     np.testing.assert_array_equal(a["stamp_fwhm"].values, b["stamp_fwhm"].values)
+    # measured as the stamps were cut (phase 1), yet each row's are its own stamp's
+    again = stamp_statistics(b["image"].values)
+    for name in STAMP_STATS:
+        np.testing.assert_array_equal(b[name].values, again[name])
+    assert not list(tmp_path.glob(".*")), "the spill's scratch directory outlived the ingest"
     image_files = [p for p in (sharded.store / "image").rglob("*") if p.is_file()
                    and p.name != "zarr.json"]
     assert len(image_files) == -(-sharded.n_sources // 24)
@@ -87,18 +93,19 @@ def test_healpix_index_is_minus_one_without_a_position() -> None:
     assert hp[1] == -1 and 0 <= hp[0] < 12 * 4**4 and 0 <= hp[2] < 12 * 4**4 and hp[0] != hp[2]
 
 
-def test_an_aborted_store_gets_no_more_writes(exposures: list[Path], plain,
-                                              tmp_path: Path) -> None:
+def test_an_aborted_store_gets_no_more_writes(plain, tmp_path: Path) -> None:
     ds = open_store(plain.store)
-    files = {str(e): str(exposures[0].with_name(f"{e}.fits")) for e in ds["exposure"].values}
+    spill = tmp_path / "spill.npy"  # phase 1's spill of 3 + 5 stamps, in two runs
+    np.save(spill, ds["image"][:8, 0].values[[5, 6, 7, 0, 1, 2, 3, 4]])
     fresh = tmp_path / "fresh.zarr"
     create_store(fresh, ds.coords.to_dataset().to_dataframe().reset_index(drop=True),
-                 stamp=16, bands=["r"], chunk_sources=8, pixel_scale=0.25, inputs=[], rejects=[])
+                 stamp=16, bands=["r"], chunk_sources=4, pixel_scale=0.25, inputs=[], rejects=[])
+    segments = [(str(spill), 3, 5), (str(spill), 0, 3)]
     request_abort(fresh)
-    assert _write_chunk_task(str(fresh), 0, 8, 16, 8, files) == 0
+    assert _copy_shard_task(str(fresh), 0, segments, 4) == 0
     assert np.isnan(open_store(fresh)["image"][:8].values).all()  # nothing written
     fresh.joinpath(".abort").unlink()
-    assert _write_chunk_task(str(fresh), 0, 8, 16, 8, files) == 8
+    assert _copy_shard_task(str(fresh), 0, segments, 4) == 8  # runs that straddle chunks
     np.testing.assert_array_equal(open_store(fresh)["image"][:8].values, ds["image"][:8].values)
 
 
