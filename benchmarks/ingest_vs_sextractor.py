@@ -55,6 +55,23 @@ def sep_alone(path: str) -> int:
     return len(objects)
 
 
+def warm_worker(path: str, folder: str) -> int:
+    """Measure and cut one CCD in this worker and discard it: imports and first calls
+    (torch, sep, astropy), as ``sep_alone``'s warm-up pass does for sep; the count."""
+    import os
+
+    from pipeline import config
+    from pipeline.ingest.exposures import _measure_ccd
+
+    settings = {"threshold": float(config.get("ingest.detect-threshold")),
+                "min_area": int(config.get("ingest.min-area")),
+                "deblend_cont": float(config.get("ingest.deblend-cont"))}
+    spill = Path(folder) / f"warm-{os.getpid()}.npy"
+    result = _measure_ccd(path, "warm", 0, settings, None, 64, str(spill))
+    spill.unlink(missing_ok=True)
+    return len(result["table"])
+
+
 def _write_config(folder: Path) -> Path:
     """SExtractor's config, parameter list and filter: the settings of skysieve's defaults."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             counts = client.gather(client.map(sep_alone, [str(p) for p in paths], pure=False))
             t_sep = time.perf_counter() - t0
+            client.run(warm_worker, str(paths[0]), str(work))  # every worker, as sep's
             ingest(paths[:1], work / "warm.zarr")
             t0 = time.perf_counter()
             summary = ingest(paths, work / "night.zarr")
