@@ -90,12 +90,14 @@ def read_store(store: Path, names: tuple[str, ...] = ()) -> dict[str, np.ndarray
 
 
 def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarray | None = None,
-            *, block: int = 2048) -> tuple[np.ndarray, list[str], str]:
+            *, block: int = 2048, dihedral: bool = False) -> tuple[np.ndarray, list[str], str]:
     """Calibrated class probabilities of store rows, prepared exactly as ``skysieve classify`` does.
 
     ``prepare`` with the store's ``stamp_bg``/``stamp_noise`` (as
     :func:`pipeline.classify.graph.classify_chunk`), then
     :meth:`workers.inference.Predictor.predict_proba`, rows renormalised to sum to 1.
+    ``dihedral``: the mean over the 8 rotations and flips of each prepared stamp
+    (test-time averaging; a sky has no preferred orientation).
 
     Returns
     -------
@@ -126,7 +128,11 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
         with torch.inference_mode():
             x = prepare(images, stretch=card.stretch, image_size=card.image_size,
                         background=bg, noise=noise)
-        p = predictor.predict_proba(x).astype(np.float64)
+        views = [x] if not dihedral else [
+            torch.rot90(x, g % 4, dims=(2, 3)).flip(3) if g >= 4 else torch.rot90(x, g, dims=(2, 3))
+            for g in range(8)]
+        p = np.mean([predictor.predict_proba(v.contiguous()).astype(np.float64) for v in views],
+                    axis=0)
         out.append(p / p.sum(axis=1, keepdims=True))
     probs = np.concatenate(out) if out else np.zeros((0, len(card.classes)))
     return probs, list(card.classes), sha

@@ -227,9 +227,14 @@ def dss_nebula_share(log: UnitLog, args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- part 3
+#: PSF FWHM (px) the ``recipe_psf`` candidates resample every stamp to (``train --psf-pixels``).
+PSF_PIXELS = 5.0
+
+
 def _cv_candidates(args: argparse.Namespace) -> list[str]:
-    return ["logreg", "plain_cnn", "recipe"] + (["recipe_init_default"]
-                                                if args.with_init_default else [])
+    return (["logreg", "plain_cnn", "recipe", "recipe_dihedral", "recipe_psf",
+             "recipe_psf_dihedral"]
+            + (["recipe_init_default"] if args.with_init_default else []))
 
 
 def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
@@ -297,16 +302,26 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
                                 "n_early_stopping": int(inner_val.size),
                                 "early_stopping_fields": val_fields})
 
-    def run_recipe(k: int, init: str | None) -> dict[str, Any]:
+    def run_recipe(k: int, init: str | None, psf: float | None = None,
+                   dihedral: bool = False) -> dict[str, Any]:
+        """Train (or reuse: the candidates with and without dihedral averaging share one
+        checkpoint per fold, its name carrying every training setting) and test fold ``k``."""
+        from workers.checkpoint import load_card
+
         train_rows = table[np.asarray([fold_of[f] for f in fields_t]) != k]
         fold_store = rd.cached_import(folder, train_rows, args.cache, "star_galaxy-train")
-        name = f"fold{k}of{args.folds}-{init or 'scratch'}-{data_sha[:12]}.pt"
+        name = (f"fold{k}of{args.folds}-{init or 'scratch'}-psf{psf or 0:g}-e{args.epochs}"
+                f"p{args.patience}s{args.seed}-{data_sha[:12]}.pt")
         out = args.cache / "checkpoints" / name
-        card = train(fold_store, arch="smallcnn", out=out, epochs=args.epochs,
-                     patience=args.patience, lr=1e-3, seed=args.seed, split_by="field",
-                     augment="geometric", device="cpu",
-                     init=bundled.resolve(init) if init else None)
-        probs, cls, sha = rd.predict(out, rows, np.flatnonzero(fold == k))
+        if out.is_file() and out.with_suffix(".json").is_file():
+            card = load_card(out)
+        else:
+            card = train(fold_store, arch="smallcnn", out=out, epochs=args.epochs,
+                         patience=args.patience, lr=1e-3, seed=args.seed, split_by="field",
+                         augment="geometric", device="cpu",
+                         init=bundled.resolve(init) if init else None,
+                         input_scale=None if psf is None else {"mode": "psf", "fwhm_px": psf})
+        probs, cls, sha = rd.predict(out, rows, np.flatnonzero(fold == k), dihedral=dihedral)
         pred = np.asarray(cls)[probs.argmax(axis=1)]
         t = card.training
         return finish(k, pred, {"checkpoint": str(out), "checkpoint_sha256": sha,
@@ -326,6 +341,13 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
         "plain_cnn": ({"epochs": args.cnn_epochs, "patience": args.cnn_patience, "lr": 1e-3,
                        "batch_size": 64, "version": bl.BASELINES_VERSION}, run_cnn),
         "recipe": (recipe, lambda k: run_recipe(k, None)),
+        "recipe_dihedral": ({**recipe, "predict": "mean of 8 rotations and flips"},
+                            lambda k: run_recipe(k, None, dihedral=True)),
+        "recipe_psf": ({**recipe, "input_scale": {"mode": "psf", "fwhm_px": PSF_PIXELS}},
+                       lambda k: run_recipe(k, None, PSF_PIXELS)),
+        "recipe_psf_dihedral": ({**recipe, "input_scale": {"mode": "psf", "fwhm_px": PSF_PIXELS},
+                                 "predict": "mean of 8 rotations and flips"},
+                                lambda k: run_recipe(k, None, PSF_PIXELS, dihedral=True)),
         "recipe_init_default": ({**recipe, "init": "default",
                                  "init_sha256": _model_sha("default")},
                                 lambda k: run_recipe(k, "default")),
