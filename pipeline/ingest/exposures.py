@@ -208,8 +208,10 @@ def _copy_shard_task(store: str, start: int, segments: list[tuple[str, int, int]
     """Phase 2 task: copy spilled stamps into rows ``[start, ...)`` (a shard, or a chunk).
 
     ``segments`` are ``(spill file, first stamp, count)`` runs that, in order, fill the
-    rows; the stamps are streamed chunk by chunk (:func:`pipeline.store.write_chunks`),
-    so a task holds one chunk.  The statistics were written with the store.
+    rows; the stamps are read into one chunk's buffer at a time with plain reads (no
+    memory map, whose touched pages would count in the worker's RSS) and streamed
+    (:func:`pipeline.store.write_chunks`), so a task holds one chunk.  The statistics
+    were written with the store.
 
     Returns the rows written: 0, writing nothing, once another task failed
     (:func:`pipeline.store.request_abort`).
@@ -220,24 +222,37 @@ def _copy_shard_task(store: str, start: int, segments: list[tuple[str, int, int]
 
     def blocks() -> Iterator[np.ndarray]:
         pending = [list(seg) for seg in reversed(segments)]
-        opened: dict[str, np.ndarray] = {}
         for lo in range(0, total, chunk_sources):
-            need, parts = min(chunk_sources, total - lo), []
-            while need:
+            block: np.ndarray | None = None
+            filled, n = 0, min(chunk_sources, total - lo)
+            while filled < n:
                 file, first, count = pending[-1]
-                if file not in opened:
-                    opened.clear()  # the previous spill is done with
-                    opened[file] = np.load(file, mmap_mode="r")
-                take = min(need, count)
-                parts.append(opened[file][first:first + take])
-                need -= take
+                take = min(n - filled, count)
+                stamps = _read_spill(file, first, take)
+                if block is None:
+                    block = np.empty((n, 1, *stamps.shape[1:]), np.float32)
+                block[filled:filled + take, 0] = stamps
+                filled += take
                 if take == count:
                     pending.pop()
                 else:
                     pending[-1][1:] = [first + take, count - take]
-            yield np.concatenate(parts)[:, None]
+            yield block
 
     return write_chunks(store, start, blocks(), statistics=False)
+
+
+def _read_spill(file: str, first: int, count: int) -> np.ndarray:
+    """Stamps ``[first, first + count)`` of a spill ``.npy``, read (not mapped)."""
+    header = np.load(file, mmap_mode="r")  # the header only: shape, dtype, data offset
+    out = np.empty((count, *header.shape[1:]), header.dtype)
+    with open(file, "rb") as f:
+        f.seek(header.offset + first * (out.itemsize * math.prod(header.shape[1:])))
+        got = f.readinto(memoryview(out).cast("B"))
+    if got != out.nbytes or first + count > header.shape[0]:
+        raise SkysieveError(f"{file}: spill holds {header.shape[0]} stamps, cannot read "
+                            f"{count} from {first} (was the scratch directory changed?)")
+    return out
 
 
 def _segments(spill_ids: np.ndarray, spill_rows: np.ndarray, files: list[str], start: int,
