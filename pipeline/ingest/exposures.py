@@ -163,7 +163,7 @@ def _measure_ccd(path: str, exposure: str, hdu: int, settings: dict[str, Any],
 
 def _measure(path: str, exposure: str, hdu: int, settings: dict[str, Any],
              forced: pd.DataFrame | None) -> tuple[Any, pd.DataFrame, float, int]:
-    """The CCD, its source table (positions, photometry, sky coordinates), PSF FWHM and stars used."""
+    """The CCD, its sources (positions, photometry, sky coordinates), PSF FWHM, stars used."""
     ccd = read_ccd(path, hdu)
     table, _ = detect(ccd.data, threshold=settings["threshold"], min_area=settings["min_area"],
                       deblend_cont=settings["deblend_cont"], saturation=ccd.saturation)
@@ -343,111 +343,104 @@ def ingest(paths: Sequence[str | Path], out: str | Path, *,
         assigned, table_rejects = place_forced(forced, mode, jobs, where_sources)
         rejects.extend(table_rejects)
 
+    # The stamps are spilled to a scratch directory, removed however ingest ends.
     with scratch(out) as spill_dir:
-        return _measure_and_write(out, jobs, assigned, settings, stamp, chunk_sources,
-                                  truth_table, forced is not None, inputs, rejects, phases,
-                                  spill_dir, overwrite, t0)
-
-
-def _measure_and_write(out: Path, jobs: list[dict[str, Any]],
-                       assigned: dict[int, pd.DataFrame] | None, settings: dict[str, Any],
-                       stamp: int, chunk_sources: int, truth_table: pd.DataFrame | None,
-                       forced: bool, inputs: list[dict[str, Any]],
-                       rejects: list[dict[str, Any]], phases: dict[str, float],
-                       spill_dir: Path, overwrite: bool, t0: float) -> IngestSummary:
-    """Phases 1-3 of :func:`ingest`, spilling stamps into ``spill_dir``."""
-    # Phase 1: one task per CCD; small tables come back, stamps go to the spill files.
-    clock = time.perf_counter()
-    tasks, task_jobs, spills = [], [], []
-    for j, job in enumerate(jobs):
-        if assigned is not None and j not in assigned:
-            continue
-        spills.append(str(spill_dir / f"ccd-{len(spills):07d}.npy"))
-        tasks.append(dask.delayed(_measure_ccd, pure=False)(
+        # Phase 1: one task per CCD; small tables come back, stamps go to the spill files.
+        clock = time.perf_counter()
+        task_jobs = [(j, job) for j, job in enumerate(jobs) if assigned is None or j in assigned]
+        spills = [str(spill_dir / f"ccd-{i:07d}.npy") for i in range(len(task_jobs))]
+        results = compute_tasks([dask.delayed(_measure_ccd, pure=False)(
             job["path"], job["exposure"], job["hdu"], settings,
-            None if assigned is None else assigned[j], stamp, spills[-1]))
-        task_jobs.append(job)
-    results = compute_tasks(tasks)
-    phases["measure"], clock = time.perf_counter() - clock, time.perf_counter()
-    tables, bands, scales = [], [], []
-    for spill_id, res in enumerate(results):
-        if not res["ok"]:
-            rejects.append(res["reject"])
-            continue
-        res["table"]["_spill"] = spill_id
-        res["table"]["_spill_row"] = np.arange(len(res["table"]))
-        tables.append(res["table"])
-        bands.append(res["band"])
-        scales.append(res["pixel_scale"])
-    measured_exposures = {job["exposure"] for job, res in zip(task_jobs, results) if res["ok"]}
-    n_ccds = sum(1 for r in results if r["ok"])
-    table = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(
-        len(t) for t in tables) else pd.DataFrame()
-    summary = IngestSummary(store=None, n_sources=0, n_exposures=len(measured_exposures),
-                            n_ccds=n_ccds, rejects=rejects, stamp=stamp, out=out, phases=phases)
-    if table.empty:
+            None if assigned is None else assigned[j], stamp, spill)
+            for (j, job), spill in zip(task_jobs, spills)])
+        phases["measure"], clock = time.perf_counter() - clock, time.perf_counter()
+        tables, bands, scales = [], [], []
+        for spill_id, res in enumerate(results):
+            if not res["ok"]:
+                rejects.append(res["reject"])
+                continue
+            res["table"]["_spill"] = spill_id
+            res["table"]["_spill_row"] = np.arange(len(res["table"]))
+            tables.append(res["table"])
+            bands.append(res["band"])
+            scales.append(res["pixel_scale"])
+        measured_exposures = {job["exposure"] for (_, job), res in zip(task_jobs, results)
+                              if res["ok"]}
+        n_ccds = sum(1 for r in results if r["ok"])
+        table = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(
+            len(t) for t in tables) else pd.DataFrame()
+        summary = IngestSummary(store=None, n_sources=0, n_exposures=len(measured_exposures),
+                                n_ccds=n_ccds, rejects=rejects, stamp=stamp, out=out,
+                                phases=phases)
+        if table.empty:
+            summary.seconds = time.perf_counter() - t0
+            return summary
+
+        table = _store_rows(table, stamp, truth_table, where=str(out))
+        finite_scales = [s for s in scales if math.isfinite(s)]
+        unique_bands = sorted(set(bands))
+        band_names = unique_bands if len(unique_bands) == 1 else ["mixed"]
+
+        order = int(config.get("classify.healpix-order"))
+        table["healpix"] = healpix_index(table["ra"].to_numpy(), table["dec"].to_numpy(), order)
+        shard_sources = sources_per_shard(chunk_sources, len(table), stamp, 1, error=SkysieveError)
+        step = shard_sources or chunk_sources
+        statistics = {name: table[name].to_numpy(np.float32).reshape(
+            (len(table), 1) if "band" in dims else (len(table),))
+            for name, dims in STAMP_STATS.items()}
+
+        # The store, built in a hidden sibling and renamed into place when whole.
+        with building(out, overwrite=overwrite) as tmp:
+            scale = float(np.median(finite_scales)) if finite_scales else math.nan
+            create_store(tmp, table, stamp=stamp, bands=band_names, chunk_sources=chunk_sources,
+                         pixel_scale=scale,
+                         inputs=inputs, rejects=rejects, shard_sources=shard_sources,
+                         statistics=statistics,
+                         extra_attrs={"detect": settings,
+                                      "forced": forced is not None,
+                                      "band_names": unique_bands,
+                                      "healpix_order": order})
+            # Phase 2: one task per shard (per chunk when unsharded) writes exactly that.
+            phases["store"], clock = time.perf_counter() - clock, time.perf_counter()
+            ids, rows = table["_spill"].to_numpy(), table["_spill_row"].to_numpy()
+            copy_tasks = [dask.delayed(_copy_shard_task, pure=False)(
+                str(tmp), start,
+                _segments(ids, rows, spills, start, min(len(table), start + step)), chunk_sources)
+                for start in range(0, len(table), step)]
+            written = sum(compute_tasks(copy_tasks, on_error=lambda: request_abort(tmp)))
+            if written != len(table):
+                raise SkysieveError(f"{out}: wrote {written} cutouts, expected {len(table)}")
+            phases["write"], clock = time.perf_counter() - clock, time.perf_counter()
+        phases["commit"] = time.perf_counter() - clock
+        summary.store = out
+        summary.n_sources = len(table)
+        summary.n_chunks = -(-len(table) // chunk_sources)
+        summary.n_labelled = int((table["label"] != "").sum()) if "label" in table.columns else 0
         summary.seconds = time.perf_counter() - t0
         return summary
 
-    # Rows: sorted by exposure, ccd, detection (each CCD's spill is in detection order);
-    # ids, edge flags, labels.
-    table = table.sort_values(["exposure", "ccd", "detection"], kind="stable",
-                              ignore_index=True)
+
+def _store_rows(table: pd.DataFrame, stamp: int, truth: pd.DataFrame | None, *,
+                where: str) -> pd.DataFrame:
+    """The measured sources as the store's rows: sorted by exposure, ccd and detection (each
+    CCD's spill is in detection order), with edge flags, ``source_id`` and truth labels."""
+    table = table.sort_values(["exposure", "ccd", "detection"], kind="stable", ignore_index=True)
     edge = _edges(table, stamp)
-    table["flags"] = (table["flags"].to_numpy(np.int32) | np.where(edge, FLAG_EDGE, 0)).astype(
-        np.int32)
+    table["flags"] = (table["flags"].to_numpy(np.int32)
+                      | np.where(edge, FLAG_EDGE, 0)).astype(np.int32)
     if "source_id" not in table.columns or table["source_id"].isna().any():
-        table["source_id"] = pack_source_id(table["exposure"].to_numpy(),
-                                            table["ccd"].to_numpy(), table["detection"].to_numpy())
+        table["source_id"] = pack_source_id(table["exposure"].to_numpy(), table["ccd"].to_numpy(),
+                                            table["detection"].to_numpy())
     check_unique_ids(table["source_id"].to_numpy(np.int64),
                      (table["exposure"] + "[" + table["ccd"].astype(str) + "]#"
-                      + table["detection"].astype(str)).to_numpy(), where=str(out))
-    spill_ids = table["_spill"].to_numpy()
-    spill_rows = table["_spill_row"].to_numpy()
-    if not ((np.diff(spill_rows) == 1) | (np.diff(spill_ids) != 0)).all():
-        raise SkysieveError(f"{out}: the rows of one CCD are not consecutive in its spill "
+                      + table["detection"].astype(str)).to_numpy(), where=where)
+    ids, rows = table["_spill"].to_numpy(), table["_spill_row"].to_numpy()
+    if not ((np.diff(rows) == 1) | (np.diff(ids) != 0)).all():
+        raise SkysieveError(f"{where}: the rows of one CCD are not consecutive in its spill "
                             "file (a bug: please report it)")
-    if truth_table is not None:
-        table["label"] = match_truth(table, truth_table)
-    finite_scales = [s for s in scales if math.isfinite(s)]
-    unique_bands = sorted(set(bands))
-    band_names = unique_bands if len(unique_bands) == 1 else ["mixed"]
-
-    order = int(config.get("classify.healpix-order"))
-    table["healpix"] = healpix_index(table["ra"].to_numpy(), table["dec"].to_numpy(), order)
-    shard_sources = sources_per_shard(chunk_sources, len(table), stamp, 1, error=SkysieveError)
-    step = shard_sources or chunk_sources
-    statistics = {name: table[name].to_numpy(np.float32).reshape(
-        (len(table), 1) if "band" in dims else (len(table),))
-        for name, dims in STAMP_STATS.items()}
-
-    # The store, built in a hidden sibling and renamed into place when whole.
-    with building(out, overwrite=overwrite) as tmp:
-        create_store(tmp, table, stamp=stamp, bands=band_names, chunk_sources=chunk_sources,
-                     pixel_scale=float(np.median(finite_scales)) if finite_scales else math.nan,
-                     inputs=inputs, rejects=rejects, shard_sources=shard_sources,
-                     statistics=statistics,
-                     extra_attrs={"detect": settings,
-                                  "forced": forced,
-                                  "band_names": unique_bands,
-                                  "healpix_order": order})
-        # Phase 2: one task per shard (per chunk when unsharded) writes exactly that.
-        phases["store"], clock = time.perf_counter() - clock, time.perf_counter()
-        copy_tasks = [dask.delayed(_copy_shard_task, pure=False)(
-            str(tmp), start, _segments(spill_ids, spill_rows, spills, start,
-                                       min(len(table), start + step)), chunk_sources)
-            for start in range(0, len(table), step)]
-        written = sum(compute_tasks(copy_tasks, on_error=lambda: request_abort(tmp)))
-        if written != len(table):
-            raise SkysieveError(f"{out}: wrote {written} cutouts, expected {len(table)}")
-        phases["write"], clock = time.perf_counter() - clock, time.perf_counter()
-    phases["commit"] = time.perf_counter() - clock
-    summary.store = out
-    summary.n_sources = len(table)
-    summary.n_chunks = -(-len(table) // chunk_sources)
-    summary.n_labelled = int((table["label"] != "").sum()) if "label" in table.columns else 0
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    if truth is not None:
+        table["label"] = match_truth(table, truth)
+    return table
 
 
 def _edges(table: pd.DataFrame, stamp: int) -> np.ndarray:
