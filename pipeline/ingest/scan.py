@@ -69,6 +69,9 @@ def compute_tasks(tasks: list[Any], *, on_error: Callable[[], None] | None = Non
     on_error : callable, optional
         Called once, with no argument, on the first failure.
 
+    Each result is fetched as its task finishes and released on the cluster then, so
+    workers do not hold the results of a whole night's tasks until the last one ends.
+
     Returns
     -------
     list
@@ -86,13 +89,19 @@ def compute_tasks(tasks: list[Any], *, on_error: Callable[[], None] | None = Non
         from distributed import as_completed, wait
 
         futures = client.compute(tasks)
+        position = {future.key: i for i, future in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
         for future in as_completed(futures):
             if future.status == "error":
                 if on_error is not None:
                     on_error()
-                wait(futures)  # the running ones finish, the rest start and return
+                wait([f for f in futures if f is not None])  # the rest finish or return
                 future.result()  # raises the error, with its traceback
-        return list(client.gather(futures))
+            i = position[future.key]
+            results[i] = future.result()
+            futures[i] = None  # released at once: a worker holds no finished results
+            future.release()
+        return results
     return _compute_threads(tasks, on_error)
 
 
