@@ -324,7 +324,7 @@ def _given_stats(background: Any, noise: Any, shape: tuple[int, int],
         return None
     if background is None or noise is None:
         raise ValueError("prepare: give both background and noise, or neither")
-    out = tuple(torch.as_tensor(np.asarray(v, dtype=np.float32)) for v in (background, noise))
+    out = tuple(torch.from_numpy(np.array(v, dtype=np.float32)) for v in (background, noise))
     for name, v in zip(("background", "noise"), out):
         if tuple(v.shape) != shape:
             raise ValueError(f"prepare: {name} has shape {tuple(v.shape)!r}, expected {shape!r} "
