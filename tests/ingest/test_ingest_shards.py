@@ -142,3 +142,30 @@ def test_a_failing_task_awaits_the_others_without_a_client(tmp_path: Path,
     monkeypatch.setattr(distributed, "get_client", no_client)
     with dask.config.set(num_workers=2):
         _check_failure_awaits_the_rest(tmp_path)
+
+
+def _payload(i: int) -> bytes:
+    return bytes(100_000) + bytes([i])
+
+
+def _results_held_after(delay: float) -> int:
+    """How many task results this worker holds, ``delay`` s after it starts."""
+    from distributed import get_worker
+
+    time.sleep(delay)
+    return len(get_worker().data)
+
+
+def test_a_cluster_releases_each_result_as_it_arrives() -> None:
+    """Workers must not hold a night's results until its last task ends (memory per worker
+    would grow with the number of CCDs it measured)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster):
+        tasks = [dask.delayed(_payload, pure=False)(i) for i in range(12)]
+        with dask.annotate(priority=-100):  # runs after the others, on the one thread
+            tasks.append(dask.delayed(_results_held_after, pure=False)(1.5))
+        *payloads, held = compute_tasks(tasks)
+    assert [p[-1] for p in payloads] == list(range(12))  # results in order, all of them
+    assert held <= 1, f"the worker still held {held} finished results"
