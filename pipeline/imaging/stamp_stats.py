@@ -1,4 +1,4 @@
-"""Per-stamp statistics measured once, when a chunk of stamps is written to the store.
+"""Per-stamp statistics measured once, as the stamps are cut (ingest) or written (import-images).
 
 They do not depend on the model, so ``classify`` reads them instead of measuring
 them again for every run and every model:
