@@ -99,8 +99,10 @@ def test_a_rerun_with_the_same_settings_redoes_nothing(shared_data: Path, star_g
             "--results", str(results), "--sample", str(SAMPLE),
             "--parts", "default_zero_shot,star_galaxy_cv"]
     first = real_skies.main(argv)
+    candidates = ("logreg", "plain_cnn", "recipe", "recipe_dihedral", "recipe_psf",
+                  "recipe_psf_dihedral")
     units = ["default_zero_shot"] + [f"star_galaxy_cv/{c}/fold{k}"
-                                     for c in ("logreg", "plain_cnn", "recipe") for k in (0, 1)]
+                                     for c in candidates for k in (0, 1)]
     assert first["ran"] == units and first["reused"] == []
     saved = json.loads(results.read_text())
     assert sorted(saved["units"]) == sorted(units)
@@ -111,8 +113,16 @@ def test_a_rerun_with_the_same_settings_redoes_nothing(shared_data: Path, star_g
     assert zero["settings"]["model_sha256"] == zero["result"]["checkpoint_sha256"]
     assert 0.0 <= saved["summary"]["default_zero_shot"]["balanced_accuracy_argmax"] <= 1.0
     cv = saved["summary"]["star_galaxy_cv"]
-    assert set(cv["candidates"]) == {"logreg", "plain_cnn", "recipe"}
-    assert set(cv["paired"]) == {"recipe - logreg", "recipe - plain_cnn"}
+    assert set(cv["candidates"]) == set(candidates)
+    assert set(cv["paired"]) == {f"{c} - {b}" for c in candidates[2:]
+                                 for b in ("logreg", "plain_cnn")}
+    # the dihedral candidates test the same trained checkpoint; PSF-width inputs train anew
+    sha = {c: saved["units"][f"star_galaxy_cv/{c}/fold0"]["result"]["checkpoint_sha256"]
+           for c in candidates[2:]}
+    assert sha["recipe"] == sha["recipe_dihedral"] != sha["recipe_psf"] == sha[
+        "recipe_psf_dihedral"]
+    psf = saved["units"]["star_galaxy_cv/recipe_psf/fold0"]["settings"]["input_scale"]
+    assert psf == {"mode": "psf", "fwhm_px": real_skies.PSF_PIXELS}
     assert results.with_suffix(".md").is_file()
 
     second = real_skies.main(argv)
