@@ -233,7 +233,7 @@ PSF_PIXELS = 5.0
 
 def _cv_candidates(args: argparse.Namespace) -> list[str]:
     return (["logreg", "plain_cnn", "recipe", "recipe_dihedral", "recipe_psf",
-             "recipe_psf_dihedral"]
+             "recipe_psf_dihedral", "recipe_photometric", "recipe_photometric_dihedral"]
             + (["recipe_init_default"] if args.with_init_default else []))
 
 
@@ -303,14 +303,15 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
                                 "early_stopping_fields": val_fields})
 
     def run_recipe(k: int, init: str | None, psf: float | None = None,
-                   dihedral: bool = False) -> dict[str, Any]:
+                   dihedral: bool = False, augment: str = "geometric") -> dict[str, Any]:
         """Train (or reuse: the candidates with and without dihedral averaging share one
         checkpoint per fold, its name carrying every training setting) and test fold ``k``."""
         from workers.checkpoint import load_card
 
         train_rows = table[np.asarray([fold_of[f] for f in fields_t]) != k]
         fold_store = rd.cached_import(folder, train_rows, args.cache, "star_galaxy-train")
-        name = (f"fold{k}of{args.folds}-{init or 'scratch'}-psf{psf or 0:g}-e{args.epochs}"
+        name = (f"fold{k}of{args.folds}-{init or 'scratch'}-psf{psf or 0:g}"
+                f"{'' if augment == 'geometric' else '-' + augment}-e{args.epochs}"
                 f"p{args.patience}s{args.seed}-{data_sha[:12]}.pt")
         out = args.cache / "checkpoints" / name
         if out.is_file() and out.with_suffix(".json").is_file():
@@ -318,7 +319,7 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
         else:
             card = train(fold_store, arch="smallcnn", out=out, epochs=args.epochs,
                          patience=args.patience, lr=1e-3, seed=args.seed, split_by="field",
-                         augment="geometric", device="cpu",
+                         augment=augment, device="cpu",
                          init=bundled.resolve(init) if init else None,
                          input_scale=None if psf is None else {"mode": "psf", "fwhm_px": psf})
         probs, cls, sha = rd.predict(out, rows, np.flatnonzero(fold == k), dihedral=dihedral)
@@ -348,6 +349,12 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
         "recipe_psf_dihedral": ({**recipe, "input_scale": {"mode": "psf", "fwhm_px": PSF_PIXELS},
                                  "predict": "mean of 8 rotations and flips"},
                                 lambda k: run_recipe(k, None, PSF_PIXELS, dihedral=True)),
+        "recipe_photometric": ({**recipe, "augment": "photometric"},
+                               lambda k: run_recipe(k, None, augment="photometric")),
+        "recipe_photometric_dihedral": ({**recipe, "augment": "photometric",
+                                         "predict": "mean of 8 rotations and flips"},
+                                        lambda k: run_recipe(k, None, dihedral=True,
+                                                             augment="photometric")),
         "recipe_init_default": ({**recipe, "init": "default",
                                  "init_sha256": _model_sha("default")},
                                 lambda k: run_recipe(k, "default")),

@@ -12,6 +12,7 @@ AUGMENTS: dict[str, str] = {
     "full": "dihedral8, shift<=2px, blur p=0.3 sigma 0.3-1.5px, dim p=0.5 a>=0.6",
     "geometric": "dihedral8, shift<=2px",
     "robust": "dihedral8, shift<=2px, blur p=0.4 sigma 0.3-4px, dim p=0.5 a>=0.6",
+    "photometric": "dihedral8, shift<=2px, dim p=0.6 a>=0.25",
 }
 """Training augmentations by name, as a card records them (``training.augment``).
 
@@ -21,12 +22,17 @@ flux) at fixed noise; ``"geometric"``: the flips and shifts only; ``"robust"``:
 ``"full"`` with the blur on 40% of the stamps and sigmas up to 4 px, which
 covers an added blur of 2 PSF FWHM (sigma ``2 x FWHM / 2.355``) for a PSF of
 about 4 px, the range of ``skysieve evaluate --blur-sweep``.  Blur is in
-pixels, the same for every PSF.  :data:`AUGMENT_KW` gives each preset's
-keywords of :func:`augment`.
+pixels, the same for every PSF.  ``"photometric"``: flips, shifts and a deep
+dimming (60% of the stamps, to >= 0.25 of the flux) at fixed noise, never a
+blur: for star/galaxy, where blur is what tells the classes apart and a bright
+star dimmed must still look like a star (real labelled sets often have bright
+stars and faint galaxies, so a model would otherwise learn brightness).
+:data:`AUGMENT_KW` gives each preset's keywords of :func:`augment`.
 """
 AUGMENT_KW: dict[str, dict[str, float]] = {
     "full": {}, "geometric": {"p_blur": 0.0, "p_dim": 0.0},
     "robust": {"p_blur": 0.4, "max_blur_sigma": 4.0},
+    "photometric": {"p_blur": 0.0, "p_dim": 0.6, "min_dim": 0.25},
 }
 """Keywords of :func:`augment` for each preset of :data:`AUGMENTS` (``{}``: its defaults)."""
 

@@ -100,7 +100,7 @@ def test_a_rerun_with_the_same_settings_redoes_nothing(shared_data: Path, star_g
             "--parts", "default_zero_shot,star_galaxy_cv"]
     first = real_skies.main(argv)
     candidates = ("logreg", "plain_cnn", "recipe", "recipe_dihedral", "recipe_psf",
-                  "recipe_psf_dihedral")
+                  "recipe_psf_dihedral", "recipe_photometric", "recipe_photometric_dihedral")
     units = ["default_zero_shot"] + [f"star_galaxy_cv/{c}/fold{k}"
                                      for c in candidates for k in (0, 1)]
     assert first["ran"] == units and first["reused"] == []
@@ -120,7 +120,8 @@ def test_a_rerun_with_the_same_settings_redoes_nothing(shared_data: Path, star_g
     sha = {c: saved["units"][f"star_galaxy_cv/{c}/fold0"]["result"]["checkpoint_sha256"]
            for c in candidates[2:]}
     assert sha["recipe"] == sha["recipe_dihedral"] != sha["recipe_psf"] == sha[
-        "recipe_psf_dihedral"]
+        "recipe_psf_dihedral"] != sha["recipe_photometric"] == sha["recipe_photometric_dihedral"]
+    assert sha["recipe_photometric"] != sha["recipe"]
     psf = saved["units"]["star_galaxy_cv/recipe_psf/fold0"]["settings"]["input_scale"]
     assert psf == {"mode": "psf", "fwhm_px": real_skies.PSF_PIXELS}
     assert results.with_suffix(".md").is_file()

@@ -111,12 +111,22 @@ def test_train_records_the_robust_preset(tmp_path):
 
 def test_cli_train_accepts_every_preset(tmp_path):
     opt = next(p for p in cli.commands["train"].params if p.name == "augment")
-    if "robust" not in opt.type.choices:
-        pytest.skip("`skysieve train --augment` does not list 'robust' yet: pipeline/cli/models.py "
-                    "needs click.Choice(list(AUGMENTS)) (requested of the lead)")
-    assert list(opt.type.choices) == list(AUGMENTS)
+    assert list(opt.type.choices) == list(AUGMENTS)  # the CLI lists them without importing torch
     store = make_store(tmp_path / "train.zarr", n=120)
     res = CliRunner().invoke(cli, ["train", str(store), "--out", str(tmp_path / "c.pt"),
                                    "--epochs", "1", "--batch-size", "64", "--augment", "robust"])
     assert res.exit_code == 0, res.output
     assert load_card(tmp_path / "c.pt").training["augment"] == "robust"
+
+
+def test_photometric_dims_deeply_and_never_blurs():
+    """Star/galaxy: dimming breaks a brightness confound, and a blur would turn stars to galaxies."""
+    z = _stars_and_noise()
+    out = augment(z, torch.Generator().manual_seed(7), **AUGMENT_KW["photometric"])
+    sigma, std = _added_sigma("photometric", seed=7)
+    assert torch.all(sigma < 0.05)  # the star's width is kept
+    ratio = out[:, 0].sum(dim=(1, 2)) / z[:, 0].sum(dim=(1, 2))
+    dimmed = ratio < 0.999
+    assert 0.5 < dimmed.float().mean().item() < 0.7  # p_dim = 0.6
+    assert ratio.min().item() >= 0.25 - 1e-3 and ratio.min().item() < 0.35  # down to a = 0.25
+    assert torch.all((std > 0.9) & (std < 1.1))  # noise stays unit
