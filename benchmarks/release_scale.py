@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 
 from benchmarks._common import (PeakRSS, parse_args, report, reset_worker_peaks, scratch,
@@ -288,6 +289,30 @@ def _classify_stage(work: Path, label: str, count: int, model: str, n_workers: i
     return result
 
 
+def _same_parts(tenth: int, sources: list[int], extra: list[Path]) -> tuple[int, int]:
+    """The ``classify.min-parts`` that gives a store of ``tenth`` cutouts parts as large as the
+    full run's (stores of ``sources`` cutouts plus ``extra``), and that part size in chunks.
+
+    The tenth's default parts are smaller (a small run keeps at least ``min-parts`` parts
+    to spread over the workers), so its memory alone does not show whether memory follows
+    the store's size or the part's; this stage does.
+    """
+    import zarr
+
+    from pipeline import config
+    from pipeline.classify.graph import chunks_per_part
+    from pipeline.store import sources_per_chunk
+
+    chunk = sources_per_chunk(64, 1)
+    chunks = [-(-n // chunk) for n in sources]
+    for store in extra:
+        image = zarr.open_group(str(store), mode="r")["image"]
+        chunks.append(-(-image.shape[0] // image.chunks[0]))
+    per_part = chunks_per_part(chunks, chunk, part_rows=int(config.get("classify.part-rows")),
+                               min_parts=int(config.get("classify.min-parts")))
+    return max(1, -(-tenth // chunk) // per_part), per_part
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; return the result payload."""
     args = parse_args(__doc__, argv, quick_help="50 exposures of 512² px, a store of 40,000",
@@ -306,6 +331,12 @@ def main(argv: list[str] | None = None) -> dict:
         for label, count in (("tenth", n_store // 10), ("full", n_store)):
             # the full store is classified with the ingested night: two stores, one catalogue
             extra = [work / "night_full.zarr"] if label == "full" else []
+            if label == "full":  # the tenth again, its parts as large as the full run's
+                min_parts, per_part = _same_parts(count // 10, [count], extra)
+                with dask.config.set({"skysieve.classify.min-parts": min_parts}):
+                    results["classify_tenth_same_parts"] = _classify_stage(
+                        work, "tenth_same_parts", count // 10, args.model, args.workers, [])
+                results["classify_tenth_same_parts"]["chunks_per_part"] = per_part
             results[f"classify_{label}"] = _classify_stage(
                 work, label, count, args.model, args.workers, extra,
                 kill_at=args.kill_at if label == "full" else None)
@@ -316,6 +347,9 @@ def main(argv: list[str] | None = None) -> dict:
              "files_per_M": v["files_per_million_cutouts"]} for k, v in results.items()]
     growth = {s: results[f"{s}_full"]["max_worker_peak_rss_mib"]
               / results[f"{s}_tenth"]["max_worker_peak_rss_mib"] for s in ("ingest", "classify")}
+    growth["classify_same_part_size"] = (results["classify_full"]["max_worker_peak_rss_mib"]
+                                         / results["classify_tenth_same_parts"]
+                                         ["max_worker_peak_rss_mib"])
     payload = {"settings": {"quick": args.quick, "model": args.model, "workers": args.workers,
                             "threads_per_worker": 1, "store_cutouts": n_store,
                             "exposures": n_exp, "exposure_size": size,
@@ -329,7 +363,8 @@ def main(argv: list[str] | None = None) -> dict:
                        "memory per worker bounded"}
     return report("release_scale", payload, rows,
                   f"worker peak RSS full / tenth: ingest {growth['ingest']:.2f}, classify "
-                  f"{growth['classify']:.2f}")
+                  f"{growth['classify']:.2f} ({growth['classify_same_part_size']:.2f} against "
+                  f"the tenth with parts as large as the full run's)")
 
 
 if __name__ == "__main__":

@@ -186,6 +186,25 @@ def test_release_scale_kill_and_resume_loses_and_doubles_nothing(tmp_path: Path)
     assert check["summary"]["parts_skipped"] + check["parts_resumed"] == 250
 
 
+@pytest.mark.parametrize("full", [2_000_000, 400_000, 40_000])
+def test_release_scale_tenth_gets_the_full_runs_part_size(full: int) -> None:
+    from benchmarks.release_scale import _same_parts
+    from pipeline import config
+    from pipeline.classify.graph import chunks_per_part
+
+    min_parts, per_part = _same_parts(full // 10, [full], [])
+    default = chunks_per_part([-(-full // 10240)], 1024,
+                              part_rows=int(config.get("classify.part-rows")),
+                              min_parts=int(config.get("classify.min-parts")))
+    same = chunks_per_part([-(-full // 10240)], 1024,
+                           part_rows=int(config.get("classify.part-rows")), min_parts=min_parts)
+    assert same == per_part == chunks_per_part([-(-full // 1024)], 1024,
+                                               part_rows=int(config.get("classify.part-rows")),
+                                               min_parts=int(config.get("classify.min-parts")))
+    if full == 2_000_000:  # the release: the tenth's own parts are smaller
+        assert default < per_part
+
+
 def test_gz1_errors_counts_shared_errors(tmp_path: Path, results: Path) -> None:
     from _blob_stores import make_store as blob_store  # tests/ is on sys.path
 
