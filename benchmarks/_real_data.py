@@ -89,6 +89,18 @@ def read_store(store: Path, names: tuple[str, ...] = ()) -> dict[str, np.ndarray
     return rows
 
 
+def dihedral_views(x: Any) -> list[Any]:
+    """The 8 rotations and flips of prepared stamps ``(N, C, H, W)`` (torch), the stamps
+    themselves first, each contiguous: for test-time averaging."""
+    import torch
+
+    views = []
+    for k in range(4):
+        turned = torch.rot90(x, k, dims=(2, 3))
+        views += [turned.contiguous(), torch.flip(turned, dims=(3,)).contiguous()]
+    return views
+
+
 def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarray | None = None,
             *, block: int = 2048, dihedral: bool = False) -> tuple[np.ndarray, list[str], str]:
     """Calibrated class probabilities of store rows, prepared exactly as ``skysieve classify`` does.
@@ -128,11 +140,8 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
         with torch.inference_mode():
             x = prepare(images, stretch=card.stretch, image_size=card.image_size,
                         background=bg, noise=noise)
-        views = [x] if not dihedral else [
-            torch.rot90(x, g % 4, dims=(2, 3)).flip(3) if g >= 4 else torch.rot90(x, g, dims=(2, 3))
-            for g in range(8)]
-        p = np.mean([predictor.predict_proba(v.contiguous()).astype(np.float64) for v in views],
-                    axis=0)
+        views = dihedral_views(x) if dihedral else [x]
+        p = np.mean([predictor.predict_proba(v).astype(np.float64) for v in views], axis=0)
         out.append(p / p.sum(axis=1, keepdims=True))
     probs = np.concatenate(out) if out else np.zeros((0, len(card.classes)))
     return probs, list(card.classes), sha

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import report
+from benchmarks._real_data import dihedral_views
 
 __all__ = ["score", "shared_errors", "main"]
 
@@ -41,7 +42,6 @@ def _balanced(pred: np.ndarray, y: np.ndarray, classes: list[int]) -> float:
 
 def score(model: str, store: Path) -> dict[str, Any]:
     """Probabilities of ``model`` on ``store`` (plain and dihedral-averaged) and their scores."""
-    import torch
     import xarray as xr
 
     from pipeline import bundled
@@ -59,11 +59,7 @@ def score(model: str, store: Path) -> dict[str, Any]:
     labels = np.array([str(v) for v in ds["label"].values])
     keep = np.isin(labels, card.classes)
     x = prepare(ds["image"].values[keep], stretch=card.stretch, image_size=card.image_size)
-    views = []
-    for k in range(4):
-        turned = torch.rot90(x, k, dims=(2, 3))
-        for view in (turned, torch.flip(turned, dims=(3,))):
-            views.append(predictor.predict_proba(view.contiguous()))
+    views = [predictor.predict_proba(view) for view in dihedral_views(x)]
     y = np.searchsorted(card.classes, labels[keep])
     es = [list(card.classes).index(c) for c in PAIR]
     out: dict[str, Any] = {"model": str(model), "store": str(store), "n": int(keep.sum()),
