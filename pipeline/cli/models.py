@@ -20,6 +20,21 @@ __all__ = ["compare", "evaluate", "ood_fit", "parse_floats", "train"]
 _EXISTING = click.Path(exists=True, path_type=Path)
 _NEW = click.Path(path_type=Path)
 
+
+def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """A bundled model's name (``default``) as its checkpoint, or an existing file as it is."""
+    if value is None:
+        return None
+    from pipeline import bundled
+
+    if value in bundled.names():
+        return bundled.resolve(value)
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise click.BadParameter(f"{value!r} is neither a bundled model "
+                                 f"({', '.join(bundled.names())}) nor an existing file")
+    return path
+
 #: Exit status of a ``train`` stopped at its time limit, state saved (EX_TEMPFAIL: try again).
 EXIT_STOPPED = 75
 
@@ -61,13 +76,14 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
               help="Train on this seeded, class-stratified share of the training split only "
                    "(a learning-curve point; the validation split is unchanged).")
 @click.option("--patience", default=8, show_default=True, help="Early-stopping patience in epochs.")
-@click.option("--init", type=_EXISTING, default=None,
-              help="Start from these weights (a skysieve checkpoint, or a local state-dict file "
-                   "such as ImageNet-style weights): pretraining -> fine-tuning.")
+@click.option("--init", callback=_weights, default=None,
+              help="Start from these weights (a bundled model such as 'default', a skysieve "
+                   "checkpoint, or a local state-dict file such as ImageNet-style weights): "
+                   "pretraining -> fine-tuning.")
 @click.option("--init-sha256", default=None,
               help="Expected sha256 of a --init file that has no card.")
-@click.option("--teacher", type=_EXISTING, default=None,
-              help="Distil from this skysieve checkpoint (soft targets).")
+@click.option("--teacher", callback=_weights, default=None,
+              help="Distil from this skysieve checkpoint or bundled model (soft targets).")
 @click.option("--kd-alpha", default=0.5, show_default=True,
               help="Weight of the distillation loss (0 = labels only, 1 = teacher only).")
 @click.option("--kd-temperature", default=4.0, show_default=True,
@@ -200,7 +216,7 @@ def evaluate(model: str, store: Path, out: Path, blur_sweep: str, subset: str, b
 @click.option("--image-size", type=int, default=None, help="Model input size (default: the stamp).")
 @click.option("--teacher-arch", default="wide_resnet16_4", show_default=True)
 @click.option("--teacher-epochs", type=int, default=None, help="Default: --epochs.")
-@click.option("--teacher", "teacher_checkpoint", type=_EXISTING, default=None,
+@click.option("--teacher", "teacher_checkpoint", callback=_weights, default=None,
               help="A trained checkpoint to distil from instead of training --teacher-arch.")
 @click.option("--pretrain-store", type=_EXISTING, multiple=True,
               help="Large store to pretrain on: adds the scratch vs pretrained+fine-tuned study "

@@ -255,3 +255,19 @@ def test_cli_train_with_init_and_teacher(data, tmp_path):
     assert ok.exit_code == 0, ok.output
     teacher = load_checkpoint(tmp_path / "kd.pt")[1].training["teacher"]
     assert (teacher["alpha"], teacher["temperature"]) == (0.7, 3.0)
+
+
+def test_cli_init_takes_a_bundled_model_by_name(data, tmp_path):
+    """``train --init default`` is the documented path for a new survey's own labels."""
+    from pipeline import bundled
+
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["train", str(data["three"]), "--out", str(tmp_path / "ft.pt"),
+                             "--epochs", "1", "--batch-size", "32", "--init", "default"])
+    assert ok.exit_code == 0, ok.output
+    init = load_checkpoint(tmp_path / "ft.pt")[1].training["init"]
+    assert init["sha256"] == file_sha256(bundled.resolve("default"))
+    typo = runner.invoke(cli, ["train", str(data["three"]), "--out", str(tmp_path / "t.pt"),
+                               "--epochs", "1", "--init", "defualt"])
+    assert typo.exit_code == 2 and "neither a bundled model" in typo.output
+    assert "default" in typo.output.split("neither a bundled model")[1]
