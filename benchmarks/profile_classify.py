@@ -12,6 +12,8 @@ of issue #6 and as it is now:
 - preprocessing with ``prepare`` measuring each stamp's background and noise
   (before; still so for older stores) vs given the store's ``stamp_bg`` and
   ``stamp_noise`` (now: measured once at ingest, :mod:`pipeline.imaging.stamp_stats`);
+- the same asinh stretch fused into one kernel by ``torch.compile`` (tried, not used: the
+  kernel is no faster than the eager passes, see docs/performance.md);
 - the blur score (``apparent_fwhm``): now measured at ingest, so not a classify stage;
 - the model at batch 64 and 256, with batch norms folded (now) and not (before);
 - issue #15, the rest of a task: reading one chunk's every variable through Zarr
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +42,30 @@ _READ_NOW, _READ_BEFORE = "float32 uncompressed (now)", "float32 zstd (before)"
 _PREP_BEFORE = "preprocess: prepare measuring background+noise (before)"
 _PREP_NOW = "preprocess: prepare with the stored stamp_bg/stamp_noise (now)"
 _BLUR = "blur score: apparent_fwhm (before; now at ingest)"
+_PREP_COMPILED = "preprocess: the stretch as one torch.compile kernel (tried)"
+
+
+def _compiled_stretch(images: np.ndarray, bg: Any, noise: Any, softening: float,
+                      repeats: int) -> float:
+    """Seconds for the asinh stretch of ``images`` as one fused ``torch.compile`` kernel.
+
+    NaN where torch cannot compile here (no C++ compiler): the row then says so by its value.
+    """
+    import torch
+
+    def stretch(x: Any, bg: Any, noise: Any) -> Any:
+        u = (x - bg[..., None, None]) * (noise * softening).reciprocal()[..., None, None]
+        a = u.abs().clamp(max=1e18)
+        return torch.nan_to_num(torch.log(a + torch.sqrt(a * a + 1.0)).copysign(u), nan=0.0)
+
+    x = torch.from_numpy(images)
+    try:
+        fused = torch.compile(stretch, dynamic=False)
+        with torch.inference_mode():
+            fused(x, bg, noise)  # compiles
+            return median_time(lambda: fused(x, bg, noise), repeats=repeats)
+    except Exception:  # noqa: BLE001 - a benchmark row, not a code path
+        return float("nan")
 
 
 def _stamps(n: int, stamp: int = 64) -> np.ndarray:
@@ -130,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         times[_PREP_NOW] = median_time(
             lambda: prepare(images, stretch=stretch, image_size=card.image_size, background=bg,
                             noise=noise), repeats=repeats)
+    times[_PREP_COMPILED] = _compiled_stretch(images, bg, noise, stretch["softening"], repeats)
     times[_BLUR] = median_time(lambda: apparent_fwhm(images), repeats=repeats)
     for b in (64, 256):
         for fuse in (False, True):

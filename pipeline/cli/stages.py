@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from pipeline.cli.base import CONTEXT, EXISTING, NEW, cluster_options, connect_cluster, one_line_errors
 
@@ -19,6 +23,15 @@ __all__ = ["COMMANDS", "synth", "ingest", "import_images", "info", "classify", "
            "query", "plan"]
 
 _user_errors = one_line_errors()
+
+
+def _truth(paths: tuple[Path, ...]) -> Path | pd.DataFrame | None:
+    """The truth given to ingest: none, one table as its path, or several joined."""
+    if len(paths) <= 1:
+        return paths[0] if paths else None
+    from pipeline.ingest.source_table import join_truth_tables
+
+    return join_truth_tables(paths)
 
 
 @click.command(context_settings=CONTEXT)
@@ -36,9 +49,12 @@ _user_errors = one_line_errors()
               help="survey: the one synthetic telescope; wide: each exposure draws its own "
                    "pixel scale, PSF, response (CCD, plate, JPEG) and depth, to train for "
                    "real skies.")
+@click.option("--prefix", default="", show_default=False,
+              help="Start of every exposure's file name and truth name (PREFIXexp_0000), so "
+                   "that several runs can be ingested into one store.")
 @_user_errors
 def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: int, seed: int,
-          pointed: bool, domain: str) -> None:
+          pointed: bool, domain: str, prefix: str) -> None:
     """Render a synthetic survey (GalSim FITS exposures + truth.parquet) into OUT_DIR."""
     from pipeline.simulation.pointed import synthesize_pointed
     from pipeline.simulation.survey import synthesize
@@ -47,10 +63,11 @@ def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: i
         raise click.UsageError("--pointed renders the survey's instrument only; "
                                "drop --domain wide or --pointed")
     if pointed:
-        summary = synthesize_pointed(out_dir, exposures=exposures, size=size, seed=seed)
+        summary = synthesize_pointed(out_dir, exposures=exposures, size=size, seed=seed,
+                                     prefix=prefix)
     else:
-        summary = synthesize(out_dir, exposures=exposures, size=size,
-                             sources=sources, ccds=ccds, seed=seed, domain=domain)
+        summary = synthesize(out_dir, exposures=exposures, size=size, sources=sources,
+                             ccds=ccds, seed=seed, domain=domain, prefix=prefix)
     click.echo(summary.describe())
 
 
@@ -59,7 +76,9 @@ def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: i
 @click.option("--out", required=True, type=NEW, help="Cutout store to write (STORE.zarr).")
 @click.option("--sources", "source_table", type=EXISTING, default=None,
               help="Source table (Parquet, CSV or FITS; ra/dec or x/y) for forced cutouts.")
-@click.option("--truth", type=EXISTING, default=None, help="Truth table; labels matched by position.")
+@click.option("--truth", type=EXISTING, multiple=True,
+              help="Truth table; labels matched by position (repeatable: tables of different "
+                   "exposures, e.g. synth runs with their own --prefix).")
 @click.option("--stamp", type=int, default=None, help="Cutout side in pixels (default: config, 64).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--whole-exposure", is_flag=True,
@@ -68,7 +87,8 @@ def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: i
               help="With --whole-exposure: block-average by this factor.")
 @cluster_options
 @_user_errors
-def ingest(exposures: tuple[Path, ...], out: Path, source_table: Path | None, truth: Path | None,
+def ingest(exposures: tuple[Path, ...], out: Path, source_table: Path | None,
+           truth: tuple[Path, ...],
            stamp: int | None, overwrite: bool, whole_exposure: bool, downsample: int,
            cluster_kind: str | None, profile: Path | None, n_workers: int | None,
            threads_per_worker: int | None) -> None:
@@ -79,14 +99,15 @@ def ingest(exposures: tuple[Path, ...], out: Path, source_table: Path | None, tr
         raise click.UsageError("--whole-exposure stores whole images: drop --sources/--stamp")
     if downsample != 1 and not whole_exposure:
         raise click.UsageError("--downsample applies to --whole-exposure only")
+    labels = _truth(truth)  # tables checked before a cluster starts
     with connect_cluster(cluster_kind, profile, n_workers, threads_per_worker):
         if whole_exposure:
             from pipeline.ingest.whole_exposure import ingest_whole
 
-            summary = ingest_whole(list(exposures), out, downsample=downsample, truth=truth,
+            summary = ingest_whole(list(exposures), out, downsample=downsample, truth=labels,
                                    overwrite=overwrite)
         else:
-            summary = run_ingest(list(exposures), out, sources=source_table, truth=truth,
+            summary = run_ingest(list(exposures), out, sources=source_table, truth=labels,
                                  stamp=stamp, overwrite=overwrite)
     click.echo(summary.describe())
     if summary.n_sources == 0:
@@ -161,7 +182,9 @@ def classify(stores: tuple[Path, ...], out: Path, model: str | None, batch_size:
 @click.command(context_settings=CONTEXT)
 @click.argument("exposures", nargs=-1, required=True, type=EXISTING)
 @click.option("--out", required=True, type=NEW, help="Output directory (cutouts.zarr, catalogue/).")
-@click.option("--truth", type=EXISTING, default=None, help="Truth table; labels matched by position.")
+@click.option("--truth", type=EXISTING, multiple=True,
+              help="Truth table; labels matched by position (repeatable: tables of different "
+                   "exposures, e.g. synth runs with their own --prefix).")
 @click.option("--sources", "source_table", type=EXISTING, default=None,
               help="Source table for forced cutouts instead of detection.")
 @click.option("--model", default=None, help="Bundled model name or checkpoint path.")
@@ -169,15 +192,16 @@ def classify(stores: tuple[Path, ...], out: Path, model: str | None, batch_size:
 @click.option("--overwrite", is_flag=True, help="Redo the ingest and the classification.")
 @cluster_options
 @_user_errors
-def run(exposures: tuple[Path, ...], out: Path, truth: Path | None, source_table: Path | None,
+def run(exposures: tuple[Path, ...], out: Path, truth: tuple[Path, ...], source_table: Path | None,
         model: str | None, batch_size: int | None, overwrite: bool, cluster_kind: str | None,
         profile: Path | None, n_workers: int | None, threads_per_worker: int | None) -> None:
     """The whole night: ingest EXPOSURES, then classify them, into OUT."""
     from pipeline.classify.night import run_night
 
+    labels = _truth(truth)  # tables checked before a cluster starts
     with connect_cluster(cluster_kind, profile, n_workers, threads_per_worker) as client:
         click.echo(f"dashboard: {client.dashboard_link}", err=True)
-        result = run_night(list(exposures), out, truth=truth, sources=source_table, model=model,
+        result = run_night(list(exposures), out, truth=labels, sources=source_table, model=model,
                            batch_size=batch_size, overwrite=overwrite)
     click.echo(result.describe())
     if result.classify.failed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,8 @@ from pipeline.errors import SourceTableError
 from pipeline.ingest.fits_io import celestial_wcs
 from pipeline.ingest.scan import reject_row
 
-__all__ = ["match_truth", "place_forced", "read_source_table", "read_table", "read_truth_table"]
+__all__ = ["join_truth_tables", "match_truth", "place_forced", "read_source_table", "read_table",
+           "read_truth_table"]
 
 
 def read_table(path: str | Path | pd.DataFrame, *, what: str) -> pd.DataFrame:
@@ -147,6 +148,49 @@ def read_truth_table(truth: str | Path | pd.DataFrame) -> pd.DataFrame:
                  if "size" in table.columns else np.zeros(len(table))),
     })
     return out[np.isfinite(out["x"]) & np.isfinite(out["y"])]
+
+
+def join_truth_tables(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Concatenate the truth tables of several runs, each of its own exposures.
+
+    For one store of several synthetic runs (``skysieve synth --prefix``): their exposure
+    names must differ, so that every label is matched within its own exposure.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        Truth tables (Parquet, CSV or FITS), each with an ``exposure`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of every table, in order; columns missing from a table are NaN.
+
+    Raises
+    ------
+    SourceTableError
+        A table without ``exposure``, an exposure named in two tables, or tables that
+        disagree on having a ``ccd`` column.
+    """
+    tables = [(str(path), read_table(path, what="truth table")) for path in paths]
+    seen: dict[str, str] = {}
+    for where, table in tables:
+        if "exposure" not in table.columns:
+            raise SourceTableError(f"{where}: truth table has no 'exposure' column; it has "
+                                   f"{list(table.columns)!r}")
+        for name in pd.unique(table["exposure"].astype(str)):
+            if name in seen:
+                raise SourceTableError(
+                    f"{where}: exposure {name!r} is also in {seen[name]}; truth tables given "
+                    "together must cover different exposures (render each synthetic run with "
+                    "its own `skysieve synth --prefix`)")
+            seen[name] = where
+    with_ccd = [where for where, table in tables if "ccd" in table.columns]
+    if with_ccd and len(with_ccd) != len(tables):
+        without = [where for where, table in tables if "ccd" not in table.columns]
+        raise SourceTableError(f"{without[0]}: truth table has no 'ccd' column but "
+                               f"{with_ccd[0]} has one; give every table a ccd column or none")
+    return pd.concat([table for _, table in tables], ignore_index=True)
 
 
 def place_forced(table: pd.DataFrame, mode: str, jobs: list[dict[str, Any]], where: str

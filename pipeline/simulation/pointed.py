@@ -40,6 +40,7 @@ from pipeline.simulation.survey import (
     _make_out_dir,
     _pick_blurred,
     _remove_stale,
+    check_prefix,
     _run_jobs,
     _validate,
     _write_table,
@@ -124,7 +125,7 @@ class PointedSummary:
 
 def synthesize_pointed(out_dir: Path, *, exposures: int = 8, size: int = 1024, seed: int = 0,
                        blurred_fraction: float = 0.25, processes: int | None = None,
-                       ) -> PointedSummary:
+                       prefix: str = "") -> PointedSummary:
     """Render pointed exposures, each centred on one large target, and their truth table.
 
     The whole-exposure task of HR-CelestialNet: is this exposure's target a
@@ -158,6 +159,9 @@ def synthesize_pointed(out_dir: Path, *, exposures: int = 8, size: int = 1024, s
     processes : int or None, default: None
         Worker processes; ``None`` picks from the cores and the work. The output
         does not depend on it.
+    prefix : str, default: ""
+        Start of every file name and truth ``exposure``, as for
+        :func:`pipeline.simulation.survey.synthesize`.
 
     Returns
     -------
@@ -190,6 +194,7 @@ def synthesize_pointed(out_dir: Path, *, exposures: int = 8, size: int = 1024, s
     start = time.perf_counter()
     _validate(exposures=exposures, size=size, sources=None, ccds=1, seed=seed,
               blurred_fraction=blurred_fraction, processes=processes)
+    check_prefix(prefix)
     out_dir = _make_out_dir(out_dir, "the pointed exposures")
 
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
@@ -198,14 +203,14 @@ def synthesize_pointed(out_dir: Path, *, exposures: int = 8, size: int = 1024, s
     targets = np.array(["galaxy"] * n_galaxy + ["nebula_cluster"] * (exposures - n_galaxy))
     targets = targets[rng.permutation(exposures)]
     morphs = [str(rng.choice(TARGET_MORPHOLOGIES[str(t)])) for t in targets]
-    jobs = [_PointedJob(index=i, stem=f"exp_{i:04d}", out_dir=str(out_dir), size=size,
+    jobs = [_PointedJob(index=i, stem=f"{prefix}exp_{i:04d}", out_dir=str(out_dir), size=size,
                         seed=seed, blurred=bool(blurred[i]), target_class=str(targets[i]),
                         morphology=morphs[i])
             for i in range(exposures)]
     n_proc = processes if processes is not None else _auto_processes(exposures, size, 1)
     results = _run_jobs(_render_pointed, jobs, n_proc)
 
-    _remove_stale(out_dir, exposures)
+    _remove_stale(out_dir, exposures, prefix)
     truth_path = out_dir / "truth.parquet"
     _write_pointed_truth(truth_path, results, seed=seed, size=size)
     return PointedSummary(files=[out_dir / f"{job.stem}.fits" for job in jobs],

@@ -142,7 +142,7 @@ class SynthSummary:
 def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
                sources: int | None = None, ccds: int = 1, seed: int = 0,
                blurred_fraction: float = 0.25, processes: int | None = None,
-               domain: str = "survey") -> SynthSummary:
+               domain: str = "survey", prefix: str = "") -> SynthSummary:
     """Render a synthetic survey of FITS exposures and its truth table into ``out_dir``.
 
     Parameters
@@ -178,6 +178,11 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
         rays, photographic plate, 8-bit JPEG), depth and source density (0.5-5
         times the survey's; ``sources`` is scaled by it), recorded in the
         header (:mod:`pipeline.simulation.wide`) and the truth table.
+    prefix : str, default: ""
+        Start of every file name and truth ``exposure`` (``PREFIXexp_0000``): letters,
+        digits, ``_``, ``-`` and ``.``, not first.  Runs with different prefixes can be
+        ingested into one store (``skysieve ingest --truth A --truth B``).  The pixels do
+        not depend on it.
 
     Returns
     -------
@@ -210,6 +215,7 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
     start = time.perf_counter()
     _validate(exposures=exposures, size=size, sources=sources, ccds=ccds, seed=seed,
               blurred_fraction=blurred_fraction, processes=processes)
+    check_prefix(prefix)
     if domain not in DOMAINS:
         raise SynthError(f"synth: domain={domain!r} is unknown; use one of {list(DOMAINS)}")
     out_dir = _make_out_dir(out_dir, "the synthetic survey")
@@ -220,14 +226,14 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
     root = np.random.SeedSequence(seed)
     survey_rng = np.random.default_rng(root.spawn(1)[0])
     blurred = _pick_blurred(survey_rng, exposures, blurred_fraction)
-    jobs = [_Job(index=i, stem=f"exp_{i:04d}", out_dir=str(out_dir), size=size, ccds=ccds,
+    jobs = [_Job(index=i, stem=f"{prefix}exp_{i:04d}", out_dir=str(out_dir), size=size, ccds=ccds,
                  per_ccd=tuple(per_ccd), seed=seed, blurred=bool(blurred[i]), domain=domain)
             for i in range(exposures)]
 
     n_proc = processes if processes is not None else _auto_processes(exposures, size, ccds)
     results = _run_jobs(_render_exposure, jobs, n_proc)
 
-    _remove_stale(out_dir, exposures)
+    _remove_stale(out_dir, exposures, prefix)
     truth_path = out_dir / "truth.parquet"
     n_sources = _write_truth(truth_path, results, seed=seed, size=size, ccds=ccds,
                              domain=domain)
@@ -321,9 +327,16 @@ def _run_jobs(render: Callable[[Any], dict[str, Any]], jobs: list[Any],
         return list(pool.map(render, jobs))
 
 
-def _remove_stale(out_dir: Path, exposures: int) -> None:
-    """Delete ``exp_NNNN.fits`` left by an earlier run with more exposures."""
-    pattern = re.compile(r"exp_(\d{4,})\.fits")
+def check_prefix(prefix: str) -> None:
+    """Refuse a file-name prefix that is not a plain name (:class:`SynthError`)."""
+    if not isinstance(prefix, str) or not re.fullmatch(r"([A-Za-z0-9_-][A-Za-z0-9_.-]*)?", prefix):
+        raise SynthError(f"synth: prefix={prefix!r} must be letters, digits, '_', '-' or '.' "
+                         "(not first), e.g. 'w_'")
+
+
+def _remove_stale(out_dir: Path, exposures: int, prefix: str = "") -> None:
+    """Delete ``PREFIXexp_NNNN.fits`` left by an earlier run with more exposures."""
+    pattern = re.compile(re.escape(prefix) + r"exp_(\d{4,})\.fits")
     for path in out_dir.iterdir():
         match = pattern.fullmatch(path.name)
         if match and int(match.group(1)) >= exposures and path.is_file():

@@ -393,3 +393,41 @@ def test_synthetic_survey_recovery_and_labels(synth_survey, tmp_path: Path) -> N
     assert np.median(errors) < 0.3
     assert np.mean(labels_ok) >= 0.95
     assert set(ds.attrs["classes"]) <= set(truth["class"]) and len(ds.attrs["classes"]) >= 4
+
+
+def test_two_synth_runs_ingest_into_one_store_with_two_truth_tables(tmp_path: Path) -> None:
+    """``synth --prefix`` + ``ingest --truth A --truth B``: each run labelled from its own table."""
+    from click.testing import CliRunner
+
+    import pipeline.simulation.survey as synth
+    from pipeline.cli import cli
+
+    a = synth.synthesize(tmp_path / "a", exposures=1, size=256, seed=3, prefix="s_")
+    b = synth.synthesize(tmp_path / "b", exposures=1, size=256, seed=4, prefix="w_")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["ingest", *map(str, a.files + b.files), "--truth", str(a.truth),
+                              "--truth", str(b.truth), "--out", str(tmp_path / "ab.zarr"),
+                              "--cluster", "local", "--workers", "1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    ds = open_store(tmp_path / "ab.zarr")
+    joined = pd.DataFrame({"exposure": ds["exposure"].values.astype(str),
+                           "x": ds["x"].values, "label": ds["label"].values.astype(str)})
+    assert set(joined["exposure"]) == {"s_exp_0000", "w_exp_0000"}
+    for run in (a, b):  # the same labels as the run ingested alone with its own truth
+        out = tmp_path / f"{run.files[0].stem}.zarr"
+        ingest(run.files, out, truth=run.truth)
+        alone = open_store(out)
+        mine = joined[joined["exposure"] == run.files[0].stem].sort_values("x")
+        order = np.argsort(alone["x"].values)
+        assert (mine["label"] != "").sum() > 0
+        assert list(mine["label"]) == list(alone["label"].values.astype(str)[order])
+    # the same exposures twice, or a ccd column in one table only: refused, naming the files
+    twice = runner.invoke(cli, ["ingest", *map(str, a.files), "--truth", str(a.truth), "--truth",
+                                str(a.truth), "--out", str(tmp_path / "aa.zarr")])
+    assert twice.exit_code == 1 and "exposure 's_exp_0000' is also in" in twice.output
+    no_ccd = tmp_path / "no_ccd.csv"
+    pd.read_parquet(b.truth).drop(columns="ccd").to_csv(no_ccd, index=False)
+    mixed = runner.invoke(cli, ["ingest", *map(str, a.files), "--truth", str(a.truth), "--truth",
+                                str(no_ccd), "--out", str(tmp_path / "m.zarr")])
+    assert mixed.exit_code == 1 and "no_ccd.csv: truth table has no 'ccd' column" in mixed.output
+    assert not (tmp_path / "aa.zarr").exists() and not (tmp_path / "m.zarr").exists()

@@ -256,6 +256,25 @@ def test_stale_exposures_are_removed(tmp_path: Path) -> None:
     assert set(pd.read_parquet(summary.truth)["exposure"]) == {"exp_0000"}
 
 
+def test_a_prefix_names_the_files_and_the_truth_not_the_pixels(tmp_path: Path) -> None:
+    plain = synthesize(tmp_path / "plain", exposures=2, size=128, seed=5)
+    named = synthesize(tmp_path / "named", exposures=2, size=128, seed=5, prefix="w_")
+    assert [f.name for f in named.files] == ["w_exp_0000.fits", "w_exp_0001.fits"]
+    truth = pd.read_parquet(named.truth)
+    assert set(truth["exposure"]) == {"w_exp_0000", "w_exp_0001"}
+    for a, b in zip(plain.files, named.files):
+        assert np.array_equal(fits.getdata(a), fits.getdata(b))
+    plain_truth = pd.read_parquet(plain.truth)
+    assert (truth["exposure"] == "w_" + plain_truth["exposure"]).all()
+    pd.testing.assert_frame_equal(truth.drop(columns="exposure"),
+                                  plain_truth.drop(columns="exposure"))
+    # a smaller rerun removes its own stale exposures, not another prefix's
+    (tmp_path / "named" / "exp_0005.fits").write_bytes(b"someone else's")
+    synthesize(tmp_path / "named", exposures=1, size=128, seed=5, prefix="w_")
+    assert sorted(p.name for p in (tmp_path / "named").glob("*.fits")) == [
+        "exp_0005.fits", "w_exp_0000.fits"]
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"exposures": 0}, "exposures must be a positive integer, got 0"),
     ({"exposures": 10000}, "exposures=10000 is out of range"),
@@ -270,6 +289,8 @@ def test_stale_exposures_are_removed(tmp_path: Path) -> None:
     ({"blurred_fraction": float("nan")}, "blurred_fraction must be between 0 and 1"),
     ({"processes": 0}, "processes must be a positive integer, got 0"),
     ({"processes": 2.0}, "processes must be a positive integer, got 2.0"),
+    ({"prefix": "../w_"}, "prefix='../w_' must be letters, digits"),
+    ({"prefix": ".hidden"}, "prefix='.hidden'"),
 ])
 def test_bad_arguments_raise(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(SynthError, match=match) as info:
