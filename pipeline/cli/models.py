@@ -35,6 +35,7 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> P
                                  f"({', '.join(bundled.names())}) nor an existing file")
     return path
 
+
 #: Exit status of a ``train`` stopped at its time limit, state saved (EX_TEMPFAIL: try again).
 EXIT_STOPPED = 75
 
