@@ -44,11 +44,12 @@ def _truth(paths: tuple[Path, ...]) -> Path | pd.DataFrame | None:
 @click.option("--pointed", is_flag=True,
               help="Pointed exposures: one large target (galaxy or nebula/star cluster) per "
                    "exposure, for whole-exposure classification.")
-@click.option("--domain", type=click.Choice(["survey", "wide"]), default="survey",
+@click.option("--domain", type=click.Choice(["survey", "wide", "preview"]), default="survey",
               show_default=True,
               help="survey: the one synthetic telescope; wide: each exposure draws its own "
                    "pixel scale, PSF, response (CCD, plate, JPEG) and depth, to train for "
-                   "real skies.")
+                   "real skies; preview: the same, every exposure an 8-bit preview JPEG "
+                   "(lifted sky noise, bright cores clipped flat).")
 @click.option("--prefix", default="", show_default=False,
               help="Start of every exposure's file name and truth name (PREFIXexp_0000), so "
                    "that several runs can be ingested into one store.")
@@ -61,7 +62,7 @@ def synth(out_dir: Path, exposures: int, size: int, sources: int | None, ccds: i
 
     if pointed and domain != "survey":
         raise click.UsageError("--pointed renders the survey's instrument only; "
-                               "drop --domain wide or --pointed")
+                               f"drop --domain {domain} or --pointed")
     if pointed:
         summary = synthesize_pointed(out_dir, exposures=exposures, size=size, seed=seed,
                                      prefix=prefix)

@@ -51,9 +51,12 @@ __all__ = ["CLASSES", "DOMAINS", "SynthSummary", "synthesize"]
 CLASSES: tuple[str, ...] = ("star", "elliptical", "lenticular", "spiral", "irregular",
                             "nebula_cluster")
 
-#: The training domains of :func:`synthesize`: the survey's one instrument, or
-#: a randomised instrument per exposure (:mod:`pipeline.simulation.wide`).
-DOMAINS: tuple[str, ...] = ("survey", "wide")
+#: The training domains of :func:`synthesize`: the survey's one instrument, a
+#: randomised instrument per exposure (:mod:`pipeline.simulation.wide`), or the
+#: same draw with every exposure an 8-bit preview JPEG (``preview``).
+DOMAINS: tuple[str, ...] = ("survey", "wide", "preview")
+#: The domains rendered by :mod:`pipeline.simulation.wide_exposure`.
+WIDE_DOMAINS: tuple[str, ...] = ("wide", "preview")
 
 _DENSITY = 1000 / 2048**2   # sources per px^2 when `sources` is None
 
@@ -81,9 +84,9 @@ class SynthSummary:
     blurred : list of bool
         Whether each exposure was deliberately blurred.
     domain : str
-        ``"survey"`` or ``"wide"`` (:data:`DOMAINS`).
+        ``"survey"``, ``"wide"`` or ``"preview"`` (:data:`DOMAINS`).
     conditions : list of dict
-        The wide domain's drawn parameters of each exposure (empty for the survey).
+        The wide (or preview) domain's drawn parameters of each exposure (empty for the survey).
     """
 
     files: list[Path]
@@ -104,7 +107,7 @@ class SynthSummary:
         out_dir = self.truth.parent
         ccd = f"{self.ccds} CCDs" if self.ccds > 1 else "1 CCD"
         n_exp = len(self.files)
-        if self.domain == "wide":
+        if self.domain in WIDE_DOMAINS:
             return self._describe_wide(out_dir, ccd, n_exp)
         lines = [f"synthetic survey (seed {self.seed}): {n_exp} exposure{'s' * (n_exp != 1)} "
                  f"x {ccd} "
@@ -126,7 +129,7 @@ class SynthSummary:
         scales = [c["pixscale"] for c in self.conditions]
         fwhm_px = [c["fwhm_px"] for c in self.conditions]
         responses = [c["response"] for c in self.conditions]
-        lines = [f"synthetic wide-domain survey (seed {self.seed}): {n_exp} "
+        lines = [f"synthetic {self.domain}-domain survey (seed {self.seed}): {n_exp} "
                  f"exposure{'s' * (n_exp != 1)} x {ccd} of {self.size}x{self.size} px in {out_dir}"]
         counts = ", ".join(f"{name} {self.class_counts.get(name, 0):,}" for name in CLASSES)
         lines.append(f"  {self.n_sources:,} sources: {counts}")
@@ -170,7 +173,7 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
     processes : int or None, default: None
         Worker processes rendering exposures in parallel; ``None`` picks from the
         cores and the work (1 for small surveys). The output does not depend on it.
-    domain : {"survey", "wide"}, default: "survey"
+    domain : {"survey", "wide", "preview"}, default: "survey"
         ``"survey"``: the survey's one 4 m telescope (0.263"/px, r band, linear
         CCD). ``"wide"``: domain randomisation, each exposure drawing its own
         pixel scale (0.04-1.7"/px), PSF (Moffat, Kolmogorov or an Airy disc with
@@ -178,6 +181,9 @@ def synthesize(out_dir: Path, *, exposures: int = 4, size: int = 2048,
         rays, photographic plate, 8-bit JPEG), depth and source density (0.5-5
         times the survey's; ``sources`` is scaled by it), recorded in the
         header (:mod:`pipeline.simulation.wide`) and the truth table.
+        ``"preview"``: the wide draw with every exposure an 8-bit survey preview
+        JPEG (sky noise lifted to tens of the 256 levels, bright cores clipped
+        flat 4-15 sigma above the sky), as cutout services serve images.
     prefix : str, default: ""
         Start of every file name and truth ``exposure`` (``PREFIXexp_0000``): letters,
         digits, ``_``, ``-`` and ``.``, not first.  Runs with different prefixes can be
@@ -388,7 +394,7 @@ class _Job:
 
 def _render_exposure(job: _Job) -> dict[str, Any]:
     """Render one exposure (all its CCDs), write its FITS file, return its truth."""
-    if job.domain == "wide":
+    if job.domain in WIDE_DOMAINS:
         from pipeline.simulation.wide_exposure import render_exposure
 
         return render_exposure(job)
@@ -461,7 +467,7 @@ def _write_truth(path: Path, results: list[dict[str, Any]], *, seed: int, size: 
     """Write ``truth.parquet`` (one row per source); return the number of rows."""
     import pyarrow as pa
 
-    wide = domain == "wide"
+    wide = domain in WIDE_DOMAINS
     cols: dict[str, list[Any]] = {k: [] for k in (
         "exposure", "ccd", "x", "y", "ra", "dec", "class", "flux", "mag", "size",
         "psf_fwhm", "blurred")}
@@ -488,6 +494,6 @@ def _write_truth(path: Path, results: list[dict[str, Any]], *, seed: int, size: 
     if wide:
         fields += [("saturated", pa.bool_()), ("pixscale", pa.float64()),
                    ("response", pa.string())]
-        meta.update(domain="wide", pixscale=None,
+        meta.update(domain=domain, pixscale=None,
                     exposures={res["stem"]: res["conditions"] for res in results})
     return _write_table(path, fields, cols, meta)

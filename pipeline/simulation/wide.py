@@ -14,7 +14,7 @@ stretched JPEGs. :func:`draw_conditions` draws one exposure's
 Header keywords (every wide exposure; the survey's keys keep their meaning):
 
 ========  ================================================================
-DOMAIN    ``wide``
+DOMAIN    ``wide``, or ``preview``: the same draw, every exposure a preview JPEG
 PIXSCALE  [arcsec/px] pixel scale, log-uniform 0.04-1.7 (the WCS matches)
 PSF_FWHM  [arcsec] PSF core FWHM (``SEEING`` the same); PSFPIX the same in px
 PSFMODEL  ``moffat``, ``kolmogorov`` or ``airy`` (obscured aperture)
@@ -62,7 +62,7 @@ import numpy as np
 from pipeline.simulation.instrument import gsparams
 
 __all__ = ["PIXSCALE_RANGE", "FWHM_PX_RANGE", "WideConditions", "draw_conditions",
-           "make_psfs", "StarStamps", "calibrate", "wide_cards"]
+           "make_psfs", "StarStamps", "calibrate"]
 
 #: Pixel scales (arcsec/px): HST-like to photographic plates, log-uniform.
 PIXSCALE_RANGE = (0.04, 1.7)
@@ -151,12 +151,17 @@ class WideConditions:
         return out
 
 
-def draw_conditions(rng: np.random.Generator, index: int, blurred: bool) -> WideConditions:
-    """Draw the instrument, detector, sky and source mix of wide exposure ``index``."""
+def draw_conditions(rng: np.random.Generator, index: int, blurred: bool, *,
+                    preview: bool = False) -> WideConditions:
+    """Draw the instrument, detector, sky and source mix of wide exposure ``index``.
+
+    ``blurred``: a PSF core above 4.5 px. ``preview``: every exposure an 8-bit preview JPEG
+    (the ``preview`` domain; otherwise 45% JPEGs, 45% of those previews, drawn as before).
+    """
     pixscale = float(f"{_loguniform(rng, *PIXSCALE_RANGE):.6g}")   # as the header has it
     plate = pixscale >= 0.5 and rng.uniform() < _PLATE_SHARE
     space = (not plate and not blurred and pixscale <= 0.15 and rng.uniform() < _SPACE_SHARE)
-    jpeg = bool(rng.uniform() < _JPEG_SHARE)
+    jpeg = bool(rng.uniform() < _JPEG_SHARE) or preview
     if space:
         fwhm_px = _loguniform(rng, FWHM_PX_RANGE[0], 3.0)
     elif blurred:
@@ -222,7 +227,7 @@ def draw_conditions(rng: np.random.Generator, index: int, blurred: bool) -> Wide
         skysub = bool(rng.uniform() < (0.5 if space else 0.25))
         exptime = _loguniform(rng, 10, 3600)
         band = str(rng.choice(_FILTERS))
-    if jpeg and rng.uniform() < _PREVIEW_SHARE:  # a preview stretch: bright cores clipped flat
+    if jpeg and (rng.uniform() < _PREVIEW_SHARE or preview):  # bright cores clipped flat
         jpeg_p = {"quality": int(rng.integers(70, 101)),
                   "stretch": str(rng.choice(["linear", "power", "asinh"], p=[0.5, 0.3, 0.2])),
                   "black_sigma": float(rng.uniform(-4.0, -1.0)),
@@ -428,73 +433,3 @@ def calibrate(cond: WideConditions, stars: StarStamps) -> None:
 
 
 # --------------------------------------------------------------------------- header
-
-
-def wide_cards(cond: WideConditions, *, seed: int, skylevel: float, saturate: float,
-               ) -> dict[str, tuple[Any, str]]:
-    """The header cards of a wide exposure, ``{key: (value, comment)}`` (module docstring)."""
-    from astropy.time import Time
-
-    p, j = cond.plate, cond.jpeg_params
-    r = round
-    return {
-        "DOMAIN": ("wide", "skysieve synth domain: randomised instrument"),
-        "PIXSCALE": (cond.pixscale, "[arcsec/px] pixel scale"),
-        "PSF_FWHM": (r(cond.fwhm, 5), "[arcsec] true PSF FWHM"),
-        "PSFPIX": (r(cond.fwhm_px, 4), "[px] true PSF FWHM"),
-        "SEEING": (r(cond.fwhm, 5), "[arcsec] PSF FWHM"),
-        "PSFMODEL": (cond.psf_model, "PSF: moffat, kolmogorov or airy"),
-        "PSFBETA": (r(cond.beta, 4), "Moffat beta (0: not Moffat)"),
-        "PSFG1": (r(cond.g1, 5), "PSF shear g1"),
-        "PSFG2": (r(cond.g2, 5), "PSF shear g2"),
-        "PSFOBSC": (r(cond.obscuration, 4), "central obscuration (airy)"),
-        "SPIKES": (cond.spikes, "diffraction spikes on stars"),
-        "SPIKEANG": (r(cond.spike_angle, 3), "[deg] spider angle"),
-        "SPIKEWID": (r(cond.spike_width, 4), "spider strut width / aperture"),
-        "HALOFRAC": (r(cond.halo_frac, 4), "share of the light in the aureole"),
-        "HALORAD": (r(cond.halo_radius, 3), "[core FWHM] aureole FWHM"),
-        "HALOBETA": (r(cond.halo_beta, 4), "aureole Moffat beta"),
-        "RESPONSE": (cond.response, "ccd, plate, ccd+jpeg or plate+jpeg"),
-        "GAIN": (r(cond.gain, 4), "[e-/ADU] gain (1 for a plate)"),
-        "RDNOISE": (r(cond.rdnoise, 4), "[e-] read noise"),
-        "FULLWELL": (r(cond.full_well, 1), "[e-] full well (0 for a plate)"),
-        "BLEED": (cond.detector == "ccd", "charge above the full well bleeds"),
-        "SATURATE": (r(float(saturate), 4), "saturation level (pixels clipped)"),
-        "SATLIN": (r(cond.sat_lin, 3), "[linear units] level that saturates"),
-        "SKYLEVEL": (r(float(skylevel), 4), "mean sky level as stored"),
-        "SKYLIN": (r(cond.sky, 4), "[linear units/px] mean sky"),
-        "SKYSUB": (cond.skysub, "mean sky subtracted"),
-        "EXPTIME": (r(cond.exptime, 2), "[s] exposure time"),
-        "MAGZP": (r(cond.magzp, 4), "[mag] mag = MAGZP - 2.5 log10(ADU)"),
-        "MAGLIM": (r(cond.mag_lim, 4), "[mag] 5 sigma point-source limit"),
-        "MAGSAT": (r(cond.mag_sat, 4), "[mag] stars brighter saturate"),
-        "DEPTH": (r(cond.depth, 4), "galaxy signal-to-noise scale"),
-        "DENSITY": (r(cond.density, 4), "source density / the survey's"),
-        "NSOURCE": (0, "sources injected"),
-        "NSATSTAR": (0, "saturated stars injected"),
-        "NCOSMIC": (0, "cosmic-ray hits"),
-        "PLCURVE": (p["curve"], "plate curve: exp, logistic (none: CCD)"),
-        "PLDMAX": (r(p.get("dmax", 0.0), 4), "plate density range"),
-        "PLFOG": (r(p.get("fog", 0.0), 4), "plate fog density"),
-        "PLXSAT": (r(p.get("xsat", 0.0), 3), "[linear] plate curve scale"),
-        "PLGAMMA": (r(p.get("gamma", 0.0), 4), "plate contrast (logistic)"),
-        "PLCLIP": (r(p.get("clip", 0.0), 4), "scanner's highest density"),
-        "PLGRAIN": (r(p.get("grain", 0.0), 4), "rms grain density"),
-        "PLUNIT": (r(p.get("unit", 0.0), 3), "output units per density"),
-        "JPEGQ": (int(j["quality"]), "JPEG quality (0: none)"),
-        "STRETCH": (j["stretch"], "asinh, log, power, linear (none)"),
-        "BLACKPT": (0.0, "[pre-stretch] black point"),
-        "WHITEPT": (0.0, "[pre-stretch] white point"),
-        "SOFTEN": (0.0, "[pre-stretch] asinh/log softening"),
-        "STRGAMMA": (r(j.get("gamma", 0.0), 4), "power-stretch exponent"),
-        "FILTER": (cond.filter, "filter or emulsion"),
-        "BLURRED": (cond.blurred, "deliberately blurred (broad PSF)"),
-        "OBJECT": (f"SYNTH WIDE {cond.index:04d}", "synthetic wide-domain exposure"),
-        "SEED": (seed, "skysieve synth random seed of the survey"),
-        "EXPNUM": (cond.index, "exposure number in the survey"),
-        "MJD-OBS": (r(cond.mjd, 6), "[d] MJD at the start of the exposure"),
-        "DATE-OBS": (Time(cond.mjd, format="mjd", scale="utc").isot, "UTC start"),
-        "TELESCOP": ("skysieve-synth-wide", "randomised telescope"),
-        "INSTRUME": (f"skysieve-{cond.response}", "randomised detector"),
-        "ORIGIN": ("skysieve synth", "pipeline.simulation.wide"),
-    }

@@ -37,10 +37,9 @@ from pipeline.simulation.wide import (
     calibrate,
     draw_conditions,
     make_psfs,
-    wide_cards,
 )
 
-__all__ = ["TRUTH_KEYS", "wide_sources", "render_exposure"]
+__all__ = ["TRUTH_KEYS", "wide_sources", "render_exposure", "wide_cards"]
 
 #: Per-source truth of a wide exposure (the survey's, plus ``saturated``).
 TRUTH_KEYS = ("ccd", "x", "y", "ra", "dec", "class", "flux", "mag", "size", "psf_fwhm",
@@ -185,7 +184,7 @@ def render_exposure(job: Any) -> dict[str, Any]:
     from pipeline.simulation.instrument import write_fits
 
     rng = np.random.default_rng(np.random.SeedSequence(job.seed, spawn_key=(2, job.index)))
-    cond = draw_conditions(rng, job.index, job.blurred)
+    cond = draw_conditions(rng, job.index, job.blurred, preview=job.domain == "preview")
     gal_psf, star_psf, jitter = make_psfs(cond)
     stars = StarStamps(star_psf, cond.pixscale, jitter=jitter)
     calibrate(cond, stars)
@@ -215,7 +214,7 @@ def render_exposure(job: Any) -> dict[str, Any]:
         image, info = _respond(rng, model, cond)
         per_ccd.append({"ccd": k + 1 if ccds > 1 else 0, "n_sources": len(specs), **info})
         cards = wide_cards(cond, seed=job.seed, skylevel=info["skylevel"],
-                           saturate=info["saturate"])
+                           saturate=info["saturate"], domain=job.domain)
         cards["NSOURCE"] = (len(specs), "sources injected on this CCD")
         cards["NSATSTAR"] = (sum(s and c == "star" for s, c in zip(cat["saturated"],
                                                                    cat["class"])),
@@ -252,3 +251,76 @@ def render_exposure(job: Any) -> dict[str, Any]:
                                           zip(truth["saturated"], truth["class"]))))
     return {"stem": job.stem, "blurred": job.blurred, "psf_fwhm": cond.fwhm, "truth": truth,
             "conditions": meta}
+
+
+def wide_cards(cond: WideConditions, *, seed: int, skylevel: float, saturate: float,
+               domain: str = "wide") -> dict[str, tuple[Any, str]]:
+    """The header cards of a wide exposure, ``{key: (value, comment)}``.
+
+    The keywords are those of :mod:`pipeline.simulation.wide`; ``domain`` is ``DOMAIN``.
+    """
+    from astropy.time import Time
+
+    p, j = cond.plate, cond.jpeg_params
+    r = round
+    return {
+        "DOMAIN": (domain, "skysieve synth domain: randomised instrument"),
+        "PIXSCALE": (cond.pixscale, "[arcsec/px] pixel scale"),
+        "PSF_FWHM": (r(cond.fwhm, 5), "[arcsec] true PSF FWHM"),
+        "PSFPIX": (r(cond.fwhm_px, 4), "[px] true PSF FWHM"),
+        "SEEING": (r(cond.fwhm, 5), "[arcsec] PSF FWHM"),
+        "PSFMODEL": (cond.psf_model, "PSF: moffat, kolmogorov or airy"),
+        "PSFBETA": (r(cond.beta, 4), "Moffat beta (0: not Moffat)"),
+        "PSFG1": (r(cond.g1, 5), "PSF shear g1"),
+        "PSFG2": (r(cond.g2, 5), "PSF shear g2"),
+        "PSFOBSC": (r(cond.obscuration, 4), "central obscuration (airy)"),
+        "SPIKES": (cond.spikes, "diffraction spikes on stars"),
+        "SPIKEANG": (r(cond.spike_angle, 3), "[deg] spider angle"),
+        "SPIKEWID": (r(cond.spike_width, 4), "spider strut width / aperture"),
+        "HALOFRAC": (r(cond.halo_frac, 4), "share of the light in the aureole"),
+        "HALORAD": (r(cond.halo_radius, 3), "[core FWHM] aureole FWHM"),
+        "HALOBETA": (r(cond.halo_beta, 4), "aureole Moffat beta"),
+        "RESPONSE": (cond.response, "ccd, plate, ccd+jpeg or plate+jpeg"),
+        "GAIN": (r(cond.gain, 4), "[e-/ADU] gain (1 for a plate)"),
+        "RDNOISE": (r(cond.rdnoise, 4), "[e-] read noise"),
+        "FULLWELL": (r(cond.full_well, 1), "[e-] full well (0 for a plate)"),
+        "BLEED": (cond.detector == "ccd", "charge above the full well bleeds"),
+        "SATURATE": (r(float(saturate), 4), "saturation level (pixels clipped)"),
+        "SATLIN": (r(cond.sat_lin, 3), "[linear units] level that saturates"),
+        "SKYLEVEL": (r(float(skylevel), 4), "mean sky level as stored"),
+        "SKYLIN": (r(cond.sky, 4), "[linear units/px] mean sky"),
+        "SKYSUB": (cond.skysub, "mean sky subtracted"),
+        "EXPTIME": (r(cond.exptime, 2), "[s] exposure time"),
+        "MAGZP": (r(cond.magzp, 4), "[mag] mag = MAGZP - 2.5 log10(ADU)"),
+        "MAGLIM": (r(cond.mag_lim, 4), "[mag] 5 sigma point-source limit"),
+        "MAGSAT": (r(cond.mag_sat, 4), "[mag] stars brighter saturate"),
+        "DEPTH": (r(cond.depth, 4), "galaxy signal-to-noise scale"),
+        "DENSITY": (r(cond.density, 4), "source density / the survey's"),
+        "NSOURCE": (0, "sources injected"),
+        "NSATSTAR": (0, "saturated stars injected"),
+        "NCOSMIC": (0, "cosmic-ray hits"),
+        "PLCURVE": (p["curve"], "plate curve: exp, logistic (none: CCD)"),
+        "PLDMAX": (r(p.get("dmax", 0.0), 4), "plate density range"),
+        "PLFOG": (r(p.get("fog", 0.0), 4), "plate fog density"),
+        "PLXSAT": (r(p.get("xsat", 0.0), 3), "[linear] plate curve scale"),
+        "PLGAMMA": (r(p.get("gamma", 0.0), 4), "plate contrast (logistic)"),
+        "PLCLIP": (r(p.get("clip", 0.0), 4), "scanner's highest density"),
+        "PLGRAIN": (r(p.get("grain", 0.0), 4), "rms grain density"),
+        "PLUNIT": (r(p.get("unit", 0.0), 3), "output units per density"),
+        "JPEGQ": (int(j["quality"]), "JPEG quality (0: none)"),
+        "STRETCH": (j["stretch"], "asinh, log, power, linear (none)"),
+        "BLACKPT": (0.0, "[pre-stretch] black point"),
+        "WHITEPT": (0.0, "[pre-stretch] white point"),
+        "SOFTEN": (0.0, "[pre-stretch] asinh/log softening"),
+        "STRGAMMA": (r(j.get("gamma", 0.0), 4), "power-stretch exponent"),
+        "FILTER": (cond.filter, "filter or emulsion"),
+        "BLURRED": (cond.blurred, "deliberately blurred (broad PSF)"),
+        "OBJECT": (f"SYNTH WIDE {cond.index:04d}", "synthetic wide-domain exposure"),
+        "SEED": (seed, "skysieve synth random seed of the survey"),
+        "EXPNUM": (cond.index, "exposure number in the survey"),
+        "MJD-OBS": (r(cond.mjd, 6), "[d] MJD at the start of the exposure"),
+        "DATE-OBS": (Time(cond.mjd, format="mjd", scale="utc").isot, "UTC start"),
+        "TELESCOP": ("skysieve-synth-wide", "randomised telescope"),
+        "INSTRUME": (f"skysieve-{cond.response}", "randomised detector"),
+        "ORIGIN": ("skysieve synth", "pipeline.simulation.wide"),
+    }

@@ -367,6 +367,9 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             "command": shlex.join(sys.argv),
         },
         metrics=metrics,
+        ood={"fitted_on": {"store": str(store.resolve()), "data_sha256": data["data_sha256"],
+                           "split": "the training split of this run (training.split)",
+                           "command": shlex.join(sys.argv)}},
     )
     ood = fit_training_ood(model, z_train, y_train.numpy(), x_val, num_classes=len(classes),
                            stretch=stretch, image_size=image_size, temperature=temperature,

@@ -161,9 +161,9 @@ def _render(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cond: wide.WideCond
             size: int = 128, n: int = 12) -> tuple[np.ndarray, Any, dict[str, Any]]:
     """Render one exposure with conditions ``cond``; return pixels, header and result."""
     monkeypatch.setattr(wide_exposure, "draw_conditions",
-                        lambda rng, index, blurred: copy.deepcopy(cond))
+                        lambda rng, index, blurred, preview=False: copy.deepcopy(cond))
     job = SimpleNamespace(index=0, stem="exp_0000", out_dir=str(tmp_path), size=size, ccds=1,
-                          per_ccd=(n,), seed=1, blurred=False)
+                          per_ccd=(n,), seed=1, blurred=False, domain="wide")
     result = wide_exposure.render_exposure(job)
     with fits.open(tmp_path / "exp_0000.fits") as hdul:
         return hdul[0].data.astype(np.float64), hdul[0].header, result
@@ -276,3 +276,31 @@ def test_cli_and_bad_domain(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "--pointed" in bad.output
     with pytest.raises(SynthError, match="domain"):
         synthesize(tmp_path / "x", exposures=1, size=128, domain="real")
+
+
+def test_preview_domain_makes_every_exposure_a_preview_jpeg(tmp_path: Path) -> None:
+    # The wide draw is untouched by the option: a seed's conditions are the same
+    # with preview=False as with the call that has no such argument.
+    for i in range(40):
+        plain = wide.draw_conditions(np.random.default_rng(i), i, False)
+        assert plain == wide.draw_conditions(np.random.default_rng(i), i, False, preview=False)
+    drawn = [wide.draw_conditions(np.random.default_rng(i), i, i % 3 == 0, preview=True)
+             for i in range(40)]
+    assert all(c.jpeg for c in drawn)
+    # Previews: white point 4-15 sigma above the sky, so bright cores clip flat.
+    assert all(4.0 <= c.jpeg_params["white_sigma"] <= 15.0 for c in drawn)
+    assert {c.detector for c in drawn} == {"ccd", "plate"}
+    # Wide draws far fewer previews (45% JPEGs, 45% of those previews).
+    wide_previews = sum(c.jpeg and c.jpeg_params["white_sigma"] <= 15.0 for c in (
+        wide.draw_conditions(np.random.default_rng(i), i, False) for i in range(40)))
+    assert wide_previews < 20
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "p"), "--domain", "preview",
+                                      "--exposures", "2", "--size", "128", "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    assert "preview-domain" in result.output
+    meta = json.loads(pq.read_schema(tmp_path / "p" / "truth.parquet").metadata[b"skysieve"])
+    assert meta["domain"] == "preview"
+    for name in ("exp_0000", "exp_0001"):
+        header = fits.getheader(tmp_path / "p" / f"{name}.fits")
+        assert header["DOMAIN"] == "preview" and header["RESPONSE"].endswith("+jpeg")
+        assert 4.0 <= meta["exposures"][name]["jpeg_params"]["white_sigma"] <= 15.0

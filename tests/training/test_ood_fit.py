@@ -3,6 +3,8 @@ of the training split's features and rank the combined score on the validation s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -54,6 +56,9 @@ def test_train_fits_the_same_score(store, tmp_path):
                  progress=False, augment="geometric")
     assert card.ood["score"] == COMBINED
     assert card.ood["bank_size"] == card.training["split"]["n_train"]
+    # Where they were fitted, as ood-fit records it: this run's training data.
+    assert card.ood["fitted_on"]["data_sha256"] == card.training["data_sha256"]
+    assert card.ood["fitted_on"]["store"] == str(Path(store).resolve())
     stats = load_ood_stats(tmp_path / "t.pt")
     assert stats.bank.shape == (card.training["split"]["n_train"], stats.dim)
     assert stats.val_combined.size == card.training["split"]["n_val"]
