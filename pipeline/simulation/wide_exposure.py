@@ -175,8 +175,8 @@ def render_exposure(job: Any) -> dict[str, Any]:
     """Render wide exposure ``job`` (all its CCDs), write its FITS file, return its truth.
 
     ``job`` is the survey's job (``index``, ``stem``, ``out_dir``, ``size``,
-    ``ccds``, ``per_ccd``, ``seed``, ``blurred``); ``per_ccd`` is scaled by the
-    exposure's drawn source density.
+    ``ccds``, ``per_ccd``, ``seed``, ``blurred``, ``domain``: ``wide`` or ``preview``);
+    ``per_ccd`` is scaled by the exposure's drawn source density.
     """
     from astropy.io import fits
     from astropy.wcs import WCS
