@@ -430,6 +430,3 @@ def calibrate(cond: WideConditions, stars: StarStamps) -> None:
     cond.magzp = cond.mag_lim + 2.5 * math.log10(f_lim)
     f_sat = max(sat_lin - cond.sky, 1.0) / stars.peak / cond.gain
     cond.mag_sat = cond.magzp - 2.5 * math.log10(f_sat)
-
-
-# --------------------------------------------------------------------------- header
