@@ -159,13 +159,14 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         Weight of the distillation term, in [0, 1].
     kd_temperature : float, default: 4.0
         Softmax temperature of the distillation term, > 0.
-    augment : {"full", "geometric", "robust", "photometric"}, default: "full"
+    augment : {"full", "geometric", "robust", "photometric", "clipped"}, default: "full"
         ``"full"``: dihedral flips/rotations, shifts <= 2 px, PSF blur (p=0.3,
         sigma 0.3-1.5 px) and dimming (p=0.5, to >= 0.6 of the flux) at fixed
         noise; ``"geometric"``: dihedral and shifts only; ``"robust"``: as
         ``"full"`` with blur p=0.4, sigma 0.3-4 px (robust to blur);
         ``"photometric"``: dihedral, shifts and dimming (p=0.6, to >= 0.25), no
-        blur (see :data:`pipeline.training.augment.AUGMENTS`).
+        blur; ``"clipped"``: ``"robust"`` and 40% of the stamps clipped flat at
+        4-15 sigma, as 8-bit previews (see :data:`pipeline.training.augment.AUGMENTS`).
     stretch : dict, optional
         The stretch of the model input (see
         :func:`pipeline.imaging.preprocess.validate_stretch`); default

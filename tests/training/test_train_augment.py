@@ -130,3 +130,30 @@ def test_photometric_dims_deeply_and_never_blurs():
     assert 0.5 < dimmed.float().mean().item() < 0.7  # p_dim = 0.6
     assert ratio.min().item() >= 0.25 - 1e-3 and ratio.min().item() < 0.35  # down to a = 0.25
     assert torch.all((std > 0.9) & (std < 1.1))  # noise stays unit
+
+
+def test_clipped_flattens_40_percent_of_the_stamps_between_preview_black_and_white_points():
+    z = _stars_and_noise()
+    out = augment(z, torch.Generator().manual_seed(4), **AUGMENT_KW["clipped"])
+    peak = out[:, 0].amax(dim=(1, 2))
+    clipped = peak < 100.0  # an unclipped star keeps a peak near 1e8 (dimmed to >= 0.6)
+    share = clipped.float().mean().item()
+    assert 0.3 < share < 0.5, share  # p_clip = 0.4
+    assert torch.all((peak[clipped] >= 4.0) & (peak[clipped] <= 15.0))
+    assert peak[clipped].min() < 6.0 and peak[clipped].max() > 13.0  # uniform over 4-15 sigma
+    # the core is a flat top: many pixels at the white point, not one
+    flat = (out[clipped, 0] == peak[clipped][:, None, None]).sum(dim=(1, 2))
+    assert torch.all(flat > 20)
+    low = out[:, 1].amin(dim=(1, 2))  # the noise channel is clipped at -2..-4 sigma
+    assert torch.all(low[clipped] >= -4.0) and torch.all(low[clipped] <= -2.0)
+    assert low[~clipped].max() < -2.0 and low[~clipped].min() < -4.0  # 4096 draws reach past -3
+
+
+def test_clipped_is_robust_before_the_clip():
+    z = _stars_and_noise()
+    kw = dict(AUGMENT_KW["clipped"])
+    assert kw.pop("p_clip") == 0.4 and kw == AUGMENT_KW["robust"]
+    a = augment(z, torch.Generator().manual_seed(5), **AUGMENT_KW["clipped"])
+    b = augment(z, torch.Generator().manual_seed(5), **AUGMENT_KW["robust"])
+    same = (a == b).all(dim=(1, 2, 3))  # the clip draws come last: unclipped stamps match
+    assert 0.5 < same.float().mean().item() < 0.7
