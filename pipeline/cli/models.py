@@ -107,6 +107,9 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
 @click.option("--psf-pixels", type=float, default=None, metavar="K",
               help="Resample every stamp so its PSF FWHM (the store's psf_fwhm) spans K px, "
                    "in training and wherever the model runs (recorded in the card).")
+@click.option("--psf-min-zoom", type=float, default=None, metavar="M",
+              help="With --psf-pixels: never shrink a stamp below M (0.2-1; 1 magnifies "
+                   "sharp PSFs to K px and leaves wider ones as they are).")
 @click.option("--resume", is_flag=True,
               help="Save the training state after every epoch (MODEL.resume.pt) and go on from "
                    "it when it is there: a killed or stopped run continues where it stopped.")
@@ -120,13 +123,20 @@ def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: f
           teacher: Path | None,
           kd_alpha: float, kd_temperature: float, augment: str, stretch: str | None,
           softening: float | None, exclude_classes: tuple[str, ...],
-          psf_pixels: float | None, resume: bool, time_limit: float | None) -> None:
+          psf_pixels: float | None, psf_min_zoom: float | None, resume: bool,
+          time_limit: float | None) -> None:
     """Train ARCH on the labelled cutouts in STORE and write a checkpoint with its card."""
     from pipeline.errors import TrainingStopped
     from pipeline.training.fit import train as run_train
 
     if time_limit is not None and not resume:
         raise click.UsageError("--time-limit needs --resume (the state must be saved to go on)")
+    if psf_min_zoom is not None and psf_pixels is None:
+        raise click.UsageError("--psf-min-zoom needs --psf-pixels K (the PSF width stamps are "
+                               "resampled to)")
+    scale = None if psf_pixels is None else {"mode": "psf", "fwhm_px": psf_pixels}
+    if psf_min_zoom is not None:
+        scale["min_zoom"] = psf_min_zoom
     try:
         card = run_train(store, arch=arch, out=out, epochs=epochs, batch_size=batch_size, lr=lr,
                          seed=seed, split_seed=split_seed, image_size=image_size,
@@ -137,8 +147,7 @@ def train(store: Path, arch: str, out: Path, epochs: int, batch_size: int, lr: f
                          stretch={k: v for k, v in (("name", stretch), ("softening", softening))
                                   if v is not None} or None,
                          exclude_classes=exclude_classes,
-                         input_scale=(None if psf_pixels is None
-                                      else {"mode": "psf", "fwhm_px": psf_pixels}),
+                         input_scale=scale,
                          resume=resume,
                          time_limit_s=None if time_limit is None else 60.0 * time_limit)
     except TrainingStopped as stop:

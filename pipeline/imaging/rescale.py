@@ -6,7 +6,9 @@ one telescope reads that size as a cue.  With an *input scale* recorded in its c
 about its centre before it is stretched (the stamp's ``psf_fwhm``, measured per exposure
 or frame from its stars at ingest and import), so the PSF spans ``K`` pixels whatever the
 pixel scale and the seeing.  The stamp keeps its size: a shrunk stamp is padded with its
-background, a magnified one is cropped to its centre.
+background, a magnified one is cropped to its centre.  ``"min_zoom": m`` (optional, in
+``[0.2, 1]``) never shrinks a stamp below ``m``: ``1`` magnifies sharp PSFs to ``K`` and
+leaves wider ones as they are (shrinking blurred exposures costs a model their detail).
 
 Training rescales the S/N stamps once (:func:`rescale`, padding 0 = the background);
 classify, evaluate and the benchmarks rescale the stamps as stored with
@@ -36,7 +38,8 @@ _ZOOM_STEP = 0.02           # zooms are rounded to steps of 2% (log grid)
 
 
 def validate_input_scale(scale: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """Check a card's input scale: ``None``/``{"mode": "none"}`` or ``{"mode": "psf", "fwhm_px": K}``.
+    """Check a card's input scale: ``None``/``{"mode": "none"}`` or ``{"mode": "psf", "fwhm_px": K}``
+    (optionally with ``"min_zoom": m``, the smallest magnification, in ``[0.2, 1]``).
 
     Returns
     -------
@@ -46,7 +49,8 @@ def validate_input_scale(scale: Mapping[str, Any] | None) -> dict[str, Any] | No
     Raises
     ------
     ValueError
-        Unknown mode or key, or ``fwhm_px`` not a finite number in ``[1, 16]``.
+        Unknown mode or key, ``fwhm_px`` not a finite number in ``[1, 16]``, or ``min_zoom``
+        not one in ``[0.2, 1]``.
     """
     if scale is None:
         return None
@@ -56,7 +60,7 @@ def validate_input_scale(scale: Mapping[str, Any] | None) -> dict[str, Any] | No
     mode = scale.get("mode", "none")
     if mode not in INPUT_SCALE_MODES:
         raise ValueError(f"unknown input scale mode {mode!r}; choose one of {INPUT_SCALE_MODES}")
-    unknown = set(scale) - {"mode", "fwhm_px"}
+    unknown = set(scale) - {"mode", "fwhm_px", "min_zoom"}
     if unknown:
         raise ValueError(f"input scale {dict(scale)!r} has unknown keys {sorted(unknown)!r}")
     if mode == "none":
@@ -65,19 +69,27 @@ def validate_input_scale(scale: Mapping[str, Any] | None) -> dict[str, Any] | No
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not (
             math.isfinite(k) and 1.0 <= k <= 16.0):
         raise ValueError(f"input scale fwhm_px must be a number of pixels in [1, 16], got {k!r}")
-    return {"mode": "psf", "fwhm_px": float(k)}
+    out = {"mode": "psf", "fwhm_px": float(k)}
+    if "min_zoom" in scale:
+        m = scale["min_zoom"]
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (
+                math.isfinite(m) and _ZOOM_LIMITS[0] <= m <= 1.0):
+            raise ValueError(f"input scale min_zoom must be a number in [{_ZOOM_LIMITS[0]}, 1] "
+                             f"(1: never shrink a stamp), got {m!r}")
+        out["min_zoom"] = float(m)
+    return out
 
 
-def psf_zoom(psf_fwhm: np.ndarray, fwhm_px: float) -> np.ndarray:
+def psf_zoom(psf_fwhm: np.ndarray, fwhm_px: float, min_zoom: float | None = None) -> np.ndarray:
     """Per-stamp magnification ``fwhm_px / psf_fwhm``, rounded to a 2% log grid.
 
     Stamps whose ``psf_fwhm`` is unknown (NaN, not > 0) keep zoom 1; zooms are clipped to
-    ``[0.2, 5]``.
+    ``[min_zoom, 5]`` (``None``: 0.2; 1: no stamp is shrunk).
     """
     fwhm = np.asarray(psf_fwhm, np.float64)
     zoom = np.ones(fwhm.shape, np.float64)
     ok = np.isfinite(fwhm) & (fwhm > 0)
-    raw = np.clip(fwhm_px / fwhm[ok], *_ZOOM_LIMITS)
+    raw = np.clip(fwhm_px / fwhm[ok], max(min_zoom or 0.0, _ZOOM_LIMITS[0]), _ZOOM_LIMITS[1])
     step = math.log1p(_ZOOM_STEP)
     zoom[ok] = np.exp(np.round(np.log(raw) / step) * step)
     return zoom.astype(np.float32)
@@ -156,5 +168,5 @@ def scale_for_model(images: np.ndarray, scale: Mapping[str, Any] | None,
     bg = torch.as_tensor(np.asarray(background, np.float32))
     x = torch.as_tensor(np.asarray(images, np.float32))
     x = torch.where(torch.isnan(x), bg[..., None, None].expand_as(x), x)
-    x = rescale(x, psf_zoom(psf_fwhm, scale["fwhm_px"]), fill=bg)
+    x = rescale(x, psf_zoom(psf_fwhm, scale["fwhm_px"], scale.get("min_zoom")), fill=bg)
     return x.numpy(), bg.numpy(), np.asarray(noise, np.float32)

@@ -256,7 +256,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
     z_all = to_snr(images)
     del images
     if input_scale is not None:
-        z_all = rescale(z_all, psf_zoom(data["psf_fwhm"], input_scale["fwhm_px"]))
+        z_all = rescale(z_all, psf_zoom(data["psf_fwhm"], input_scale["fwhm_px"],
+                                        input_scale.get("min_zoom")))
     z_train, y_train = z_all[train_idx], torch.as_tensor(y_all[train_idx])
     x_val = resize(apply_stretch(z_all[val_idx], stretch), image_size).contiguous()
     y_val = y_all[val_idx]

@@ -33,6 +33,23 @@ def test_psf_zoom_brings_the_psf_to_the_target_and_keeps_unknown_ones():
     assert z[5] == pytest.approx(0.2, rel=0.011)                 # clipped
 
 
+def test_min_zoom_leaves_wide_psfs_as_they_are_and_still_magnifies_sharp_ones():
+    psf = np.array([6.0, 3.0, 1.5, np.nan, 100.0])
+    z = psf_zoom(psf, 3.0, 1.0)
+    assert z[:2] == pytest.approx([1.0, 1.0]) and z[2] == pytest.approx(2.0, rel=0.011)
+    assert z[3] == 1.0 and z[4] == 1.0
+    assert psf_zoom(psf, 3.0, 0.8)[0] == pytest.approx(0.8, rel=0.011)
+    assert np.array_equal(psf_zoom(psf, 3.0, None), psf_zoom(psf, 3.0))
+    scale = {**SCALE, "min_zoom": 1}
+    assert validate_input_scale(scale) == {"mode": "psf", "fwhm_px": 3.0, "min_zoom": 1.0}
+    images = _stars([6.0, 1.5, 3.0])
+    pixels, _, _ = scale_for_model(images, scale, psf[[0, 2, 1]])
+    assert np.array_equal(np.nan_to_num(pixels[0]), np.nan_to_num(images[0], nan=pixels[0, 0, 0, 0]))
+    assert not np.allclose(pixels[1], images[1], atol=1.0)  # the sharp star was magnified
+    shrunk, _, _ = scale_for_model(images, SCALE, psf[[0, 2, 1]])
+    assert not np.allclose(np.nan_to_num(shrunk[0]), np.nan_to_num(images[0]), atol=1.0)
+
+
 def test_rescale_makes_the_psf_span_the_target_width():
     images = _stars([6.0, 2.0, 3.0], sky=0.0)
     images[0, 0, :3] = 0.0
@@ -78,6 +95,8 @@ def test_no_scale_changes_nothing_and_a_missing_psf_is_refused():
                                         ({"mode": "psf"}, "fwhm_px"),
                                         ({"mode": "psf", "fwhm_px": 40}, r"\[1, 16\]"),
                                         ({"mode": "psf", "fwhm_px": 3, "x": 1}, "unknown keys"),
+                                        ({"mode": "psf", "fwhm_px": 3, "min_zoom": 2}, "min_zoom"),
+                                        ({"mode": "psf", "fwhm_px": 3, "min_zoom": 0.1}, "min_zoom"),
                                         ("psf", "dict")])
 def test_bad_input_scales_are_named(bad, match):
     with pytest.raises(ValueError, match=match):

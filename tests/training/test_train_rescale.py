@@ -85,3 +85,11 @@ def test_the_cli_option_and_its_errors(tmp_path):
     assert ok.exit_code == 0, ok.output
     _, card = load_checkpoint(tmp_path / "y.pt")
     assert card.input_scale == {"mode": "psf", "fwhm_px": 2.5}
+    lone = runner.invoke(cli, ["train", str(store), "--out", str(tmp_path / "z.pt"),
+                               "--epochs", "1", "--psf-min-zoom", "1"])
+    assert lone.exit_code != 0 and "--psf-pixels" in lone.output
+    up = runner.invoke(cli, ["train", str(store), "--out", str(tmp_path / "u.pt"),
+                             "--epochs", "1", "--psf-pixels", "2.5", "--psf-min-zoom", "1"])
+    assert up.exit_code == 0, up.output
+    assert load_checkpoint(tmp_path / "u.pt")[1].input_scale == {
+        "mode": "psf", "fwhm_px": 2.5, "min_zoom": 1.0}
