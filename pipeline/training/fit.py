@@ -176,7 +176,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
         ``"uncertain"``; the card records them, and ``evaluate`` leaves them out too.
     input_scale : dict, optional
         ``{"mode": "psf", "fwhm_px": K}``: every stamp resampled so its PSF (the store's
-        ``psf_fwhm``) spans ``K`` px (:mod:`pipeline.imaging.rescale`); recorded in the card.
+        ``psf_fwhm``) spans ``K`` px (:mod:`pipeline.imaging.rescale`); ``"min_zoom": m``
+        shrinks no stamp below ``m``; recorded in the card.
     resume : bool, default: False
         Save the loop's state after every epoch to ``MODEL.resume.pt`` and, when that file is
         there (from a run killed or stopped with the same settings and data), go on from it
