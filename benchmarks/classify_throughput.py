@@ -147,7 +147,7 @@ def stage_profile(store: Path, checkpoint: Path, batch_size: int, threads: int) 
     return med
 
 
-def end_to_end(store: Path, model: str | Path, batch_size: int, workers: int, threads: int,
+def end_to_end(store: Path | list[Path], model: str | Path, batch_size: int, workers: int, threads: int,
                repeats: int, kind: str = "local") -> float:
     """Cutouts/s of ``classify`` on a fresh cluster of ``kind`` (model loaded once per worker, warm)."""
     from cluster import connect

@@ -12,7 +12,8 @@ reads them (it never imports ``benchmarks``):
   on ``settings.cores`` cores), ``release_scale.json`` (``stages.ingest_full``, on
   ``settings.workers`` cores) and ``ingest_cutouts.json`` (the whole-ingest row, on the
   machine's cores);
-- ``gpu.json`` (optional): raw model throughput on a GPU.
+- ``gpu.json`` (optional): raw model throughput on a GPU, and classify end to end on a
+  GPU node (rows with a ``cluster``).
 
 The night is two stages, one after the other on the same nodes: **ingest** (CPU only)
 and **classify**.  Per cutout, in core-seconds (seconds x cores used):
@@ -27,8 +28,10 @@ and **classify**.  Per cutout, in core-seconds (seconds x cores used):
   measured end-to-end rate;
 - CPU node: every stage on ``cores_per_node`` cores;
 - GPU node: ingest on the cores; classify at ``min(CPU stages without the model, gpus x
-  GPU model rate)``; without a GPU measurement the model stage is assumed never to bound
-  (an upper bound on the rate, said so in the result);
+  GPU model rate)``, the CPU stages taken from ``gpu.json``'s measured end-to-end runs
+  where it has them (scaled to the node's cores: they bound there), else from the CPU
+  profile; without a GPU measurement the model stage is assumed never to bound (an upper
+  bound on the rate, said so in the result);
 - node-hours = ``sources x (ingest + classify seconds per cutout on a node) / 3600``;
   nodes = ``ceil(node-hours / hours)``.
 
@@ -202,6 +205,15 @@ def _classify_node(stage_cs: dict[str, float], model_cs: float, overhead: float,
                 f"at the rate of its CPU stages (read, preprocessing+blur, write) on {cores} "
                 "cores: an upper bound. Run `python -m benchmarks gpu` on a GPU node to measure it")
         notes.append(info)
+    measured = _gpu_end_to_end(gpu, model, cores) if gpu and gpu.get("status") == "measured" \
+        else None
+    if measured:
+        # classify measured end to end on a GPU node: its CPU stages, as they ran there
+        # (Dask, processes sharing the GPU), set the pace; scale the profiled split to it.
+        rate, what = measured
+        scale = (1.0 / rate) / max(sum(cpu_seconds.values()), 1e-30)
+        cpu_seconds = {k: v * scale for k, v in cpu_seconds.items()}
+        info += f"; classify end to end there: {what}"
     # The GPU runs beside the CPU stages: the slower of the two sets the pace.
     cpu_total = sum(cpu_seconds.values())
     pace = max(cpu_total, model_seconds)
@@ -210,6 +222,28 @@ def _classify_node(stage_cs: dict[str, float], model_cs: float, overhead: float,
                         "`python -m benchmarks classify_throughput` (and `gpu` on a GPU node)")
     bound = "model" if model_seconds > cpu_total else max(cpu_seconds, key=cpu_seconds.get)
     return {**cpu_seconds, "model": model_seconds}, pace, bound, info
+
+
+def _gpu_end_to_end(gpu: dict[str, Any], model: str, cores: int) -> tuple[float, str] | None:
+    """The best measured end-to-end classify rate of ``model`` on a GPU node, scaled to ``cores``.
+
+    Rows of ``gpu.json`` with a ``cluster`` (``benchmarks gpu``'s end-to-end runs); their
+    CPU stages bound them (the GPU idles most of the time), so the rate scales with the
+    node's cores over the measuring machine's.  ``None`` when not measured.
+    """
+    want = _ALIASES.get(model, model)
+    rows = [r for r in gpu.get("rows", []) if r.get("model") == want and r.get("cluster")
+            and r.get("cutouts_per_s")]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: float(r["cutouts_per_s"]))
+    measured_cores = int(gpu.get("machine", {}).get("cores") or cores)
+    rate = float(best["cutouts_per_s"]) * cores / measured_cores
+    ratio = best.get("ratio_to_raw")
+    return rate, (f"{float(best['cutouts_per_s']):,.0f} cutouts/s measured on {measured_cores} "
+                  f"cores ({best.get('what', '?')}"
+                  + (f", {float(ratio):.2f} x the raw GPU model" if ratio else "")
+                  + f"), scaled to {cores} cores: {rate:,.0f}/s")
 
 
 def plan(*, sources: float, model: str = "default", gpus_per_node: int = 0,
@@ -328,6 +362,7 @@ def describe(result: dict[str, Any]) -> str:
         f"{result['bound_on']['gpu node']}",
         "- efficiency (measured classify end to end / raw model): "
         + (f"{eff:.2f}" if eff is not None else "not measured"),
+        *([f"- GPU: {result['gpu']}"] if result["gpus_per_node"] and result["gpu"] else []),
         "",
         "| step | cutouts/s per node | node-hours | share |",
         "|---|---|---|---|",

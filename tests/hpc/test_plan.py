@@ -113,6 +113,26 @@ def test_gpu_with_measurement(meas: Path) -> None:
     assert cpu_bound["rate_per_node"] < 200000.0
 
 
+def test_gpu_node_end_to_end_measured_there_sets_the_pace(meas: Path) -> None:
+    gpu_machine = {**MACHINE, "cores": 16, "gpu": "test GPU"}
+    (meas / "gpu.json").write_text(json.dumps({"benchmark": "gpu", "machine": gpu_machine,
+                                               "status": "measured", "rows": [
+        {"model": "default", "what": "raw GPU model", "cutouts_per_s": 1e6},
+        {"model": "default", "what": "e2e cuda 1x4", "cluster": "cuda", "cutouts_per_s": 6e4},
+        {"model": "default", "what": "e2e local 8x2", "cluster": "local", "cutouts_per_s": 2e5,
+         "ratio_to_raw": 0.2},
+        {"model": "lenet5", "what": "e2e local 8x2", "cluster": "local", "cutouts_per_s": 9e5}]}))
+    r = plan(sources=1e9, model="default", gpus_per_node=1, cores_per_node=32,
+             measurements=meas)
+    assert r["steps"]["classify"]["rate_per_node"] == pytest.approx(2e5 * 32 / 16)  # the best
+    assert r["classify_bound"] == "preprocessing+blur"  # the CPU stages, not the GPU
+    assert "local 8x2" in r["gpu"] and "0.20 x the raw GPU model" in r["gpu"]
+    assert "GPU: measured" in r["markdown"]
+    # a CPU node ignores the GPU runs
+    cpu = plan(sources=1e9, model="default", cores_per_node=32, measurements=meas)
+    assert cpu["steps"]["classify"]["rate_per_node"] == pytest.approx(_cpu_rate(4000.0, 32))
+
+
 def test_model_stage_is_anchored_in_the_profile_run(meas: Path) -> None:
     raw = json.loads((meas / "raw_model.json").read_text())
     for row in raw["rows"]:  # a busier machine while raw_model ran: every raw rate halved
