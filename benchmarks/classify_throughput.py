@@ -147,14 +147,19 @@ def stage_profile(store: Path, checkpoint: Path, batch_size: int, threads: int) 
     return med
 
 
-def end_to_end(store: Path | list[Path], model: str | Path, batch_size: int, workers: int, threads: int,
-               repeats: int, kind: str = "local") -> float:
-    """Cutouts/s of ``classify`` on a fresh cluster of ``kind`` (model loaded once per worker, warm)."""
+def end_to_end(store: Path | list[Path], model: str | Path, batch_size: int, workers: int,
+               threads: int, repeats: int, kind: str = "local") -> float:
+    """Cutouts/s of ``classify`` on a fresh cluster of ``kind`` (model loaded once per worker, warm).
+
+    For ``kind="cuda"``, ``workers`` is the number of worker processes per GPU of one GPU.
+    """
     from cluster import connect
     from pipeline.classify.graph import classify
 
     rates = []
-    with connect(kind, n_workers=workers, threads_per_worker=threads):
+    shape = ({"n_workers": 1, "workers_per_gpu": workers} if kind == "cuda" else
+             {"n_workers": workers})
+    with connect(kind, threads_per_worker=threads, **shape):
         with scratch("skysieve-bench-") as out:
             classify(store, out / "warm", model=model, batch_size=batch_size, progress=False)
             for i in range(repeats):

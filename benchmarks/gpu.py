@@ -7,10 +7,9 @@ Otherwise the JSON says ``"status": "no GPU lent"`` and nothing is measured.
 With a GPU: each listed model alone on the GPU (bf16 autocast, channels_last, the best
 of batch 256/1024/4096); one classify task's stages, chunk by chunk, in this process
 (:func:`benchmarks.classify_throughput.stage_profile`: what the CPU does per cutout beside
-the GPU); then ``classify`` on a cluster with the GPU (``--cluster auto``: dask-cuda's
-``LocalCUDACluster`` when installed, else a LocalCluster whose worker picks ``cuda:0``)
-with one worker of 4, 8 and 16 threads (tasks read and write on the CPU while another's
-stretch and model run on the GPU), and lenet5 and mobilenetv3_small at the best of those,
+the GPU); then ``classify`` at each ``--shapes`` (default: 1, 2, 4 and 8 worker processes
+sharing one GPU, ``cluster.workers-per-gpu``; 1 is dask-cuda's ``LocalCUDACluster``),
+the other ``--e2e-models`` at the first and last two, ``--copies`` stores as one run,
 while ``nvidia-smi`` samples utilisation every 0.2 s.
 Writes ``benchmarks/results/gpu.json`` (``pipeline.hpc.plan`` uses its rates).
 """
@@ -30,8 +29,8 @@ __all__ = ["gpu_available", "nvidia_smi_sampler", "main"]
 
 RAW_MODELS = ("default", "lenet5", "mobilenetv3_small", "resnet18", "resnet50", "vgg16")
 #: One dask-cuda worker (more threads did not help: 87k/s at 4, 68k/s at 16 on an H200
-#: node), then several worker processes sharing the GPU.
-SHAPES = ("cuda:1x4", "local:2x4", "local:4x4", "local:8x2")
+#: node), then several worker processes sharing the GPU (``cluster.workers-per-gpu``).
+SHAPES = ("cuda:1x4", "cuda:2x4", "cuda:4x4", "cuda:8x2")
 
 
 def gpu_available() -> bool:
@@ -82,8 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "help": "classify the store and COPIES-1 copies of it as one run (a "
                              "release ingested in pieces), so the fixed cost of a run is small"},
         "--shapes": {"default": ",".join(SHAPES),
-                     "help": "cluster shapes KIND:WORKERSxTHREADS; KIND cuda (LocalCUDACluster, "
-                             "one worker per GPU) or local (LocalCluster: every worker on cuda:0)"}})
+                     "help": "cluster shapes KIND:WORKERSxTHREADS; KIND cuda (WORKERS per GPU, "
+                             "one GPU: 1 is dask-cuda's LocalCUDACluster) or local (a "
+                             "LocalCluster: every worker picks cuda:0)"}})
     if not gpu_available():
         payload = {"status": "no GPU lent",
                    "detail": "torch.cuda.is_available() is False on this machine; run "

@@ -19,11 +19,12 @@ __all__ = ["connect", "choose_kind", "ClusterError", "KINDS"]
 KINDS = ("auto", "local", "cuda", "slurm", "pbs", "lsf", "tcp://host:port", "scheduler.json")
 
 
-def choose_kind(kind: str = "auto") -> str:
+def choose_kind(kind: str = "auto", *, workers_per_gpu: int = 1) -> str:
     """Resolve ``"auto"``: ``"cuda"`` when GPUs are visible and dask-cuda is installed, else ``"local"``.
 
     GPUs are counted without creating a CUDA context in this process (see
-    :func:`cluster.cuda.visible_gpus`). Any other ``kind`` is returned unchanged.
+    :func:`cluster.cuda.visible_gpus`); with ``workers_per_gpu > 1`` dask-cuda is not
+    needed. Any other ``kind`` is returned unchanged.
     """
     if kind != "auto":
         return kind
@@ -31,7 +32,7 @@ def choose_kind(kind: str = "auto") -> str:
 
     if not cuda.visible_gpus():
         return "local"
-    if not cuda.dask_cuda_installed():
+    if workers_per_gpu == 1 and not cuda.dask_cuda_installed():
         warnings.warn(f"GPUs are visible but {cuda.MISSING} Running on the CPU (--cluster local).",
                       stacklevel=2)
         return "local"
@@ -41,7 +42,7 @@ def choose_kind(kind: str = "auto") -> str:
 @contextmanager
 def connect(kind: str = "auto", *, profile: Path | None = None, n_workers: int | None = None,
             threads_per_worker: int | None = None, memory_limit: str | float = "auto",
-            ) -> Iterator[Client]:
+            workers_per_gpu: int = 1) -> Iterator[Client]:
     """Start (or join) a Dask cluster and yield a client that is the default while open.
 
     Parameters
@@ -62,6 +63,9 @@ def connect(kind: str = "auto", *, profile: Path | None = None, n_workers: int |
         of worker processes instead of adaptive scaling.
     memory_limit : str or float, default: "auto"
         Memory limit per local worker.
+    workers_per_gpu : int, default: 1
+        For ``"cuda"``: worker processes per GPU (more than one lets a small model's GPU
+        serve several processes' CPU work; see :mod:`cluster.cuda`).
 
     Yields
     ------
@@ -74,7 +78,7 @@ def connect(kind: str = "auto", *, profile: Path | None = None, n_workers: int |
     """
     from cluster import address, jobqueue, local
 
-    kind = choose_kind(kind)
+    kind = choose_kind(kind, workers_per_gpu=workers_per_gpu)
     if kind == "local":
         with local.local_cluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
                                  memory_limit=memory_limit) as lc, Client(lc) as client:
@@ -83,7 +87,8 @@ def connect(kind: str = "auto", *, profile: Path | None = None, n_workers: int |
         from cluster import cuda
 
         with cuda.cuda_cluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                               memory_limit=memory_limit) as cc, Client(cc) as client:
+                               memory_limit=memory_limit, workers_per_gpu=workers_per_gpu,
+                               ) as cc, Client(cc) as client:
             yield client
     elif kind in jobqueue.KINDS:
         if threads_per_worker is not None:

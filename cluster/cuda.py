@@ -1,4 +1,12 @@
-"""GPUs: dask-cuda's ``LocalCUDACluster``, one worker per visible GPU (optional: ``skysieve[gpu]``).
+"""GPUs: dask-cuda's ``LocalCUDACluster``, one worker per visible GPU (optional: ``skysieve[gpu]``),
+or several worker processes per GPU.
+
+One worker per GPU leaves a small model's GPU idle: on an H200 node (16 cores) one
+dask-cuda worker classified 66-88k cutouts/s whatever its threads (the CPU side of a task
+holds the GIL), 8 processes sharing the GPU 202k/s (``benchmarks/results/gpu.json``).
+``workers_per_gpu > 1`` starts that many :class:`distributed.Nanny` workers per GPU, each
+with ``CUDA_VISIBLE_DEVICES`` rotated so that its own GPU comes first, as dask-cuda does
+(dask-cuda itself names its workers by GPU, one each); it needs no dask-cuda.
 
 GPUs are counted without creating a CUDA context in this (the client's) process:
 ``CUDA_VISIBLE_DEVICES`` when it is set, else NVML through pynvml when it is
@@ -21,7 +29,7 @@ import dask.config
 from cluster.errors import ClusterError
 
 __all__ = ["visible_gpus", "parse_visible_devices", "parse_nvidia_smi", "dask_cuda_installed",
-           "cuda_cluster", "MISSING"]
+           "rotated", "cuda_cluster", "MISSING"]
 
 MISSING = ("dask-cuda is not installed, and --cluster cuda needs it: "
            "pip install 'skysieve[gpu]' (in the environment that runs skysieve)")
@@ -96,10 +104,15 @@ def dask_cuda_installed() -> bool:
     return importlib.util.find_spec("dask_cuda") is not None
 
 
+def rotated(devices: list[str], i: int) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for the worker of GPU ``i``: its own first, then the rest in order."""
+    return ",".join(devices[i:] + devices[:i])
+
+
 @contextmanager
 def cuda_cluster(*, n_workers: int | None = None, threads_per_worker: int | None = None,
-                 memory_limit: str | float = "auto") -> Iterator[object]:
-    """Start a ``LocalCUDACluster`` bound to localhost, one worker per visible GPU; stop it on exit.
+                 memory_limit: str | float = "auto", workers_per_gpu: int = 1) -> Iterator[object]:
+    """Start a cluster bound to localhost with ``workers_per_gpu`` workers per visible GPU; stop it on exit.
 
     Parameters
     ----------
@@ -108,14 +121,21 @@ def cuda_cluster(*, n_workers: int | None = None, threads_per_worker: int | None
     threads_per_worker : int, optional
         Threads per worker (default: dask-cuda's, 1).
     memory_limit : str or float, default: "auto"
-        Host memory limit per worker.
+        Host memory limit per worker (``"auto"``: the host's memory shared among them).
+    workers_per_gpu : int, default: 1
+        1: dask-cuda's ``LocalCUDACluster``; more: that many worker processes per GPU
+        (plain ``Nanny`` workers; no dask-cuda needed).
 
     Raises
     ------
     ClusterError
-        dask-cuda is missing (``pip install 'skysieve[gpu]'``) or no GPU is visible.
+        dask-cuda is missing (``pip install 'skysieve[gpu]'``) with one worker per GPU, no GPU
+        is visible, or a bad count.
     """
-    if not dask_cuda_installed():
+    if isinstance(workers_per_gpu, bool) or not isinstance(workers_per_gpu, int) \
+            or workers_per_gpu < 1:
+        raise ClusterError(f"workers-per-gpu {workers_per_gpu!r}: need a whole number >= 1")
+    if workers_per_gpu == 1 and not dask_cuda_installed():
         raise ClusterError(MISSING)
     devices = visible_gpus()
     if not devices:
@@ -126,6 +146,11 @@ def cuda_cluster(*, n_workers: int | None = None, threads_per_worker: int | None
         if n_workers < 1:
             raise ClusterError(f"--workers {n_workers}: need at least one GPU worker")
         devices = devices[:n_workers]
+    if workers_per_gpu > 1:
+        with _shared_gpu_cluster(devices, workers_per_gpu, threads_per_worker or 1,
+                                 memory_limit) as cluster:
+            yield cluster
+        return
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError as exc:  # installed but broken, e.g. no cuda-bindings
@@ -136,6 +161,27 @@ def cuda_cluster(*, n_workers: int | None = None, threads_per_worker: int | None
         cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devices), host="127.0.0.1",
                                    dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
                                    **options)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@contextmanager
+def _shared_gpu_cluster(devices: list[str], per_gpu: int, threads: int,
+                        memory_limit: str | float) -> Iterator[object]:
+    """A ``SpecCluster`` of ``per_gpu`` Nanny workers per device, each seeing its device first."""
+    from distributed import Nanny, Scheduler, SpecCluster
+    from distributed.system import MEMORY_LIMIT
+
+    n = len(devices) * per_gpu
+    limit = MEMORY_LIMIT // n if memory_limit == "auto" else memory_limit
+    workers = {f"gpu{g}-{k}": {"cls": Nanny, "options": {
+        "nthreads": threads, "memory_limit": limit,
+        "env": {"CUDA_VISIBLE_DEVICES": rotated(devices, g)}}}
+        for g in range(len(devices)) for k in range(per_gpu)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
+    cluster = SpecCluster(workers=workers, scheduler=scheduler, name="skysieve-gpus")
     try:
         yield cluster
     finally:

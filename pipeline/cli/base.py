@@ -78,4 +78,5 @@ def connect_cluster(cluster_kind: str | None, profile: Path | None, n_workers: i
     from pipeline import config
 
     return connect(config.resolve("cluster.kind", cluster_kind), profile=profile,
-                   n_workers=n_workers, threads_per_worker=threads_per_worker)
+                   n_workers=n_workers, threads_per_worker=threads_per_worker,
+                   workers_per_gpu=int(config.get("cluster.workers-per-gpu")))

@@ -139,3 +139,22 @@ def test_kinds_are_documented() -> None:
     assert set(cluster.KINDS) - documented == set(), "kinds missing from the docs"
     assert documented - set(cluster.KINDS) == set(), "the docs name kinds cluster.KINDS lacks"
     assert {"auto", "local", "cuda"} | set(jobqueue.KINDS) <= set(cluster.KINDS)
+
+
+def test_several_workers_per_gpu_each_see_their_gpu_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two "GPUs" named by CUDA_VISIBLE_DEVICES (no GPU needed to check the layout): two
+    # real worker processes per GPU, each with its own GPU first, and no dask-cuda needed.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert choose_kind("auto", workers_per_gpu=2) == "cuda"
+    with connect("cuda", threads_per_worker=1, workers_per_gpu=2) as client:
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        seen = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
+        names = {w["name"]: w["nthreads"] for w in client.scheduler_info()["workers"].values()}
+    assert sorted(seen.values()) == ["0,1", "0,1", "1,0", "1,0"]
+    assert names == {"gpu0-0": 1, "gpu0-1": 1, "gpu1-0": 1, "gpu1-1": 1}
+    with connect("cuda", n_workers=1, threads_per_worker=2, workers_per_gpu=3) as client:
+        assert set(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values()) == {"0"}  # only the first GPU
+        assert len(client.scheduler_info()["workers"]) == 3
+    with pytest.raises(ClusterError, match="workers-per-gpu 0"):
+        with connect("cuda", workers_per_gpu=0):
+            pass
