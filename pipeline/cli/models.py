@@ -90,13 +90,15 @@ def parse_floats(text: str, *, option: str) -> tuple[float, ...]:
 @click.option("--kd-temperature", default=4.0, show_default=True,
               help="Softmax temperature of the distillation loss.")
 @click.option("--augment",
-              type=click.Choice(["full", "geometric", "robust", "photometric", "clipped"]),
+              type=click.Choice(["full", "geometric", "robust", "photometric", "clipped",
+                                 "elongated"]),
               default="full",
               show_default=True,
               help="full: flips, shifts, PSF blur and dimming; geometric: flips and shifts "
                    "only; robust: as full with blur on 40% of the stamps, sigma up to 4 px; "
                    "photometric: flips, shifts and deep dimming, no blur (star/galaxy); "
-                   "clipped: robust, and 40% of the stamps clipped as 8-bit previews are.")
+                   "clipped: robust, and 40% of the stamps clipped as 8-bit previews are; "
+                   "elongated: clipped, and 40% trailed first (elongated PSFs).")
 @click.option("--stretch", type=click.Choice(["asinh", "linear"]), default=None,
               help="Input stretch of the model, recorded in its card [default: asinh].")
 @click.option("--softening", type=float, default=None,

@@ -157,3 +157,41 @@ def test_clipped_is_robust_before_the_clip():
     b = augment(z, torch.Generator().manual_seed(5), **AUGMENT_KW["robust"])
     same = (a == b).all(dim=(1, 2, 3))  # the clip draws come last: unclipped stamps match
     assert 0.5 < same.float().mean().item() < 0.7
+
+
+def test_trail_elongates_stars_along_its_angle_and_keeps_unit_noise() -> None:
+    from pipeline.training.augment import trail_blur
+
+    z = _stars_and_noise()
+    sigma = torch.full((N,), 2.0)
+    angle = torch.zeros(N)  # along x
+    out, kept = trail_blur(z, sigma, angle)
+    star = out[:, 0].to(torch.float64)
+    yy, xx = torch.meshgrid(torch.arange(SIZE, dtype=torch.float64),
+                            torch.arange(SIZE, dtype=torch.float64), indexing="ij")
+    c = SIZE / 2 - 0.5
+    tot = star.sum(dim=(1, 2))
+    var_x = (star * (xx - c) ** 2).sum(dim=(1, 2)) / tot
+    var_y = (star * (yy - c) ** 2).sum(dim=(1, 2)) / tot
+    # a Gaussian trail adds its variance along x only (and the kernel's 0.5 px across)
+    assert torch.allclose(var_x, torch.full_like(var_x, STAR_SIGMA ** 2 + 4.0), rtol=0.03)
+    assert torch.allclose(var_y, torch.full_like(var_y, STAR_SIGMA ** 2 + 0.25), rtol=0.05)
+    assert torch.allclose(tot, torch.full_like(tot, float(z[0, 0].sum())), rtol=1e-4)  # flux kept
+    noise = out[:, 1] / kept[:, None, None]
+    assert abs(float(noise.std()) - 1.0) < 0.05  # kept is the factor the white noise shrank by
+    turned, _ = trail_blur(z, sigma, torch.full((N,), torch.pi / 2))  # along y now
+    t = turned[:, 0].to(torch.float64)
+    assert float(((t * (yy - c) ** 2).sum(dim=(1, 2)) / t.sum(dim=(1, 2))).mean()) == \
+        pytest.approx(float(var_x.mean()), rel=0.02)
+
+
+def test_elongated_preset_trails_a_share_and_leaves_the_others_as_clipped() -> None:
+    z = _stars_and_noise(seed=3)[:, :1] / PEAK * 50  # a 50-sigma star in unit noise
+    z = z + torch.randn(z.shape, generator=torch.Generator().manual_seed(4))
+    clipped = augment(z, torch.Generator().manual_seed(9), **AUGMENT_KW["clipped"])
+    again = augment(z, torch.Generator().manual_seed(9), **{**AUGMENT_KW["clipped"], "p_trail": 0.0})
+    assert torch.equal(clipped, again)  # no trail, no draw: the clipped preset is unchanged
+    elong = augment(z, torch.Generator().manual_seed(9), **AUGMENT_KW["elongated"])
+    assert "elongated" in AUGMENTS
+    differs = (elong != clipped).flatten(1).any(dim=1).float().mean()
+    assert 0.2 < float(differs) < 0.7  # about the 40% trailed (the draws after them move too)
