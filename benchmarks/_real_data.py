@@ -61,7 +61,8 @@ def cached_import(folder: Path, table: pd.DataFrame, cache: Path, tag: str, *,
     from pipeline.ingest.images import import_images
 
     cache.mkdir(parents=True, exist_ok=True)
-    key = csv_sha256(table)[:16] + (f"-s{stamp}" if stamp else "") + (
+    # "-e": stores with the frames' PSF ellipticity (psf_e1, psf_e2); older caches lack it
+    key = csv_sha256(table)[:16] + "-e" + (f"-s{stamp}" if stamp else "") + (
         f"-r{resize}" if resize else "") + (f"-b{bands.replace(':', '').replace(',', '')}"
                                             if bands else "")
     store = cache / f"{tag}-{key}.zarr"
@@ -81,8 +82,8 @@ def read_store(store: Path, names: tuple[str, ...] = ()) -> dict[str, np.ndarray
     from pipeline.store import open_store, read_rows
 
     n = int(open_store(store).sizes["source"])
-    rows, _ = read_rows(store, 0, n, ("image", "source_id", "exposure", "psf_fwhm", *STAMP_STATS,
-                                      *names))
+    rows, _ = read_rows(store, 0, n, ("image", "source_id", "exposure", "psf_fwhm", "psf_e1",
+                                      "psf_e2", *STAMP_STATS, *names))
     for key in ("label", "exposure"):
         if key in rows:
             rows[key] = np.asarray(rows[key], dtype=object).astype(str)
@@ -105,6 +106,7 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
             *, block: int = 2048, dihedral: bool = False) -> tuple[np.ndarray, list[str], str]:
     """Calibrated class probabilities of store rows, prepared exactly as ``skysieve classify`` does.
 
+    The PSF made round where the store has its ellipticity (config ``classify.round-psf``),
     ``prepare`` with the store's ``stamp_bg``/``stamp_noise`` (as
     :func:`pipeline.classify.graph.classify_chunk`), then
     :meth:`workers.inference.Predictor.predict_proba`, rows renormalised to sum to 1.
@@ -120,6 +122,7 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
 
     from pipeline import bundled
     from pipeline.imaging.preprocess import prepare
+    from pipeline.imaging.psf_shape import stored_psf_shape
     from pipeline.imaging.rescale import scale_for_model
     from workers.checkpoint import file_sha256, load_checkpoint
     from workers.inference import Predictor
@@ -130,13 +133,15 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
     predictor = Predictor(net, card, device="cpu")
     idx = np.arange(rows["image"].shape[0]) if index is None else np.asarray(index)
     stored = "stamp_bg" in rows and "stamp_noise" in rows
+    shape = stored_psf_shape(rows)
     out = []
     for start in range(0, idx.size, block):
         sel = idx[start:start + block]
         images, bg, noise = scale_for_model(
             rows["image"][sel].astype(np.float32, copy=False), card.input_scale,
             rows["psf_fwhm"][sel] if "psf_fwhm" in rows else None,
-            rows["stamp_bg"][sel] if stored else None, rows["stamp_noise"][sel] if stored else None)
+            rows["stamp_bg"][sel] if stored else None, rows["stamp_noise"][sel] if stored else None,
+            psf_shape=None if shape is None else shape[sel])
         with torch.inference_mode():
             x = prepare(images, stretch=card.stretch, image_size=card.image_size,
                         background=bg, noise=noise)

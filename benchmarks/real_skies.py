@@ -125,6 +125,13 @@ def _model_sha(name: str) -> str:
     return file_sha256(bundled.resolve(name))
 
 
+def _round_psf() -> bool:
+    """Whether classify (and so these units) rounds elongated PSFs (``classify.round-psf``)."""
+    from pipeline import config
+
+    return bool(config.get("classify.round-psf"))
+
+
 def _star_galaxy_table(folder: Path, sample: int, seed: int) -> pd.DataFrame:
     table = pd.read_csv(folder / "labels.csv", dtype={"path": str, "label": str, "frame": str})
     return rd.subsample(table, sample, ["frame", "label"], seed) if sample else table
@@ -138,7 +145,7 @@ def default_zero_shot(log: UnitLog, args: argparse.Namespace) -> None:
         log.skipped["default_zero_shot"] = why
         return
     table = _star_galaxy_table(folder, args.sample, args.seed)
-    settings = {"data": rd.csv_sha256(table), "model": str(args.model),
+    settings = {"data": rd.csv_sha256(table), "model": str(args.model), "round_psf": _round_psf(),
                 "model_sha256": _model_sha(args.model), "n": len(table)}
 
     def work() -> dict[str, Any]:
@@ -182,7 +189,7 @@ def dss_nebula_share(log: UnitLog, args: argparse.Namespace) -> None:
     labels = pd.read_csv(folder / "labels.csv", dtype=str)
     from pipeline.ingest.fits_io import file_sha256
 
-    settings = {"data": rd.csv_sha256(labels), "model": str(args.model),
+    settings = {"data": rd.csv_sha256(labels), "model": str(args.model), "round_psf": _round_psf(),
                 "model_sha256": _model_sha(args.model),
                 "files": {f: file_sha256(folder / f)[0] for f in labels["file"]}}
 
@@ -363,7 +370,7 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
     plan = {(cand, k): (f"star_galaxy_cv/{cand}/fold{k}",
                         {"candidate": cand, "folds": args.folds, "fold": k,
                          "test_fields": layout[str(k)], "data": data_sha, "seed": args.seed,
-                         **specific[cand][0]})
+                         **({"round_psf": True} if _round_psf() else {}), **specific[cand][0]})
             for cand in _cv_candidates(args) for k in range(args.folds)}
     log.summary["star_galaxy_cv"] = summarize_cv(log, plan, layout)
     for (cand, k), (unit, settings) in plan.items():  # fast baselines first: results come early

@@ -117,7 +117,8 @@ def classify_chunk(store: str, start: int, stop: int, part: str, *, checkpoint: 
 
 def _read(store: str, start: int, stop: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Rows ``[start, stop)`` of everything a part needs, and the store's attrs."""
-    return read_rows(store, start, stop, ("image", *COORDS, "label", "healpix", *STAMP_STATS))
+    return read_rows(store, start, stop, ("image", *COORDS, "label", "healpix", "psf_e1",
+                                          "psf_e2", *STAMP_STATS))
 
 
 def _score_rows(rows: dict[str, np.ndarray], attrs: dict[str, Any], predictor: Any,
@@ -132,6 +133,7 @@ def _score_rows(rows: dict[str, np.ndarray], attrs: dict[str, Any], predictor: A
 
     from pipeline.imaging.blur_score import apparent_fwhm
     from pipeline.imaging.preprocess import prepare
+    from pipeline.imaging.psf_shape import stored_psf_shape
     from pipeline.imaging.rescale import scale_for_model
 
     images = rows["image"]  # float32, or float16 in a half-precision store
@@ -139,10 +141,12 @@ def _score_rows(rows: dict[str, np.ndarray], attrs: dict[str, Any], predictor: A
     # Measured once when the chunk was written (pipeline.imaging.stamp_stats); older stores: here.
     stored = all(name in rows for name in STAMP_STATS)
     card = predictor.card
+    shape = stored_psf_shape(rows)  # elongated PSFs made round first (classify.round-psf)
     pixels, bg, noise = scale_for_model(
-        images if not card.input_scale else images.astype(np.float32, copy=False),
+        images if not (card.input_scale or shape is not None)
+        else images.astype(np.float32, copy=False),
         card.input_scale, cols["psf_fwhm"], rows["stamp_bg"] if stored else None,
-        rows["stamp_noise"] if stored else None)
+        rows["stamp_noise"] if stored else None, psf_shape=shape)
     with torch.inference_mode():
         if predictor.device.type != "cpu":  # the stretch runs on the GPU, beside the model
             pixels = torch.as_tensor(pixels).to(predictor.device)

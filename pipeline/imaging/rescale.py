@@ -136,7 +136,8 @@ def rescale(x: torch.Tensor, zoom: np.ndarray | torch.Tensor,
 
 def scale_for_model(images: np.ndarray, scale: Mapping[str, Any] | None,
                     psf_fwhm: np.ndarray | None, background: np.ndarray | None = None,
-                    noise: np.ndarray | None = None) -> tuple[Any, Any, Any]:
+                    noise: np.ndarray | None = None, *,
+                    psf_shape: np.ndarray | None = None) -> tuple[Any, Any, Any]:
     """Stamps as stored, rescaled for a card's ``input_scale``, with the stats to prepare them.
 
     Parameters
@@ -149,6 +150,10 @@ def scale_for_model(images: np.ndarray, scale: Mapping[str, Any] | None,
         Each stamp's PSF FWHM in its pixels (the store's ``psf_fwhm``; NaN keeps zoom 1).
     background, noise : numpy.ndarray, optional
         The stamps' stored ``stamp_bg``/``stamp_noise``; measured here when absent.
+    psf_shape : numpy.ndarray, optional
+        ``(N, 2)`` PSF ellipticity of each stamp's frame
+        (:func:`pipeline.imaging.psf_shape.stored_psf_shape`): the stamps are first
+        resampled so that it is round (:func:`pipeline.imaging.psf_shape.round_psf`).
 
     Returns
     -------
@@ -157,6 +162,12 @@ def scale_for_model(images: np.ndarray, scale: Mapping[str, Any] | None,
         is no scale; else the rescaled stamps (NaN -> background first) and the background
         and noise of the original borders, so the padding maps to 0.
     """
+    if psf_shape is not None:
+        from pipeline.imaging.psf_shape import round_psf
+
+        if background is None or noise is None:
+            background, noise = background_noise(images)
+        images = round_psf(images, psf_shape, background)
     scale = validate_input_scale(scale or None)
     if scale is None:
         return images, background, noise

@@ -6,7 +6,8 @@ Each CCD is read once.  The graph keeps pixels off the client and the scheduler:
    (:mod:`pipeline.ingest.scan`, shared with ``--whole-exposure``);
 1. one task per CCD: open, background, detect (or measure forced positions),
    estimate the PSF FWHM; cut every source's stamp, subtract its sky, measure
-   the per-stamp statistics (:mod:`pipeline.imaging.stamp_stats`) and spill the
+   the per-stamp statistics (:mod:`pipeline.imaging.stamp_stats`) and the CCD's PSF
+   ellipticity (:mod:`pipeline.imaging.psf_shape`), and spill the
    stamps to one ``.npy`` file in a scratch directory next to the output
    (:func:`pipeline.store.scratch`).  It returns only a small table of sources
    (statistics included), never pixels;
@@ -53,7 +54,9 @@ from pipeline.errors import BadExposure, SkysieveError
 from pipeline.imaging.cutouts import cut_stamps, stamp_touches_edge
 from pipeline.imaging.stamp_stats import STAMP_STATS, stamp_statistics
 from pipeline.ingest.sky_index import healpix_index
-from pipeline.ingest.detect import FLAG_EDGE, detect, estimate_psf_fwhm, header_psf_fwhm, measure_forced
+from pipeline.imaging.psf_shape import psf_ellipticity
+from pipeline.ingest.detect import (FLAG_BLENDED, FLAG_EDGE, FLAG_SATURATED, detect,
+                                    estimate_psf_fwhm, header_psf_fwhm, measure_forced)
 from pipeline.ingest.fits_io import read_ccd
 from pipeline.ingest.scan import (
     compute_tasks,
@@ -156,6 +159,7 @@ def _measure_ccd(path: str, exposure: str, hdu: int, settings: dict[str, Any],
     stamps -= table["sky"].to_numpy(np.float32)[:, None, None]
     for name, values in _statistics(stamps).items():
         table[name] = values
+    table["psf_e1"], table["psf_e2"] = _psf_ellipticity(stamps, table, psf).T
     np.save(spill, stamps)
     return {"ok": True, "table": table, "band": ccd.band, "pixel_scale": ccd.pixel_scale,
             "psf_fwhm": psf, "n_stars": n_stars}
@@ -191,6 +195,18 @@ def _measure(path: str, exposure: str, hdu: int, settings: dict[str, Any],
     table["_ny"], table["_nx"] = ccd.data.shape
     table["_scale"] = ccd.pixel_scale
     return ccd, table, psf, n_stars
+
+
+def _psf_ellipticity(stamps: np.ndarray, table: pd.DataFrame, psf: float) -> np.ndarray:
+    """``(n, 2)``: the CCD's PSF ellipticity for every source, from its bright, clean, compact
+    stamps (:func:`pipeline.imaging.psf_shape.psf_ellipticity`; NaN with fewer than 5)."""
+    clean = (table["flags"].to_numpy() & (FLAG_SATURATED | FLAG_BLENDED)) == 0
+    with np.errstate(invalid="ignore"):
+        compact = clean & (table["snr"].to_numpy() >= 20) & (table["fwhm"].to_numpy() <= 1.3 * psf)
+    idx = np.flatnonzero(compact)
+    e = psf_ellipticity(stamps[idx], table["stamp_bg"].to_numpy()[idx],
+                        table["stamp_noise"].to_numpy()[idx])
+    return np.repeat(e[None], len(table), axis=0)
 
 
 def _statistics(stamps: np.ndarray, block: int = 1024) -> dict[str, np.ndarray]:

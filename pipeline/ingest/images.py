@@ -17,7 +17,9 @@ The store follows the same contract as ``skysieve ingest`` (:mod:`pipeline.store
   mode of the apparent FWHM (:func:`pipeline.imaging.blur_score.apparent_fwhm`)
   of the frame's unpadded stamps (:func:`pipeline.ingest.detect.compact_mode`;
   without a ``frame`` column, one value from all the folder's images; NaN with
-  fewer than 5), ``label`` from the CSV, ``source_id`` a stable 63-bit hash of
+  fewer than 5), ``psf_e1``/``psf_e2`` the frame's PSF ellipticity, the median of its
+  stamps no wider than 1.5 ``psf_fwhm`` (:mod:`pipeline.imaging.psf_shape`; with a
+  ``frame`` column only, NaN with fewer than 5), ``label`` from the CSV, ``source_id`` a stable 63-bit hash of
   the image's relative path; ``ra``/``dec`` and the other measurements NaN.
 
 Images of a folder scaled per object (Galaxy Zoo cutouts) have no common
@@ -48,6 +50,7 @@ from pipeline import config
 from pipeline.errors import ImageFolderError, SourceTableError
 from pipeline.imaging.blur_score import apparent_fwhm
 from pipeline.imaging.radius import half_light_radius
+from pipeline.imaging.psf_shape import psf_ellipticity
 from pipeline.ingest.detect import FLAG_EDGE, compact_mode
 from pipeline.ingest.fits_io import file_sha256
 from pipeline.ingest.image_files import (
@@ -241,6 +244,24 @@ def _frame_psf(exposure: np.ndarray, fwhm: np.ndarray, padded: np.ndarray, by_fr
     return psf
 
 
+def _frame_shapes(store: Path, frames: np.ndarray, compact: np.ndarray,
+                  noise: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` PSF ellipticity per source, each frame's from its compact stamps, read back
+    from the store being built one frame at a time (sky already subtracted)."""
+    import zarr
+
+    image = zarr.open_array(str(store / "image"), mode="r")
+    out = np.full((len(frames), 2), np.nan, np.float32)
+    for _, idx in pd.Series(np.arange(len(frames))).groupby(frames, sort=False):
+        rows = idx.to_numpy()
+        use = rows[compact[rows]]
+        if use.size >= _MIN_PSF_STAMPS:
+            stamps = np.asarray(image.get_orthogonal_selection((use, 0)), np.float32)
+            out[rows] = psf_ellipticity(stamps, np.zeros(use.size, np.float32), noise[use],
+                                        min_count=_MIN_PSF_STAMPS)
+    return out
+
+
 def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path, *,
                   overwrite: bool = False, stamp: int | None = None,
                   chunk_sources: int | None = None, bands: str | Sequence[str] | None = None,
@@ -344,6 +365,7 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
         "ra": np.full(n, np.nan), "dec": np.full(n, np.nan),
         "flux": nan32, "a": nan32, "b": nan32, "theta": nan32, "fwhm": nan32,
         "psf_fwhm": nan32, "sky": nan32, "sky_rms": nan32, "snr": nan32, "radius": nan32,
+        "psf_e1": nan32, "psf_e2": nan32,
         "flags": np.where(padded, FLAG_EDGE, 0).astype(np.int32),
         "label": rows["label"].astype(str).str.strip().to_numpy(),
         "_rel": rel,
@@ -363,6 +385,7 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
                "note": "sha256 over 'relpath NUL sha256(file)' lines in CSV order"}]
     measured = {name: np.full(n, np.nan, np.float32)
                 for name in ("sky", "sky_rms", "radius", "stamp_fwhm")}
+    noise = np.full(n, np.nan, np.float32)
     with building(out, overwrite=overwrite) as tmp:
         create_store(tmp, coords, stamp=stamp, bands=band_names, chunk_sources=chunk,
                      pixel_scale=math.nan, inputs=inputs, rejects=rejects,
@@ -379,10 +402,15 @@ def import_images(directory: str | Path, labels_csv: str | Path, out: str | Path
                 measured["sky_rms"][part] = np.nanmean(rms, axis=1)
             measured["radius"][part] = half_light_radius(stamps)
             measured["stamp_fwhm"][part] = apparent_fwhm(stamps)
+            noise[part] = rms[:, 0]
             write_chunk(tmp, start, stamps)
-        psf = _frame_psf(coords["exposure"].to_numpy(), measured.pop("stamp_fwhm"), padded,
-                         by_frame)
-        write_coords(tmp, {**measured, "psf_fwhm": psf})
+        frames, fwhm = coords["exposure"].to_numpy(), measured.pop("stamp_fwhm")
+        psf = _frame_psf(frames, fwhm, padded, by_frame)
+        psf_e = np.full((n, 2), np.nan, np.float32)
+        if by_frame:  # a folder of unrelated images has no one PSF
+            psf_e = _frame_shapes(tmp, frames, ~padded & (fwhm <= 1.5 * psf), noise)
+        write_coords(tmp, {**measured, "psf_fwhm": psf, "psf_e1": psf_e[:, 0],
+                           "psf_e2": psf_e[:, 1]})
     summary.store = out
     summary.n_sources = n
     summary.n_exposures = int(pd.Series(exposure).nunique())

@@ -23,8 +23,11 @@ COORDS: dict[str, str] = {
 #: Per-source coordinates newer stores carry; checked when present, older stores lack them.
 #: ``radius``: the source's half-light radius in px (:mod:`pipeline.imaging.radius`);
 #: ``healpix``: its nested HEALPix index at order ``attrs["healpix_order"]``, -1 without a
-#: position, computed once at ingest so that classify need not.
-OPTIONAL_COORDS: dict[str, str] = {"radius": "float32", "healpix": "int64"}
+#: position, computed once at ingest so that classify need not; ``psf_e1``, ``psf_e2``: the
+#: ellipticity of the PSF of the source's exposure/CCD or frame
+#: (:mod:`pipeline.imaging.psf_shape`), NaN where unmeasured.
+OPTIONAL_COORDS: dict[str, str] = {"radius": "float32", "healpix": "int64",
+                                   "psf_e1": "float32", "psf_e2": "float32"}
 #: Columns of ``rejects.parquet``.
 REJECT_COLUMNS: tuple[str, ...] = ("file", "hdu", "reason")
 #: Attributes every store carries.
