@@ -150,6 +150,11 @@ def test_real_star_galaxy_subset(shared_data: Path, tmp_path: Path) -> None:
     sizes = got.groupby("frame").size()
     big = got[got["frame"].isin(sizes[sizes >= 5].index)]
     assert big["psf"].notna().all() and big["psf"].between(1.0, 20.0).all()
+    # the frames' PSF ellipticity: the trailed J1530 frame's stars are elongated (median
+    # moments e ~ 0.19 in the whole set); most frames are rounder than that
+    e = np.hypot(ds["psf_e1"].values, ds["psf_e2"].values)
+    assert np.isfinite(e[got["frame"].isin(sizes[sizes >= 10].index).to_numpy()]).all()
+    assert (e[np.isfinite(e)] < 0.6).all()
 
 
 def _colour_folder(tmp_path: Path, n: int = 5, size: int = 32) -> tuple[Path, Path, list]:
@@ -285,6 +290,39 @@ def test_psf_fwhm_per_frame_and_radius(tmp_path: Path) -> None:
     import_images(folder, csv, tmp_path / "nf.zarr")
     psf = open_store(tmp_path / "nf.zarr")["psf_fwhm"].values
     assert len(set(psf.tolist())) == 1 and 2.3548 * 1.4 < psf[0] < 2.3548 * 2.6
+
+
+def _elliptical_png(path: Path, sx: float, sy: float, seed: int, size: int = 64) -> str:
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    rng = np.random.default_rng(seed)
+    grey = 40 + 180 * np.exp(-0.5 * ((xx / sx) ** 2 + (yy / sy) ** 2)) + rng.normal(0, 4, xx.shape)
+    return _png(path, np.stack([np.clip(grey, 0, 255)] * 3, axis=2))
+
+
+def test_each_frame_gets_its_psf_ellipticity(tmp_path: Path) -> None:
+    folder, rows = tmp_path / "e", []
+    shapes = {"round": (2.0, 2.0), "trailed": (3.2, 2.0)}  # stars' sigmas along x and y
+    for frame, (sx, sy) in shapes.items():
+        for k in range(8):
+            rows.append((f"{frame}/s{k}.png", "star", frame,
+                         _elliptical_png(folder / f"{frame}/s{k}.png", sx, sy, seed=k)))
+    csv = tmp_path / "labels.csv"
+    table = pd.DataFrame(rows, columns=["path", "label", "frame", "md5"])
+    table.to_csv(csv, index=False)
+    import_images(folder, csv, tmp_path / "s.zarr")
+    ds = open_store(tmp_path / "s.zarr")
+    frame = ds["exposure"].values.astype(str)
+    e1, e2 = ds["psf_e1"].values, ds["psf_e2"].values
+    assert ds["psf_e1"].dtype == np.float32
+    assert np.hypot(e1, e2)[frame == "round"].max() < 0.04  # left as it is at classify
+    trailed = frame == "trailed"
+    # (3.2^2 - 2^2) / (3.2^2 + 2^2) = 0.44 along x, every source of the frame alike
+    assert np.allclose(e1[trailed], e1[trailed][0]) and 0.35 < e1[trailed][0] < 0.5
+    assert abs(e2[trailed][0]) < 0.05
+    # without a frame column: no one PSF for the folder, nothing to round by
+    table.drop(columns="frame").to_csv(csv, index=False)
+    import_images(folder, csv, tmp_path / "nf.zarr")
+    assert np.isnan(open_store(tmp_path / "nf.zarr")["psf_e1"].values).all()
 
 
 def test_paths_relative_to_another_folder_get_a_hint(tmp_path: Path) -> None:

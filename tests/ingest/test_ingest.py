@@ -365,6 +365,10 @@ def test_synthetic_survey_recovery_and_labels(synth_survey, tmp_path: Path) -> N
                         "label": ds["label"].values.astype(str),
                         "sky_rms": ds["sky_rms"].values, "psf_fwhm": ds["psf_fwhm"].values})
     truth = pd.read_parquet(synth_survey.truth)
+    # each CCD's PSF ellipticity from its stars: one value a CCD, near round (the survey's
+    # PSF shear |g| <= 0.04, an ellipticity of about 2|g|)
+    e = pd.Series(np.hypot(ds["psf_e1"].values, ds["psf_e2"].values)).groupby(det["exposure"])
+    assert (e.nunique() == 1).all() and (e.first() < 0.12).all(), e.first()
     from scipy.spatial import cKDTree
 
     recovered, errors, labels_ok = [], [], []
