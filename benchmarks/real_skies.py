@@ -254,6 +254,7 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
 
     from pipeline import bundled
     from pipeline.imaging.preprocess import prepare
+    from pipeline.imaging.psf_shape import round_psf, stored_psf_shape
     from pipeline.training.fit import train  # imported now: a broken tree fails before any unit
     from pipeline.training.splits import split_validation
 
@@ -264,6 +265,9 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
     fold_of = rd.assign_folds(fields_t, table["label"].to_numpy(str), args.folds)
     store = rd.cached_import(folder, table, args.cache, "star_galaxy")
     rows = rd.read_store(store, ("label",))
+    # the baselines see the pixels the models see: frames' PSF made round (classify.round-psf)
+    shape = stored_psf_shape(rows)
+    pixels = rows["image"] if shape is None else round_psf(rows["image"], shape, rows["stamp_bg"])
     true = rows["label"]
     fields = np.asarray([field_of[e] for e in rows["exposure"]])
     fold = np.asarray([fold_of[f] for f in fields])
@@ -274,13 +278,13 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
 
     def features() -> np.ndarray:
         if "x" not in cache:
-            cache["x"] = bl.hand_features(rows["image"])
+            cache["x"] = bl.hand_features(pixels)
         return cache["x"]
 
     def prepared() -> torch.Tensor:
         if "p" not in cache:
             with torch.inference_mode():
-                cache["p"] = prepare(rows["image"].astype(np.float32), stretch=None,
+                cache["p"] = prepare(pixels.astype(np.float32), stretch=None,
                                      image_size=64, background=rows["stamp_bg"],
                                      noise=rows["stamp_noise"]).clone()
         return cache["p"]
@@ -318,7 +322,8 @@ def star_galaxy_cv(log: UnitLog, args: argparse.Namespace) -> None:
         train_rows = table[np.asarray([fold_of[f] for f in fields_t]) != k]
         fold_store = rd.cached_import(folder, train_rows, args.cache, "star_galaxy-train")
         name = (f"fold{k}of{args.folds}-{init or 'scratch'}-psf{psf or 0:g}"
-                f"{'' if augment == 'geometric' else '-' + augment}-e{args.epochs}"
+                f"{'' if augment == 'geometric' else '-' + augment}{'-round' if _round_psf() else ''}"
+                f"-e{args.epochs}"
                 f"p{args.patience}s{args.seed}-{data_sha[:12]}.pt")
         out = args.cache / "checkpoints" / name
         if out.is_file() and out.with_suffix(".json").is_file():
