@@ -126,9 +126,11 @@ def psf_ellipticity(stamps: np.ndarray, background: np.ndarray, noise: np.ndarra
     if stamps.ndim == 3:  # (N, H, W): one band
         stamps = stamps[:, None]
     n = len(stamps)
+    if n < max(1, min_count):
+        return np.full(2, np.nan, np.float32)
     bg = np.asarray(background, np.float32).reshape(n, -1)[:, 0]
     e = frame_ellipticity(stamp_ellipticity(stamps, bg, noise), np.zeros(n),
-                          min_count=min_count)[:1].reshape(2) if n else np.full(2, np.nan)
+                          min_count=min_count)[0]
     for _ in range(iterations):
         if not np.isfinite(e).all() or np.hypot(*e) < MIN_ELLIPTICITY:
             break

@@ -94,6 +94,7 @@ def test_the_refined_estimate_is_less_round_than_one_pass() -> None:
     # (3.2^2 - 2^2) / (3.2^2 + 2^2) = 0.44 is the PSF's own; thresholded moments see less
     assert one_pass < 0.38 < refined < 0.5
     assert np.isnan(psf_ellipticity(stars[:3], np.full(3, 10.0), np.ones(3))).all()
+    assert np.isnan(psf_ellipticity(stars[:0], np.zeros(0), np.zeros(0))).all()  # no star
 
 
 def test_psf_ellipticity_takes_single_band_stamps_without_a_band_axis() -> None:
