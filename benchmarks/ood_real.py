@@ -210,26 +210,30 @@ def store_features(model: str | Path, store: Path, cache: Path,
     """Features, logits and labels of every stamp of a store, prepared as ``classify`` does (cached)."""
     import torch
 
-    from pipeline import bundled
+    from pipeline import bundled, config
     from pipeline.imaging.preprocess import prepare
+    from pipeline.imaging.psf_shape import stored_psf_shape
     from pipeline.imaging.rescale import scale_for_model
     from workers.checkpoint import load_checkpoint
     from workers.ood import penultimate_features
 
-    npz = cache / f"features-{sha[:12]}-{store.name}.npz"
+    shape_on = bool(config.get("classify.round-psf"))
+    npz = cache / f"features-{sha[:12]}-{store.name}{'-round' if shape_on else ''}.npz"
     if npz.is_file():
         with np.load(npz, allow_pickle=False) as f:
             return dict(f)
     rows = rd.read_store(store, ("label",) if _has(store, "label") else ())
     net, card = load_checkpoint(bundled.resolve(model), sha256=sha, check_ood=False)
+    shape = stored_psf_shape(rows)
 
-    def batches():  # as classify_chunk prepares a chunk
+    def batches():  # as classify_chunk prepares a chunk (elongated PSFs made round first)
         for start in range(0, rows["image"].shape[0], 1024):
             sl = slice(start, start + 1024)
             pixels, bg, noise = scale_for_model(
                 rows["image"][sl].astype(np.float32, copy=False), card.input_scale,
                 rows["psf_fwhm"][sl] if "psf_fwhm" in rows else None,
-                rows["stamp_bg"][sl], rows["stamp_noise"][sl])
+                rows["stamp_bg"][sl], rows["stamp_noise"][sl],
+                psf_shape=None if shape is None else shape[sl])
             with torch.inference_mode():
                 x = prepare(pixels, stretch=card.stretch, image_size=card.image_size,
                             background=bg, noise=noise)

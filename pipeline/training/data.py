@@ -9,8 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.errors import StoreError
-from pipeline.imaging.preprocess import background_noise
-from pipeline.imaging.psf_shape import round_psf, stored_psf_shape
+from pipeline.imaging.psf_shape import stored_psf_shape
 from pipeline.store import open_store
 
 __all__ = ["load_labelled", "data_sha256", "IMPORT_ATTRS"]
@@ -36,9 +35,9 @@ def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]
     Returns
     -------
     dict
-        ``images`` (float32 ``(N, band, y, x)``, labelled sources only; resampled so that
-        their frame's PSF is round where the store has its ellipticity, as ``classify``
-        does: :func:`pipeline.imaging.psf_shape.stored_psf_shape`),
+        ``images`` (float32 ``(N, band, y, x)``, labelled sources only, as stored),
+        ``psf_shape`` (``(N, 2)`` their frames' PSF ellipticity to make round, as
+        ``classify`` does, or ``None``: :func:`pipeline.imaging.psf_shape.stored_psf_shape`),
         ``labels`` and ``exposures`` (str arrays), ``bands`` (list of str),
         ``data_sha256`` (hash of every label, exposure and source id: identifies
         the labelled data a card was trained on), ``pixels_sha256`` (hash of the
@@ -65,10 +64,6 @@ def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]
                  else [f"band{i}" for i in range(n_band)])
     shape = stored_psf_shape({name: np.asarray(ds[name].values)[known]
                               for name in ("psf_e1", "psf_e2") if name in ds.variables})
-    if shape is not None:  # as classify sees them: elongated PSFs made round
-        bg = (np.asarray(ds["stamp_bg"].values, np.float32)[known] if "stamp_bg" in ds.variables
-              else background_noise(images)[0])
-        images = round_psf(images, shape, bg)
     positions = {}
     for name in ("x", "y", "ra", "dec", "psf_fwhm"):
         v = (np.asarray(ds[name].values, dtype=np.float64) if name in ds.variables
@@ -79,7 +74,7 @@ def load_labelled(store: Path, *, exclude: Sequence[str] = ()) -> dict[str, Any]
             "import": {key: ds.attrs[key] for key in IMPORT_ATTRS if key in ds.attrs},
             "pixels_sha256": hashlib.sha256(np.ascontiguousarray(images, "<f4").data).hexdigest(),
             "n_unlabelled": int(labels.size - known.size - excluded.sum()),
-            "n_excluded": int(excluded.sum()), **positions}
+            "n_excluded": int(excluded.sum()), "psf_shape": shape, **positions}
 
 
 def data_sha256(store: Path) -> str:

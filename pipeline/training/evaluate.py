@@ -164,8 +164,8 @@ def _reference_psf(images: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- inference
 def _logits(predictor: Predictor, images: np.ndarray, psf: np.ndarray, *,
-            sigma: np.ndarray | None = None,
-            gen: torch.Generator | None = None) -> np.ndarray:
+            sigma: np.ndarray | None = None, gen: torch.Generator | None = None,
+            psf_shape: np.ndarray | None = None) -> np.ndarray:
     """Logits of raw stamps, block by block, prepared as ``classify`` does (optionally blurred).
 
     ``psf`` is each stamp's PSF FWHM (px) as ingest would measure it, for a model that
@@ -180,8 +180,9 @@ def _logits(predictor: Predictor, images: np.ndarray, psf: np.ndarray, *,
         if sigma is not None:
             block = _blur(block, sigma[start:start + _BLOCK], gen)
         with torch.inference_mode():
-            block, bg, noise = scale_for_model(np.asarray(block), card.input_scale,
-                                               psf[start:start + _BLOCK])
+            block, bg, noise = scale_for_model(
+                np.asarray(block), card.input_scale, psf[start:start + _BLOCK],
+                psf_shape=None if psf_shape is None else psf_shape[start:start + _BLOCK])
             x = prepare(block, stretch=card.stretch, image_size=card.image_size,
                         background=bg, noise=noise)
         out.append(predictor.predict_logits(x).numpy())
@@ -357,10 +358,11 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
     images = data["images"][idx]
     y = np.searchsorted(np.asarray(card.classes), data["labels"][idx]).astype(np.int64)
     psf = stamp_psf = data["psf_fwhm"][idx]  # stamp_psf: as the store has it (NaN: unknown)
+    shape = None if data.get("psf_shape") is None else data["psf_shape"][idx]
     _say(progress, f"evaluating on {idx.size} sources: {why}")
 
     predictor = Predictor(net, card, device=dev, batch_size=batch_size)
-    logits = _logits(predictor, images, stamp_psf)
+    logits = _logits(predictor, images, stamp_psf, psf_shape=shape)
     t = float(card.temperature)
     proba_raw, proba_cal = softmax(logits), softmax(logits, t)
     pred = logits.argmax(axis=1)
@@ -398,7 +400,8 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
             lf = logits
         else:
             gen = torch.Generator().manual_seed(seed * 1000 + k)
-            lf = _logits(predictor, images, stamp_psf, sigma=fwhm_to_sigma(f * psf), gen=gen)
+            lf = _logits(predictor, images, stamp_psf, sigma=fwhm_to_sigma(f * psf), gen=gen,
+                         psf_shape=shape)
         m = classification_metrics(y, lf.argmax(axis=1), list(card.classes))
         curve.append({"factor": f, "added_fwhm_px_median": float(f * np.median(psf)) if psf.size
                       else None, "accuracy": m["accuracy"],

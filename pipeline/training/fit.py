@@ -24,6 +24,7 @@ import torch
 from pipeline.checks import fraction, positive_int, positive_number
 from pipeline.errors import SkysieveError, StoreError, TrainingError, TrainingStopped
 from pipeline.imaging.preprocess import apply_stretch, resize, to_snr, validate_stretch
+from pipeline.imaging.psf_shape import round_psf
 from pipeline.imaging.rescale import psf_zoom, rescale, validate_input_scale
 from pipeline.training.augment import AUGMENT_KW, AUGMENTS
 from pipeline.training.data import load_labelled
@@ -256,6 +257,10 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
 
     z_all = to_snr(images)
     del images
+    if data.get("psf_shape") is not None:
+        # elongated PSFs made round, in units of the noise as stored: what classify feeds
+        z_all = torch.as_tensor(round_psf(z_all.numpy(), data["psf_shape"],
+                                          np.zeros(len(z_all), np.float32)))
     if input_scale is not None:
         z_all = rescale(z_all, psf_zoom(data["psf_fwhm"], input_scale["fwhm_px"],
                                         input_scale.get("min_zoom")))

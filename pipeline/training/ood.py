@@ -346,8 +346,10 @@ def split_features(model: str | Path, store: Path, *, split_by: str | None = Non
     def batches(idx: np.ndarray) -> Iterator[torch.Tensor]:
         for start in range(0, idx.size, _BLOCK):
             sel = idx[start:start + _BLOCK]
+            shape = data.get("psf_shape")
             pixels, bg, noise = scale_for_model(data["images"][sel], card.input_scale,
-                                                data["psf_fwhm"][sel])
+                                                data["psf_fwhm"][sel],
+                                                psf_shape=None if shape is None else shape[sel])
             x = prepare(pixels, stretch=card.stretch, image_size=card.image_size,
                         background=bg, noise=noise)
             yield from x.split(batch_size)

@@ -23,6 +23,19 @@ KW = dict(arch="smallcnn", epochs=4, batch_size=32, seed=3, patience=10, progres
 BIN = Path(sys.executable).with_name("skysieve")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run of this module on one torch thread, as the killed CLI run
+    (``OMP_NUM_THREADS=1``): other thread counts round differently, and the order of the
+    suite would otherwise decide what this process has."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("resume") / "blobs.zarr", n=150, size=32, seed=5)
