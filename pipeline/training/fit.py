@@ -362,6 +362,8 @@ def train(store: Path, *, arch: str, out: Path, epochs: int = 30, batch_size: in
             "stamp": [int(height), int(width)],
             "store_import": data["import"],
             "augment": augment, "augment_detail": AUGMENTS[augment],
+            # whether the store had its frames' PSF shape, so training made them round
+            "round_psf": data.get("psf_shape") is not None,
             "excluded_classes": exclude_classes, "n_excluded": data["n_excluded"],
             "loss": loss,
             **extra,
