@@ -133,7 +133,7 @@ def predict(checkpoint: str | Path, rows: dict[str, np.ndarray], index: np.ndarr
     predictor = Predictor(net, card, device="cpu")
     idx = np.arange(rows["image"].shape[0]) if index is None else np.asarray(index)
     stored = "stamp_bg" in rows and "stamp_noise" in rows
-    shape = stored_psf_shape(rows)
+    shape = stored_psf_shape(rows, card)
     out = []
     for start in range(0, idx.size, block):
         sel = idx[start:start + block]

@@ -224,7 +224,7 @@ def store_features(model: str | Path, store: Path, cache: Path,
             return dict(f)
     rows = rd.read_store(store, ("label",) if _has(store, "label") else ())
     net, card = load_checkpoint(bundled.resolve(model), sha256=sha, check_ood=False)
-    shape = stored_psf_shape(rows)
+    shape = stored_psf_shape(rows, card)
 
     def batches():  # as classify_chunk prepares a chunk (elongated PSFs made round first)
         for start in range(0, rows["image"].shape[0], 1024):

@@ -141,7 +141,7 @@ def _score_rows(rows: dict[str, np.ndarray], attrs: dict[str, Any], predictor: A
     # Measured once when the chunk was written (pipeline.imaging.stamp_stats); older stores: here.
     stored = all(name in rows for name in STAMP_STATS)
     card = predictor.card
-    shape = stored_psf_shape(rows)  # elongated PSFs made round first (classify.round-psf)
+    shape = stored_psf_shape(rows, card)  # elongated PSFs made round (classify.round-psf)
     pixels, bg, noise = scale_for_model(
         images if not (card.input_scale or shape is not None)
         else images.astype(np.float32, copy=False),

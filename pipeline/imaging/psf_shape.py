@@ -26,12 +26,14 @@ kept) removes that, for any model, with no retraining.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import torch
 
 __all__ = ["MIN_ELLIPTICITY", "stamp_ellipticity", "frame_ellipticity", "psf_ellipticity",
-           "round_psf", "stored_psf_shape"]
+           "round_psf", "wants_round", "stored_psf_shape"]
 
 #: PSFs rounder than this are not resampled (the interpolation would cost more than it mends).
 MIN_ELLIPTICITY = 0.04
@@ -199,15 +201,29 @@ def round_psf(images: np.ndarray, e: np.ndarray, fill: np.ndarray) -> np.ndarray
     return out
 
 
-def stored_psf_shape(rows: dict[str, np.ndarray]) -> np.ndarray | None:
+def wants_round(card: Any | None) -> bool:
+    """Whether a model takes its stamps with elongated PSFs made round.
+
+    Every model does, unless its card says it was trained on stamps as stored although its
+    store knew their PSF shape (``training.round_psf`` false: the bundled ``star-galaxy``,
+    trained on real frames, trailed ones among them): it would see other stamps than it
+    learnt on.
+    """
+    training = getattr(card, "training", None) or {}
+    return training.get("round_psf") is not False
+
+
+def stored_psf_shape(rows: dict[str, np.ndarray], card: Any | None = None) -> np.ndarray | None:
     """``(N, 2)`` ``psf_e1``, ``psf_e2`` of store rows to round the stamps by, or ``None``.
 
     ``None`` when the store has no PSF ellipticity (written before it, or whole-exposure
-    stores) or config ``classify.round-psf`` is off.
+    stores), config ``classify.round-psf`` is off, or the model's ``card`` opts out
+    (:func:`wants_round`).
     """
     from pipeline import config
 
-    if not ("psf_e1" in rows and "psf_e2" in rows) or not config.get("classify.round-psf"):
+    if not ("psf_e1" in rows and "psf_e2" in rows) or not config.get("classify.round-psf") \
+            or not wants_round(card):
         return None
     return np.stack([np.asarray(rows["psf_e1"], np.float32).reshape(-1),
                      np.asarray(rows["psf_e2"], np.float32).reshape(-1)], axis=1)

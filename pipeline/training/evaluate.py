@@ -36,6 +36,7 @@ from pipeline.errors import EvaluationError, StoreError
 from pipeline.files import to_jsonable, write_json
 from pipeline.imaging.blur_score import apparent_fwhm
 from pipeline.imaging.preprocess import background_noise, prepare
+from pipeline.imaging.psf_shape import wants_round
 from pipeline.imaging.rescale import scale_for_model
 from pipeline.training.data import load_labelled
 from pipeline.training.machine import run_conditions
@@ -358,7 +359,8 @@ def evaluate(model: str | Path, store: Path, *, out: Path,
     images = data["images"][idx]
     y = np.searchsorted(np.asarray(card.classes), data["labels"][idx]).astype(np.int64)
     psf = stamp_psf = data["psf_fwhm"][idx]  # stamp_psf: as the store has it (NaN: unknown)
-    shape = None if data.get("psf_shape") is None else data["psf_shape"][idx]
+    shape = (data["psf_shape"][idx] if data.get("psf_shape") is not None and wants_round(card)
+             else None)
     _say(progress, f"evaluating on {idx.size} sources: {why}")
 
     predictor = Predictor(net, card, device=dev, batch_size=batch_size)

@@ -26,6 +26,7 @@ from pipeline import bundled
 from pipeline.checks import fraction, positive_int
 from pipeline.errors import StoreError, TrainingError
 from pipeline.imaging.preprocess import apply_stretch, prepare, resize
+from pipeline.imaging.psf_shape import wants_round
 from pipeline.imaging.rescale import scale_for_model
 from pipeline.training.data import load_labelled
 from pipeline.training.splits import SPLITS, group_fields, split_validation
@@ -346,7 +347,7 @@ def split_features(model: str | Path, store: Path, *, split_by: str | None = Non
     def batches(idx: np.ndarray) -> Iterator[torch.Tensor]:
         for start in range(0, idx.size, _BLOCK):
             sel = idx[start:start + _BLOCK]
-            shape = data.get("psf_shape")
+            shape = data.get("psf_shape") if wants_round(card) else None
             pixels, bg, noise = scale_for_model(data["images"][sel], card.input_scale,
                                                 data["psf_fwhm"][sel],
                                                 psf_shape=None if shape is None else shape[sel])

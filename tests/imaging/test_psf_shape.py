@@ -101,3 +101,20 @@ def test_psf_ellipticity_takes_single_band_stamps_without_a_band_axis() -> None:
     stars = _stars(6, 3.2, 2.0)
     assert np.allclose(psf_ellipticity(stars[:, 0], np.full(6, 10.0), np.ones(6)),
                        _frame(stars)[0])
+
+
+def test_a_model_trained_on_stamps_as_stored_opts_out() -> None:
+    from types import SimpleNamespace
+
+    from pipeline import bundled
+    from pipeline.imaging.psf_shape import wants_round
+    from workers.checkpoint import load_card
+
+    e = np.full((3, 2), 0.2, np.float32)
+    rows = {"psf_e1": e[:, 0], "psf_e2": e[:, 1]}
+    assert stored_psf_shape(rows, SimpleNamespace(training={"round_psf": True})) is not None
+    assert stored_psf_shape(rows, SimpleNamespace(training={})) is not None  # older cards
+    assert stored_psf_shape(rows, SimpleNamespace(training={"round_psf": False})) is None
+    # the bundled star-galaxy model learnt on real frames as stored, trailed ones among them
+    assert not wants_round(load_card(bundled.resolve("star-galaxy")))
+    assert wants_round(load_card(bundled.resolve("default")))
