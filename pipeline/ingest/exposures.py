@@ -204,6 +204,7 @@ def _psf_ellipticity(stamps: np.ndarray, table: pd.DataFrame, psf: float) -> np.
     with np.errstate(invalid="ignore"):
         compact = clean & (table["snr"].to_numpy() >= 20) & (table["fwhm"].to_numpy() <= 1.3 * psf)
     idx = np.flatnonzero(compact)
+    idx = idx[np.argsort(-table["snr"].to_numpy()[idx], kind="stable")]  # the brightest first
     e = psf_ellipticity(stamps[idx], table["stamp_bg"].to_numpy()[idx],
                         table["stamp_noise"].to_numpy()[idx])
     return np.repeat(e[None], len(table), axis=0)
