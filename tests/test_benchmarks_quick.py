@@ -94,15 +94,20 @@ def test_peak_rss_sampler_counts_the_rss_at_stop() -> None:
 
 def test_peak_rss_sampler_thread_keeps_a_freed_peak() -> None:
     """A block freed before ``stop`` still counts once the thread has sampled it."""
+    import mmap
+
     sampler = _common.PeakRSS(interval=0.001)
     before = sampler.reset()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    # 64 MiB of fresh anonymous pages, every page touched (as above: malloc could reuse
+    # resident memory; a fresh-clone CI run once saw the RSS not rise for np.ones)
+    block = mmap.mmap(-1, 64 * 2**20)
+    np.frombuffer(block, dtype=np.uint8)[::4096] = 1
     seen = sampler.samples
     deadline = time.monotonic() + 30
     while sampler.samples < seen + 2:  # one whole thread sample after the allocation
         assert time.monotonic() < deadline, "the sampler thread took no sample in 30 s"
         time.sleep(0.001)
-    del block
+    block.close()  # the pages go back to the system: only the sampled peak remembers them
     gc.collect()
     peak = sampler.stop()
     assert peak - before > 48 * 2**20
