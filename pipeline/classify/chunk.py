@@ -143,8 +143,7 @@ def _score_rows(rows: dict[str, np.ndarray], attrs: dict[str, Any], predictor: A
     card = predictor.card
     shape = stored_psf_shape(rows, card)  # elongated PSFs made round (classify.round-psf)
     pixels, bg, noise = scale_for_model(
-        images if not (card.input_scale or shape is not None)
-        else images.astype(np.float32, copy=False),
+        images if not card.input_scale else images.astype(np.float32, copy=False),
         card.input_scale, cols["psf_fwhm"], rows["stamp_bg"] if stored else None,
         rows["stamp_noise"] if stored else None, psf_shape=shape)
     with torch.inference_mode():

@@ -79,10 +79,22 @@ def stamp_ellipticity(images: np.ndarray, background: np.ndarray,
         qxx = (f * dx * dx).sum(axis=(1, 2)) / s
         qyy = (f * dy * dy).sum(axis=(1, 2)) / s
         qxy = (f * dx * dy).sum(axis=(1, 2)) / s
-        trace = qxx + qyy
-        e = np.stack([(qxx - qyy) / trace, 2 * qxy / trace], axis=1)
-    e[~(s > 0) | ~(trace > 0)] = np.nan
+        e = _distortion(qxx, qyy, qxy)
+    e[~(s > 0) | ~(qxx + qyy > 0)] = np.nan
     return e.astype(np.float32)
+
+
+def _distortion(qxx: np.ndarray, qyy: np.ndarray, qxy: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` ``((Qxx - Qyy) / (Qxx + Qyy), 2 Qxy / (Qxx + Qyy))`` of second moments."""
+    trace = qxx + qyy
+    return np.stack([(qxx - qyy) / trace, 2 * qxy / trace], axis=-1)
+
+
+def _median(e: np.ndarray, use: np.ndarray, min_count: int) -> np.ndarray:
+    """``(2,)`` median of the usable finite rows of ``e``; NaN with fewer than ``min_count``."""
+    good = e[use & np.isfinite(e).all(axis=1)]
+    return (np.median(good, axis=0) if len(good) >= min_count
+            else np.full(2, np.nan)).astype(np.float32)
 
 
 def frame_ellipticity(e: np.ndarray, frames: np.ndarray, compact: np.ndarray | None = None,
@@ -106,14 +118,11 @@ def frame_ellipticity(e: np.ndarray, frames: np.ndarray, compact: np.ndarray | N
         ``(N, 2)`` float32.
     """
     e = np.asarray(e, np.float32)
-    use = np.isfinite(e).all(axis=1) & (np.ones(len(e), bool) if compact is None
-                                        else np.asarray(compact, bool))
+    use = np.ones(len(e), bool) if compact is None else np.asarray(compact, bool)
     out = np.full(e.shape, np.nan, np.float32)
     for _, idx in pd.Series(np.arange(len(e))).groupby(np.asarray(frames), sort=False):
         rows = idx.to_numpy()
-        good = rows[use[rows]]
-        if good.size >= min_count:
-            out[rows] = np.median(e[good], axis=0)
+        out[rows] = _median(e[rows], use[rows], min_count)
     return out
 
 
@@ -135,21 +144,19 @@ def psf_ellipticity(stamps: np.ndarray, background: np.ndarray, noise: np.ndarra
     if n < max(1, min_count):
         return np.full(2, np.nan, np.float32)
     bg, noise = _first_band(background, n), _first_band(noise, n)
-    e = frame_ellipticity(stamp_ellipticity(stamps, bg, noise), np.zeros(n),
-                          min_count=min_count)[0]
+    every = np.ones(n, bool)
+    e = _median(stamp_ellipticity(stamps, bg, noise), every, min_count)
     for _ in range(iterations):
         if not np.isfinite(e).all() or np.hypot(*e) < MIN_ELLIPTICITY:
             break
         rounded = round_psf(stamps, np.repeat(e[None], n, axis=0), bg)
-        r = frame_ellipticity(stamp_ellipticity(rounded, bg, noise), np.zeros(n),
-                              min_count=min_count)[0]
+        r = _median(stamp_ellipticity(rounded, bg, noise), every, min_count)
         if not np.isfinite(r).all() or np.hypot(*r) < 0.005:
             break
-        a = _round_map(e[None]) @ _round_map(r[None])
-        q = a @ np.swapaxes(a, -1, -2)
-        e = np.array([(q[0, 0, 0] - q[0, 1, 1]) / (q[0, 0, 0] + q[0, 1, 1]),
-                      2 * q[0, 0, 1] / (q[0, 0, 0] + q[0, 1, 1])], np.float32)
-    return np.asarray(e, np.float32)
+        a = (_round_map(e) @ _round_map(r))[0]
+        q = a @ a.T
+        e = _distortion(q[0, 0], q[1, 1], q[0, 1]).astype(np.float32)
+    return e
 
 
 def _first_band(values: np.ndarray, n: int) -> np.ndarray:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.imaging.preprocess import background_noise
+from pipeline.imaging.psf_shape import round_psf
 
 __all__ = ["INPUT_SCALE_MODES", "validate_input_scale", "psf_zoom", "rescale", "scale_for_model"]
 
@@ -163,8 +164,6 @@ def scale_for_model(images: np.ndarray, scale: Mapping[str, Any] | None,
         and noise of the original borders, so the padding maps to 0.
     """
     if psf_shape is not None:
-        from pipeline.imaging.psf_shape import round_psf
-
         if background is None or noise is None:
             background, noise = background_noise(images)
         images = round_psf(images, psf_shape, background)
